@@ -107,19 +107,24 @@ def _write_figures(directory: Path, data: Datasets, model: Model, result: FitRes
     plots.plot_learning_curve(result.evaluations, directory / "learning_curve.png")
 
 
-def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = False, log=print) -> dict | None:
-    """The `jaxlin train` job; returns the metrics written (None for a dry run)."""
+def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = False, log=print,
+                       eval_steps: list[int] | None = None, data: Datasets | None = None) -> dict | None:
+    """The `jaxlin train` job; returns the metrics written (None for a dry run).
+
+    Test accuracy is measured at `eval_steps` (default: every `config.eval_every` steps);
+    `data` skips loading when the caller already has it.
+    """
     started = time.perf_counter()
     model = build_model(config)
     out = check_output_dir(config.output_dir)
-    data = load_datasets(config.dataset, config.data_dir)
+    data = data or load_datasets(config.dataset, config.data_dir)
     config.validate(len(data.train))
     data_seconds = time.perf_counter() - started
     log(describe_run(config, data, model))
     if dry_run:
         log(f"Dry run: settings and data are valid; nothing trained, nothing written to {out}.")
         return None
-    result = fit(config, data, model, progress=progress)
+    result = fit(config, data, model, eval_steps=eval_steps, progress=progress)
     log(accuracy_line(result.evaluations[0]["test_accuracy"], "before training"))
     final = result.evaluations[-1]
     log(accuracy_line(final["test_accuracy"], f"after {final['step']} steps"))
