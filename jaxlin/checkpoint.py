@@ -53,7 +53,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 
 
 def save_params(path: str | os.PathLike, params: list, model: Model) -> None:
-    arrays = {f"layers/{i}/{name}": np.asarray(value)
+    arrays = {f"layers/{i}/{name}": np.asarray(value, np.float32)
               for i, layer in enumerate(params) for name, value in layer.items()}
     arrays[MODEL_KEY] = np.array(json.dumps(model_spec(model)))
     atomic_write(path, lambda handle: np.savez(handle, **arrays))

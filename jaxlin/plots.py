@@ -11,15 +11,14 @@ from matplotlib.figure import Figure
 from jaxlin.checkpoint import atomic_write
 from jaxlin.data import IMAGE_SHAPE
 
-FIGURE_NAMES = ("example_images", "misclassified", "weights", "confusion_matrix", "learning_curve")
 
-
-def _save(fig: Figure, path: str | os.PathLike) -> None:
+def _save(fig: Figure, path: str | os.PathLike) -> Figure:
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=80, bbox_inches="tight"))
+    return fig
 
 
 def plot_images(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray | None,
-                path: str | os.PathLike, title: str = "") -> None:
+                path: str | os.PathLike, title: str = "") -> Figure:
     """Up to 9 images in a 3x3 grid, each captioned with its true (and predicted) class."""
     fig = Figure(figsize=(5, 5.4))
     axes = fig.subplots(3, 3)
@@ -35,7 +34,7 @@ def plot_images(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
@@ -48,7 +47,7 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.n
     return len(wrong)
 
 
-def plot_weights(weights: np.ndarray, path: str | os.PathLike, titles: Sequence[str]) -> None:
+def plot_weights(weights: np.ndarray, path: str | os.PathLike, titles: Sequence[str]) -> Figure:
     """Columns of a (784, n) weight matrix as images in a 3x4 grid, one shared colour scale."""
     count = min(weights.shape[1], 12)
     limit = float(np.abs(weights[:, :count]).max()) or 1.0  # symmetric, so white means zero
@@ -64,10 +63,10 @@ def plot_weights(weights: np.ndarray, path: str | os.PathLike, titles: Sequence[
         image = ax.imshow(weights[:, i].reshape(IMAGE_SHAPE), vmin=-limit, vmax=limit, cmap="seismic")
         ax.set_xlabel(titles[i])
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_confusion_matrix(confusion: np.ndarray, path: str | os.PathLike) -> None:
+def plot_confusion_matrix(confusion: np.ndarray, path: str | os.PathLike) -> Figure:
     num_classes = len(confusion)
     fig = Figure(figsize=(6, 5.4))
     ax = fig.subplots()
@@ -83,10 +82,10 @@ def plot_confusion_matrix(confusion: np.ndarray, path: str | os.PathLike) -> Non
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title("Confusion matrix (test set)")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_learning_curve(evaluations: Sequence[dict], path: str | os.PathLike) -> None:
+def plot_learning_curve(evaluations: Sequence[dict], path: str | os.PathLike) -> Figure:
     steps = [e["step"] for e in evaluations]
     accuracies = [100 * e["test_accuracy"] for e in evaluations]
     fig = Figure(figsize=(6, 4))
@@ -96,4 +95,4 @@ def plot_learning_curve(evaluations: Sequence[dict], path: str | os.PathLike) ->
     ax.set_ylabel("Test accuracy (%)")
     ax.set_title(f"Learning curve (final {accuracies[-1]:.1f}%)" if accuracies else "Learning curve")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    return _save(fig, path)

@@ -1,0 +1,174 @@
+"""The `jaxlin` command line, run through its real entry point with tiny configs."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_dataset
+from jaxlin.cli import main
+
+FIGURES = {"example_images.png", "misclassified.png", "weights.png", "confusion_matrix.png",
+           "learning_curve.png"}
+TINY_ARGS = ["--num-steps", "40", "--eval-every", "20", "--batch-size", "50", "--no-progress"]
+
+
+def train(data_dir, out, *extra):
+    return main(["train", "--data-dir", str(data_dir), "--output-dir", str(out), *TINY_ARGS, *extra])
+
+
+def test_train_writes_everything_and_evaluate_agrees(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(tiny_data_dir, out) == 0
+    stdout = capsys.readouterr().out
+    assert "Accuracy on test-set:" in stdout and "(before training)" in stdout
+    assert {p.name for p in out.iterdir()} == FIGURES | {"metrics.json", "params.npz"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [e["step"] for e in metrics["evaluations"]] == [0, 20, 40]
+    assert metrics["config"]["batch_size"] == 50 and metrics["versions"]["jax"]
+    assert metrics["timings"]["train_seconds"] > 0 and metrics["device"]
+    final = metrics["final_test_accuracy"]
+    assert final > 0.9 and f"Accuracy on test-set: {final:.1%} (after 40 steps)" in stdout
+
+    assert main(["evaluate", str(out / "params.npz"), "--data-dir", str(tiny_data_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["test_accuracy"] == final and report["num_examples"] == 1003
+    assert main(["evaluate", str(out / "params.npz"), "--data-dir", str(tiny_data_dir)]) == 0
+    assert f"Accuracy on test-set: {final:.1%} of 1003 images" in capsys.readouterr().out
+
+
+def test_train_mlp_with_options(tiny_data_dir, tmp_path):
+    out = tmp_path / "mlp"
+    assert train(tiny_data_dir, out, "--model", "mlp", "--hidden-sizes", "16,8", "--activation", "tanh",
+                 "--optimizer", "momentum", "--learning-rate", "0.05", "--loop", "per-step",
+                 "--seed", "3", "--device", "cpu") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "mlp 784-16-8-10 (tanh)"
+    assert metrics["config"]["loop"] == "per-step" and metrics["config"]["seed"] == 3
+
+
+def test_dry_run_writes_nothing(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "dry"
+    assert train(tiny_data_dir, out, "--dry-run") == 0
+    assert "Dry run" in capsys.readouterr().out
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--learning-rate", "0"], "learning rate must be a finite number > 0"),
+    (["--learning-rate", "-0.5"], "learning rate must be a finite number > 0"),
+    (["--learning-rate", "nan"], "learning rate must be a finite number > 0"),
+    (["--learning-rate", "inf"], "learning rate must be a finite number > 0"),
+    (["--batch-size", "0"], "batch size must be at least 1"),
+    (["--batch-size", "601"], "batch size 601 is larger than the training set (600 examples)"),
+    (["--num-steps", "-5"], "number of steps must be >= 0"),
+    (["--learning-rate", "1e38"], "training diverged at step"),
+])
+def test_bad_settings_fail_cleanly(tiny_data_dir, tmp_path, capsys, args, message):
+    out = tmp_path / "bad"
+    assert train(tiny_data_dir, out, *args) != 0
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "cnn"], "invalid choice: 'cnn'"),
+    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    (["--hidden-sizes", "256,0"], "hidden sizes must be integers >= 1"),
+    (["--hidden-sizes", "abc"], "expected comma-separated integers"),
+    (["--batch-size", "ten"], "invalid int value"),
+])
+def test_bad_flags_are_usage_errors(tiny_data_dir, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        train(tiny_data_dir, tmp_path / "bad", *args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _corrupt(directory: Path, how: str) -> None:
+    path = directory / "train-images-idx3-ubyte.gz"
+    if how == "missing":
+        path.unlink()
+    elif how == "truncated":
+        path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-784]))
+    elif how == "corrupt":
+        path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing", "missing train-images-idx3-ubyte.gz"),
+    ("truncated", "truncated: header (5100, 28, 28) promises"),
+    ("corrupt", "corrupt or truncated gzip data"),
+])
+def test_bad_data_files_fail_cleanly(tmp_path, capsys, how, message):
+    directory = write_dataset(tmp_path / "data", 5100, 20)
+    _corrupt(directory, how)
+    assert train(directory, tmp_path / "out") == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    assert train(tmp_path / "nowhere", tmp_path / "out") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_output_dir_that_is_a_file(tiny_data_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("keep me")
+    assert train(tiny_data_dir, tmp_path / "file") == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+@pytest.fixture(scope="module")
+def saved_linear(tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved")
+    assert train(tiny_data_dir, out) == 0
+    return out / "params.npz"
+
+
+def test_evaluate_rejects_bad_params(tiny_data_dir, saved_linear, tmp_path, capsys):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"junk")
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, **{"layers/0/w": np.zeros((784, 3), np.float32), "layers/0/b": np.zeros(10, np.float32),
+                       "__model__": np.array(json.dumps({"name": "linear", "layer_sizes": [784, 10],
+                                                         "activation": "none"}))})
+    cases = [(junk, [], "not a readable params file"),
+             (tmp_path / "absent.npz", [], "no such params file"),
+             (wrong, [], "layers/0/w is float32[784, 3], expected float32[784, 10]"),
+             (saved_linear, ["--model", "mlp"], "params are for model linear 784-10, not mlp")]
+    for path, extra, message in cases:
+        assert main(["evaluate", str(path), "--data-dir", str(tiny_data_dir), *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_help_texts(capsys):
+    for argv in (["--help"], ["train", "--help"], ["evaluate", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--dataset", "--data-dir", "--model", "--hidden-sizes", "--optimizer", "--learning-rate",
+                 "--batch-size", "--num-steps", "--seed", "--eval-every", "--output-dir", "--device",
+                 "--dry-run", "--loop"):
+        assert flag in text
+
+
+def test_console_script_runs(tiny_data_dir, tmp_path):
+    """The installed `jaxlin` entry point, in its own process."""
+    exe = Path(sys.executable).with_name("jaxlin")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
+    env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
+    done = subprocess.run([*command, "train", "--output-dir", str(tmp_path / "o"), *TINY_ARGS],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Accuracy on test-set" in done.stdout and (tmp_path / "o" / "params.npz").exists()
+    bad = subprocess.run([*command, "train", "--learning-rate", "-1"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "learning rate" in bad.stderr

@@ -1,0 +1,190 @@
+"""The IDX reader, the tutorial's splits and the data sources."""
+
+import gzip
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import idx_bytes, write_dataset, write_idx
+from jaxlin.data import (DATA_DIR_ENV, DataError, Split, load_datasets, load_idx_dir, load_tfds,
+                         read_idx, split_train)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_roundtrip(tmp_path, compress):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = write_idx(tmp_path / "a", array, compress)
+    np.testing.assert_array_equal(read_idx(path, expected_ndim=3), array)
+
+
+@pytest.mark.parametrize("header, problem", [
+    (b"\x00\x00\x09\x01", "bad IDX magic"),      # signed bytes, not unsigned
+    (b"\x01\x00\x08\x01", "bad IDX magic"),
+    (b"\x00\x00\x08\x00", "bad IDX magic"),      # zero dimensions
+    (b"\x00\x00", "too short"),
+])
+def test_read_idx_rejects_bad_headers(tmp_path, header, problem):
+    path = tmp_path / "bad"
+    path.write_bytes(header)
+    with pytest.raises(DataError, match=problem) as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_idx_rejects_truncated_payload(tmp_path):
+    path = tmp_path / "t"
+    path.write_bytes(idx_bytes(np.zeros((4, 28, 28), np.uint8))[:-10])
+    with pytest.raises(DataError, match="truncated.*3136 bytes.*3126"):
+        read_idx(path)
+
+
+def test_read_idx_rejects_trailing_bytes(tmp_path):
+    path = tmp_path / "t"
+    path.write_bytes(idx_bytes(np.zeros((4,), np.uint8)) + b"xx")
+    with pytest.raises(DataError, match="trailing bytes"):
+        read_idx(path)
+
+
+def test_read_idx_rejects_truncated_header(tmp_path):
+    path = tmp_path / "t"
+    path.write_bytes(b"\x00\x00\x08\x03" + b"\x00\x00\x00\x04")
+    with pytest.raises(DataError, match="truncated IDX header"):
+        read_idx(path)
+
+
+def test_read_idx_rejects_corrupt_gzip(tmp_path):
+    path = tmp_path / "c.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((100,), np.uint8)))[:-12])
+    with pytest.raises(DataError, match="corrupt or truncated gzip"):
+        read_idx(path)
+
+
+def test_read_idx_checks_dimensions(tmp_path):
+    path = write_idx(tmp_path / "labels", np.zeros((5,), np.uint8))
+    with pytest.raises(DataError, match="has 1 dimensions, expected 3"):
+        read_idx(path, expected_ndim=3)
+
+
+def test_read_idx_missing_file(tmp_path):
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(tmp_path / "nope")
+
+
+def test_load_idx_dir_reads_gzip_and_raw(tmp_path):
+    gz = load_idx_dir(write_dataset(tmp_path / "gz", 5100, 20))
+    raw = load_idx_dir(write_dataset(tmp_path / "raw", 5100, 20, compress=False))
+    for a, b in ((gz.train, raw.train), (gz.validation, raw.validation), (gz.test, raw.test)):
+        np.testing.assert_array_equal(a.images_uint8, b.images_uint8)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    assert (len(gz.train), len(gz.validation), len(gz.test)) == (100, 5000, 20)
+    assert gz.train.images_uint8.shape == (100, 784) and gz.train.images_uint8.dtype == np.uint8
+
+
+def test_load_idx_dir_missing_file(tmp_path):
+    directory = write_dataset(tmp_path / "d", 5100, 20)
+    (directory / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="missing t10k-labels-idx1-ubyte"):
+        load_idx_dir(directory)
+
+
+def test_load_idx_dir_missing_directory(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_idx_dir(tmp_path / "nowhere")
+
+
+def test_load_idx_dir_label_out_of_range(tmp_path):
+    directory = write_dataset(tmp_path / "d", 5100, 20)
+    write_idx(directory / "t10k-labels-idx1-ubyte.gz", np.full((20,), 10, np.uint8))
+    with pytest.raises(DataError, match="label 10 out of range"):
+        load_idx_dir(directory)
+
+
+def test_load_idx_dir_count_mismatch(tmp_path):
+    directory = write_dataset(tmp_path / "d", 5100, 20)
+    write_idx(directory / "t10k-labels-idx1-ubyte.gz", np.zeros((19,), np.uint8))
+    with pytest.raises(DataError, match="20 images but 19 labels"):
+        load_idx_dir(directory)
+
+
+def test_load_idx_dir_wrong_image_size(tmp_path):
+    directory = write_dataset(tmp_path / "d", 5100, 20)
+    write_idx(directory / "t10k-images-idx3-ubyte.gz", np.zeros((20, 14, 14), np.uint8))
+    with pytest.raises(DataError, match=r"images are \(14, 14\)"):
+        load_idx_dir(directory)
+
+
+def test_split_views():
+    split = Split(np.array([[0, 255, 51]], np.uint8), np.array([3], np.int32))
+    np.testing.assert_array_equal(split.images, np.array([[0.0, 1.0, 0.2]], np.float32))
+    assert split.images.dtype == np.float32
+    np.testing.assert_array_equal(split.one_hot_labels, np.eye(10, dtype=np.float32)[[3]])
+
+
+def test_split_train_takes_first_examples_for_validation():
+    train = Split(np.arange(10, dtype=np.uint8)[:, None], np.arange(10, dtype=np.int32))
+    rest, validation = split_train(train, 3)
+    assert validation.labels.tolist() == [0, 1, 2] and rest.labels.tolist() == list(range(3, 10))
+    with pytest.raises(DataError, match="does not fit"):
+        split_train(train, 10)
+
+
+def test_environment_setting_is_used(tiny_data_dir, monkeypatch):
+    monkeypatch.setenv(DATA_DIR_ENV, str(tiny_data_dir))
+    assert load_datasets("mnist").source == str(tiny_data_dir)
+
+
+def test_unknown_dataset():
+    with pytest.raises(DataError, match="unknown dataset 'cifar'"):
+        load_datasets("cifar", "/nonexistent")
+
+
+def test_no_files_and_no_tfds_says_both_ways(monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+    with pytest.raises(DataError) as info:
+        load_datasets("mnist")
+    message = str(info.value)
+    assert "--data-dir" in message and DATA_DIR_ENV in message and "jaxlin[tfds]" in message
+
+
+def test_tfds_source_with_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=5010):
+        data = load_tfds("mnist")
+    assert (len(data.train), len(data.validation), len(data.test)) == (10, 5000, 5010)
+    assert data.train.images_uint8.shape == (10, 784) and data.train.images_uint8.dtype == np.uint8
+    assert data.test.labels.dtype == np.int32 and data.test.labels.max() <= 9
+
+
+def test_tfds_failure_is_a_clear_error(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(DataError, match="(?s)tensorflow-datasets failed: no network.*--data-dir"):
+        load_tfds("fashion_mnist")
+
+
+# The real files: facts published with them (../shared/data/mnist/README.md).
+
+def test_real_mnist_shapes_and_split(mnist):
+    assert mnist.train.images_uint8.shape == (55000, 784)
+    assert mnist.validation.images_uint8.shape == (5000, 784)
+    assert mnist.test.images_uint8.shape == (10000, 784)
+    assert mnist.test.one_hot_labels.shape == (10000, 10)
+    assert mnist.test.labels[:5].tolist() == [7, 2, 1, 0, 4]
+    # The validation set is the first 5,000 training images.
+    assert mnist.validation.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+
+
+def test_real_mnist_statistics(mnist):
+    labels = np.concatenate([mnist.validation.labels, mnist.train.labels])
+    assert np.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    pixels = np.concatenate([mnist.validation.images_uint8, mnist.train.images_uint8])
+    assert pixels.mean() == pytest.approx(33.318, abs=5e-4)
+    assert (mnist.test.labels == 0).sum() == 980  # why the untrained model scores 9.8%
+    images = mnist.test.images
+    assert images.dtype == np.float32 and images.min() == 0.0 and images.max() == 1.0

@@ -1,0 +1,50 @@
+"""The functional models."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlin.models import ModelError, get_model
+
+
+def test_linear_is_the_tutorial_model():
+    model = get_model("linear")
+    params = model.init(jax.random.key(0))
+    assert len(params) == 1
+    assert params[0]["w"].shape == (784, 10) and params[0]["b"].shape == (10,)
+    assert not np.any(params[0]["w"]) and not np.any(params[0]["b"])  # zeros, as in the tutorial
+    rng = np.random.default_rng(0)
+    w, b, x = (rng.normal(size=s).astype(np.float32) for s in ((784, 10), (10,), (3, 784)))
+    np.testing.assert_allclose(model.apply([{"w": w, "b": b}], x), x @ w + b, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_layers_and_random_init():
+    model = get_model("mlp", hidden_sizes=(32, 16), activation="tanh")
+    assert model.layer_sizes == (784, 32, 16, 10)
+    params = model.init(jax.random.key(0))
+    assert [p["w"].shape for p in params] == [(784, 32), (32, 16), (16, 10)]
+    assert np.std(params[0]["w"]) > 0.01  # hidden units must start different
+    logits = model.apply(params, jnp.ones((5, 784)))
+    assert logits.shape == (5, 10)
+    x = np.ones((1, 784), np.float32)
+    expected = np.tanh(np.tanh(x @ params[0]["w"] + params[0]["b"]) @ params[1]["w"] + params[1]["b"])
+    expected = expected @ params[2]["w"] + params[2]["b"]
+    np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mlp_init_depends_on_key():
+    model = get_model("mlp", hidden_sizes=(8,))
+    a, b = model.init(jax.random.key(0)), model.init(jax.random.key(1))
+    assert not np.array_equal(a[0]["w"], b[0]["w"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "cnn"}, "unknown model 'cnn'"),
+    ({"name": "mlp", "activation": "swishy"}, "unknown activation 'swishy'"),
+    ({"name": "mlp", "hidden_sizes": (16, 0)}, r"hidden sizes must be at least 1, got \[16, 0\]"),
+    ({"name": "mlp", "hidden_sizes": ()}, "at least one hidden layer"),
+])
+def test_bad_model_settings(kwargs, message):
+    with pytest.raises(ModelError, match=message):
+        get_model(**kwargs)

@@ -1,0 +1,46 @@
+"""The figures: real PNG files with the tutorial's layout."""
+
+import numpy as np
+
+from jaxlin import plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path):
+    return path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 1000
+
+
+def test_weights_share_one_symmetric_seismic_scale(tmp_path):
+    weights = np.random.default_rng(0).normal(size=(784, 10)).astype(np.float32)
+    weights[0, 3] = 7.0
+    fig = plots.plot_weights(weights, tmp_path / "w.png", [f"Weights: {d}" for d in range(10)])
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 10
+    assert {im.get_clim() for im in images} == {(-7.0, 7.0)}
+    assert {im.get_cmap().name for im in images} == {"seismic"}
+    assert len(fig.axes) == 12 + 1  # 3 x 4 grid and a colour bar
+    assert _is_png(tmp_path / "w.png")
+
+
+def test_image_grid_captions(tmp_path):
+    images = np.zeros((9, 784), np.uint8)
+    labels, predictions = np.arange(9), np.arange(9)[::-1]
+    fig = plots.plot_images(images, labels, predictions, tmp_path / "g.png")
+    captions = [ax.get_xlabel() for ax in fig.axes]
+    assert captions[0] == "True: 0, Pred: 8" and len(captions) == 9
+    assert _is_png(tmp_path / "g.png")
+
+
+def test_misclassified_shows_only_errors(tmp_path):
+    labels = np.array([1, 2, 3, 4])
+    predictions = np.array([1, 0, 3, 0])
+    count = plots.plot_misclassified(np.zeros((4, 784), np.uint8), labels, predictions, tmp_path / "m.png")
+    assert count == 2 and _is_png(tmp_path / "m.png")
+
+
+def test_confusion_matrix_and_learning_curve(tmp_path):
+    plots.plot_confusion_matrix(np.arange(100).reshape(10, 10), tmp_path / "c.png")
+    plots.plot_learning_curve([{"step": 0, "test_accuracy": 0.1}, {"step": 10, "test_accuracy": 0.9}],
+                              tmp_path / "l.png")
+    assert _is_png(tmp_path / "c.png") and _is_png(tmp_path / "l.png")

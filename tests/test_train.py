@@ -1,0 +1,152 @@
+"""Training: the sampler, both loops, determinism, divergence, optimizers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxlin.config import Config, ConfigError
+from jaxlin.models import get_model
+from jaxlin.train import (DivergenceError, EpochSampler, chunk_lengths, cross_entropy_loss, fit,
+                          make_fused_train, make_optimizer, make_train_step)
+
+TINY = Config(num_steps=60, eval_every=20, batch_size=32)
+
+
+def test_cross_entropy_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(7, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 7)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -log_probs[np.arange(7), labels].mean()
+    assert float(cross_entropy_loss(logits, labels)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("num_examples, batch_size", [(50, 10), (53, 10), (7, 7), (10, 3)])
+def test_sampler_draws_shuffled_epochs_without_replacement(num_examples, batch_size):
+    sampler = EpochSampler(jax.random.key(0), num_examples, batch_size)
+    num_steps = 3 * num_examples // batch_size + 1
+    stream = np.asarray(sampler.batch_indices(0, num_steps)).ravel()
+    assert stream.shape == (num_steps * batch_size,)
+    epochs = [stream[i:i + num_examples] for i in range(0, 3 * num_examples, num_examples)]
+    for epoch in epochs:  # every example exactly once per epoch, even across batch boundaries
+        assert sorted(epoch.tolist()) == list(range(num_examples))
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
+    assert not np.array_equal(epochs[0], np.arange(num_examples))
+
+
+def test_sampler_windows_agree_with_one_long_draw():
+    sampler = EpochSampler(jax.random.key(3), 53, 10)
+    whole = np.asarray(sampler.batch_indices(0, 20))
+    pieces = [np.asarray(EpochSampler(jax.random.key(3), 53, 10).batch_indices(s, n))
+              for s, n in ((0, 1), (1, 6), (7, 13))]
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+
+
+def test_chunk_lengths_end_at_evaluations():
+    assert chunk_lengths(1000, [0, 1, 10, 1000], 1000) == [(0, 1), (1, 9), (10, 990)]
+    assert chunk_lengths(250, [0, 100, 200, 250], 80) == [
+        (0, 80), (80, 20), (100, 80), (180, 20), (200, 50)]
+    assert chunk_lengths(0, [0], 10) == []
+
+
+def _batches(data, num_steps, batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(len(data.train), batch_size, replace=False) for _ in range(num_steps)])
+
+
+@pytest.mark.parametrize("model_name, optimizer", [("linear", "sgd"), ("mlp", "adam")])
+def test_per_step_and_fused_paths_agree(tiny_data, model_name, optimizer):
+    model = get_model(model_name, hidden_sizes=(16,))
+    opt = make_optimizer(Config(optimizer=optimizer, learning_rate=0.5 if optimizer == "sgd" else 1e-3))
+    indices = _batches(tiny_data, 25, 32)
+    params = model.init(jax.random.key(0))
+    fused = make_fused_train(model.apply, opt)
+    fused_params, _, fused_losses = fused(params, opt.init(params), jnp.asarray(tiny_data.train.images_uint8),
+                                          jnp.asarray(tiny_data.train.labels), jnp.asarray(indices, jnp.int32))
+    step = make_train_step(model.apply, opt)
+    params = model.init(jax.random.key(0))
+    state, losses = (params, opt.init(params)), []
+    for batch in indices:
+        *state, loss = step(*state, tiny_data.train.images[batch], tiny_data.train.labels[batch])
+        losses.append(loss)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), fused_params, state[0])
+    np.testing.assert_allclose(fused_losses, np.stack(losses), rtol=2e-5)
+
+
+def test_fit_loops_agree(tiny_data):
+    model = get_model("linear")
+    fused = fit(TINY, tiny_data, model, progress=False)
+    per_step = fit(TINY.replace(loop="per-step"), tiny_data, model, progress=False)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+                 fused.params, per_step.params)
+    assert [e["step"] for e in fused.evaluations] == [0, 20, 40, 60]
+
+
+def test_same_seed_same_params_bit_for_bit(tiny_data):
+    model = get_model("mlp", hidden_sizes=(16,))
+    config = TINY.replace(model="mlp", optimizer="adam", learning_rate=1e-3, steps_per_call=7)
+    first, second = (fit(config, tiny_data, model, progress=False) for _ in range(2))
+    jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
+    assert first.evaluations == second.evaluations
+    other = fit(config.replace(seed=1), tiny_data, model, progress=False)
+    assert not np.array_equal(other.params[0]["w"], first.params[0]["w"])
+
+
+def test_chunk_size_does_not_change_the_result(tiny_data):
+    model = get_model("linear")
+    one_call = fit(TINY.replace(eval_every=60), tiny_data, model, progress=False)
+    many_calls = fit(TINY.replace(eval_every=60, steps_per_call=7), tiny_data, model, progress=False)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+                 one_call.params, many_calls.params)
+
+
+def test_training_learns(tiny_data):
+    result = fit(TINY, tiny_data, get_model("linear"), progress=False)
+    assert result.evaluations[0]["test_accuracy"] < 0.2
+    assert result.evaluations[-1]["test_accuracy"] > 0.9
+    assert result.timings["train_seconds"] > 0 and result.timings["compile_seconds"] > 0
+
+
+@pytest.mark.parametrize("optimizer, learning_rate", [("momentum", 0.05), ("adam", 0.01)])
+def test_other_optimizers_learn(tiny_data, optimizer, learning_rate):
+    config = TINY.replace(optimizer=optimizer, learning_rate=learning_rate)
+    result = fit(config, tiny_data, get_model("linear"), progress=False)
+    assert result.evaluations[-1]["test_accuracy"] > 0.9
+
+
+def test_make_optimizer_rejects_unknown_names():
+    with pytest.raises(ConfigError, match="unknown optimizer 'rmsprop'"):
+        make_optimizer(Config(optimizer="rmsprop"))
+    assert isinstance(make_optimizer(Config()), optax.GradientTransformation)
+
+
+@pytest.mark.parametrize("loop", ["fused", "per-step"])
+def test_divergence_is_reported_with_its_step(tiny_data, loop):
+    config = TINY.replace(learning_rate=1e38, loop=loop)  # logits overflow float32
+    with pytest.raises(DivergenceError, match=r"diverged at step \d+: loss is (nan|inf)") as info:
+        fit(config, tiny_data, get_model("linear"), progress=False)
+    assert 1 <= info.value.step <= config.num_steps
+
+
+def test_zero_steps_evaluates_only_the_initial_model(tiny_data):
+    result = fit(TINY.replace(num_steps=0), tiny_data, get_model("linear"), progress=False)
+    assert [e["step"] for e in result.evaluations] == [0]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"learning_rate": 0.0}, "learning rate must be a finite number > 0"),
+    ({"learning_rate": -1.0}, "learning rate"),
+    ({"learning_rate": float("nan")}, "learning rate"),
+    ({"learning_rate": float("inf")}, "learning rate"),
+    ({"batch_size": 0}, "batch size must be at least 1"),
+    ({"batch_size": 601}, "batch size 601 is larger than the training set"),
+    ({"num_steps": -1}, "number of steps must be >= 0"),
+    ({"eval_every": 0}, "eval every must be at least 1"),
+    ({"model": "mlp", "hidden_sizes": (0,)}, "hidden sizes must be at least 1"),
+    ({"optimizer": "lbfgs"}, "unknown optimizer"),
+])
+def test_fit_rejects_bad_settings(tiny_data, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        fit(TINY.replace(**changes), tiny_data, get_model("linear"), progress=False)
