@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxlin import checkpoint, plots
 from jaxlin.config import Config, ConfigError
-from jaxlin.data import Datasets, load_datasets
+from jaxlin.data import DATA_DIR_ENV, Datasets, load_datasets, resolve_data_dir
 from jaxlin.evaluate import evaluate
 from jaxlin.models import Model, get_model
 from jaxlin.train import FitResult, fit, resolve_device
@@ -117,6 +117,9 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
     started = time.perf_counter()
     model = build_model(config)
     out = check_output_dir(config.output_dir)
+    if data is None and resolve_data_dir(config.data_dir) is None:
+        log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
+            f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
     data = data or load_datasets(config.dataset, config.data_dir)
     config.validate(len(data.train))
     data_seconds = time.perf_counter() - started
