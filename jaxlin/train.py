@@ -73,25 +73,50 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation)
 
 
 def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1) -> Callable:
-    """The fused path: (params, opt_state, train_uint8, train_labels, batch_indices[K, B])
-    -> (params, opt_state, losses[K]), all K steps in one compiled call."""
+    """The fused path, `num_steps` updates in one compiled call:
+
+    (params, opt_state, train_uint8, train_labels, order, offset, *, batch_size, num_steps)
+    -> (params, opt_state, losses[num_steps]), where step i trains on the examples
+    order[offset + i*B : offset + (i+1)*B] (see `EpochSampler.window`).
+    """
     update = make_update_fn(apply_fn, optimizer)
 
-    def train_chunk(params, opt_state, images_uint8, labels, batch_indices):
-        def body(carry, indices):
-            images = to_float_images(jnp.take(images_uint8, indices, axis=0))
-            params, opt_state, loss = update(*carry, images, jnp.take(labels, indices, axis=0))
+    def train_chunk(params, opt_state, images_uint8, labels, order, offset, batch_size, num_steps):
+        def body(carry, step):
+            indices = jax.lax.dynamic_slice(order, (offset + step * batch_size,), (batch_size,))
+            # The sampler's indices are in bounds: promising it spares the gather its clamping.
+            images = to_float_images(images_uint8.at[indices].get(mode="promise_in_bounds"))
+            params, opt_state, loss = update(*carry, images, labels.at[indices].get(mode="promise_in_bounds"))
             return (params, opt_state), loss
 
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), batch_indices, unroll=unroll)
+        steps = jnp.arange(num_steps, dtype=jnp.int32)
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps, unroll=unroll)
         return params, opt_state, losses
 
-    return jax.jit(train_chunk, donate_argnums=(0, 1))
+    return jax.jit(train_chunk, static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _window(order: jax.Array, offset: jax.Array, num_steps: int, batch_size: int) -> jax.Array:
-    return jax.lax.dynamic_slice(order, (offset,), (num_steps * batch_size,)).reshape(num_steps, batch_size)
+_PACKED_SORT_LIMIT = 1 << 16
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def shuffled_epoch(key: jax.Array, num_examples: int) -> jax.Array:
+    """A random permutation of range(num_examples), made on the device.
+
+    XLA's CPU sort is several times faster on one uint32 array than on key-value
+    pairs, so for up to 2**16 examples each of two shuffle rounds sorts random
+    high bits packed with positions in the low 16 bits (two rounds, as
+    `jax.random.permutation` does, to wash out ties). Larger sets use
+    `jax.random.permutation`.
+    """
+    if num_examples > _PACKED_SORT_LIMIT:
+        return jax.random.permutation(key, num_examples)
+    positions = jnp.arange(num_examples, dtype=jnp.uint32)
+    order = positions
+    for round_key in jax.random.split(key, 2):
+        high = jax.random.bits(round_key, (num_examples,), jnp.uint32) & jnp.uint32(0xFFFF0000)
+        order = order[jnp.sort(high | positions) & jnp.uint32(0xFFFF)]
+    return order.astype(jnp.int32)
 
 
 class EpochSampler:
@@ -99,29 +124,43 @@ class EpochSampler:
 
     Step s takes positions [s*B, (s+1)*B) of the concatenated permutations, so a
     batch that crosses an epoch ends one epoch and starts the next, as
-    `next_batch` did. Permutations are made on the device once per epoch.
+    `next_batch` did. Each epoch's permutation is made once, on the device.
     """
 
     def __init__(self, key: jax.Array, num_examples: int, batch_size: int):
         self.key, self.num_examples, self.batch_size = key, num_examples, batch_size
-        self._cache: dict[int, jax.Array] = {}
-        self._permute = jax.jit(lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), num_examples))
+        self._epochs: dict[int, jax.Array] = {}
+        self._orders: dict[tuple[int, int], jax.Array] = {}
 
     def permutation(self, epoch: int) -> jax.Array:
-        if epoch not in self._cache:
-            self._cache = {e: p for e, p in self._cache.items() if e >= epoch - 1}
-            self._cache[epoch] = self._permute(self.key, epoch)
-        return self._cache[epoch]
+        if epoch not in self._epochs:
+            self._epochs = {e: p for e, p in self._epochs.items() if e >= epoch - 1}
+            self._epochs[epoch] = shuffled_epoch(jax.random.fold_in(self.key, epoch), self.num_examples)
+        return self._epochs[epoch]
 
-    def batch_indices(self, start_step: int, num_steps: int) -> jax.Array:
-        """Indices for steps [start_step, start_step + num_steps), shape (num_steps, B)."""
+    def num_epochs_spanned(self, num_steps: int) -> int:
+        """How many epochs a window of `num_steps` batches may touch: fixes the order's length."""
+        return (num_steps * self.batch_size - 1) // self.num_examples + 2
+
+    def window(self, start_step: int, num_steps: int) -> tuple[jax.Array, int]:
+        """(order, offset): step start_step + i reads order[offset + i*B : offset + (i+1)*B]."""
         first = start_step * self.batch_size
-        last = (start_step + num_steps) * self.batch_size - 1
-        first_epoch, last_epoch = first // self.num_examples, last // self.num_examples
-        perms = [self.permutation(e) for e in range(first_epoch, last_epoch + 1)]
-        order = perms[0] if len(perms) == 1 else jnp.concatenate(perms)
-        offset = jnp.int32(first - first_epoch * self.num_examples)
-        return _window(order, offset, num_steps, self.batch_size)
+        first_epoch, count = first // self.num_examples, self.num_epochs_spanned(num_steps)
+        if (first_epoch, count) not in self._orders:
+            epochs = [self.permutation(e) for e in range(first_epoch, first_epoch + count)]
+            self._orders = {(first_epoch, count): jnp.concatenate(epochs)}
+        return self._orders[first_epoch, count], first - first_epoch * self.num_examples
+
+    def warm_up(self, num_steps: int) -> jax.Array:
+        """Compiles what windows of `num_steps` need, on a throwaway order; returns it."""
+        throwaway = shuffled_epoch(jax.random.fold_in(self.key, 0xFFFFFFFF), self.num_examples)
+        return jax.block_until_ready(jnp.concatenate([throwaway] * self.num_epochs_spanned(num_steps)))
+
+    def batch_indices(self, start_step: int, num_steps: int) -> np.ndarray:
+        """Host copy of the indices of steps [start_step, start_step + num_steps), shape (num_steps, B)."""
+        order, offset = self.window(start_step, num_steps)
+        size = num_steps * self.batch_size
+        return np.asarray(order[offset:offset + size]).reshape(num_steps, self.batch_size)
 
 
 def chunk_lengths(num_steps: int, eval_steps: Iterable[int], steps_per_call: int) -> list[tuple[int, int]]:
@@ -186,31 +225,31 @@ class Trainer:
         return TrainState(params, self.optimizer.init(params))
 
     def compile(self, state: TrainState, lengths: Iterable[int]) -> float:
-        """Compiles ahead of time the step functions `lengths` need; returns the seconds taken."""
+        """Compiles ahead of time what chunks of `lengths` steps need; returns the seconds taken."""
         start = time.perf_counter()
+        batch_size = self.config.batch_size
         for length in sorted(set(lengths) - set(self._compiled)):
+            order = self.sampler.warm_up(length)
             if self.config.loop == "fused":
-                indices = jax.ShapeDtypeStruct((length, self.config.batch_size), jnp.int32)
                 self._compiled[length] = self._fused.lower(
-                    *state, self.train_images_uint8, self.train_labels, indices).compile()
+                    *state, self.train_images_uint8, self.train_labels, order, 0,
+                    batch_size=batch_size, num_steps=length).compile()
             else:
-                batch = self.host_train_images[: self.config.batch_size]
                 self._compiled[length] = self._step.lower(
-                    *state, batch, self.host_train_labels[: self.config.batch_size]).compile()
+                    *state, self.host_train_images[:batch_size], self.host_train_labels[:batch_size]).compile()
         jax.block_until_ready(self.accuracy(state.params))
         return time.perf_counter() - start
 
     def run_chunk(self, state: TrainState, start_step: int, num_steps: int) -> tuple[TrainState, jax.Array]:
         """`num_steps` updates from `start_step`; returns the new state and per-step losses."""
-        indices = self.sampler.batch_indices(start_step, num_steps)
         if self.config.loop == "fused":
+            order, offset = self.sampler.window(start_step, num_steps)
             params, opt_state, losses = self._compiled[num_steps](
-                *state, self.train_images_uint8, self.train_labels, indices)
+                *state, self.train_images_uint8, self.train_labels, order, offset)
             return TrainState(params, opt_state), losses
-        step_fn, losses = self._compiled.get(1) or self._step, []
-        for batch_indices in np.asarray(indices):
-            params, opt_state, loss = step_fn(
-                *state, self.host_train_images[batch_indices], self.host_train_labels[batch_indices])
+        step_fn, losses = self._compiled[1], []
+        for indices in self.sampler.batch_indices(start_step, num_steps):
+            params, opt_state, loss = step_fn(*state, self.host_train_images[indices], self.host_train_labels[indices])
             state = TrainState(params, opt_state)
             losses.append(loss)
         return state, jnp.stack(losses)

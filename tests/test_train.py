@@ -8,7 +8,7 @@ import pytest
 
 from jaxlin.config import Config, ConfigError
 from jaxlin.models import get_model
-from jaxlin.train import (DivergenceError, EpochSampler, chunk_lengths, cross_entropy_loss, fit,
+from jaxlin.train import (DivergenceError, EpochSampler, chunk_lengths, cross_entropy_loss, fit, shuffled_epoch,
                           make_fused_train, make_optimizer, make_train_step)
 
 TINY = Config(num_steps=60, eval_every=20, batch_size=32)
@@ -63,8 +63,10 @@ def test_per_step_and_fused_paths_agree(tiny_data, model_name, optimizer):
     indices = _batches(tiny_data, 25, 32)
     params = model.init(jax.random.key(0))
     fused = make_fused_train(model.apply, opt)
+    order = jnp.asarray(np.concatenate([[0, 0, 0], indices.ravel()]), jnp.int32)
     fused_params, _, fused_losses = fused(params, opt.init(params), jnp.asarray(tiny_data.train.images_uint8),
-                                          jnp.asarray(tiny_data.train.labels), jnp.asarray(indices, jnp.int32))
+                                          jnp.asarray(tiny_data.train.labels), order, 3,
+                                          batch_size=32, num_steps=len(indices))
     step = make_train_step(model.apply, opt)
     params = model.init(jax.random.key(0))
     state, losses = (params, opt.init(params)), []
@@ -150,3 +152,18 @@ def test_zero_steps_evaluates_only_the_initial_model(tiny_data):
 def test_fit_rejects_bad_settings(tiny_data, changes, message):
     with pytest.raises(ConfigError, match=message):
         fit(TINY.replace(**changes), tiny_data, get_model("linear"), progress=False)
+
+
+@pytest.mark.parametrize("num_examples", [10, 53, 70_000])  # 70,000 > 2**16 takes the other path
+def test_shuffled_epoch_is_a_permutation(num_examples):
+    order = np.asarray(shuffled_epoch(jax.random.key(0), num_examples))
+    assert order.dtype == np.int32 and sorted(order.tolist()) == list(range(num_examples))
+
+
+def test_shuffled_epoch_is_close_to_uniform():
+    # Where element 0 lands over 2,000 shuffles of 10: each place ~200 times.
+    places = [int(np.flatnonzero(np.asarray(shuffled_epoch(jax.random.key(i), 10)) == 0)[0])
+              for i in range(2000)]
+    counts = np.bincount(places, minlength=10)
+    chi2 = ((counts - 200) ** 2 / 200).sum()
+    assert chi2 < 27.9, counts  # p = 0.001 for 9 degrees of freedom
