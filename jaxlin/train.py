@@ -72,10 +72,10 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation)
     return jax.jit(make_update_fn(apply_fn, optimizer), donate_argnums=(0, 1))
 
 
-def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1) -> Callable:
-    """The fused path, `num_steps` updates in one compiled call:
+def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1) -> Callable:
+    """The fused path's body, not yet jitted (so it can be vmapped over many models):
 
-    (params, opt_state, train_uint8, train_labels, order, offset, *, batch_size, num_steps)
+    (params, opt_state, train_uint8, train_labels, order, offset, batch_size, num_steps)
     -> (params, opt_state, losses[num_steps]), where step i trains on the examples
     order[offset + i*B : offset + (i+1)*B] (see `EpochSampler.window`).
     """
@@ -93,7 +93,13 @@ def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation
         (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps, unroll=unroll)
         return params, opt_state, losses
 
-    return jax.jit(train_chunk, static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1))
+    return train_chunk
+
+
+def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1) -> Callable:
+    """`fused_train_chunk` jitted, with batch_size and num_steps static and the state donated."""
+    return jax.jit(fused_train_chunk(apply_fn, optimizer, unroll),
+                   static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1))
 
 
 _PACKED_SORT_LIMIT = 1 << 16

@@ -1,0 +1,114 @@
+"""What every contender shares: the data, the batch order, the model sizes, the worker protocol.
+
+Imports numpy only, so a TensorFlow or PyTorch worker never loads JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+from jaxlin.data import load_idx_dir
+
+TARGET_ACCURACY = 0.918
+HIDDEN_SIZE = 256
+NUM_CLASSES = 10
+LEARNING_RATE = 0.5
+
+
+def layer_sizes(model: str) -> list[int]:
+    return [784, NUM_CLASSES] if model == "linear" else [784, HIDDEN_SIZE, NUM_CLASSES]
+
+
+def learning_rate(model: str) -> float:
+    # The tutorial's 0.5 for the linear model; plain SGD at 0.1 keeps the ReLU MLP stable.
+    return LEARNING_RATE if model == "linear" else 0.1
+
+
+def load_data(data_dir: str):
+    """uint8 and float32 views of the tutorial's train and test splits."""
+    data = load_idx_dir(data_dir)
+    return {
+        "train_uint8": data.train.images_uint8,
+        "train_images": data.train.images,
+        "train_labels": data.train.labels,
+        "test_uint8": data.test.images_uint8,
+        "test_images": data.test.images,
+        "test_labels": data.test.labels,
+    }
+
+
+def initial_params(model: str, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The same starting point for every framework: zeros (linear) or He-normal (MLP)."""
+    sizes = layer_sizes(model)
+    if model == "linear":
+        return [(np.zeros(sizes, np.float32), np.zeros(sizes[1], np.float32))]
+    rng = np.random.default_rng(seed)
+    return [((rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32), np.zeros(b, np.float32))
+            for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+class NextBatch:
+    """The tutorial's `next_batch`: shuffled epochs, a batch may span two of them."""
+
+    def __init__(self, num_examples: int, seed: int = 0):
+        self.num_examples, self.rng = num_examples, np.random.default_rng(seed)
+        self.order, self.position = self.rng.permutation(num_examples), 0
+
+    def __call__(self, batch_size: int) -> np.ndarray:
+        parts, needed = [], batch_size
+        while needed:
+            if self.position == self.num_examples:
+                self.order, self.position = self.rng.permutation(self.num_examples), 0
+            take = min(needed, self.num_examples - self.position)
+            parts.append(self.order[self.position:self.position + take])
+            self.position += take
+            needed -= take
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def shared_order(num_examples: int, batch_size: int, num_steps: int, seed: int = 0) -> np.ndarray:
+    """The batch indices every contender trains on when results must match: (num_steps, B)."""
+    sampler = NextBatch(num_examples, seed)
+    return np.stack([sampler(batch_size) for _ in range(num_steps)]).astype(np.int32)
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def serve(contender) -> None:
+    """The worker loop: one JSON request per stdin line, one JSON reply per stdout line."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # keep framework chatter off the reply channel
+    for line in sys.stdin:
+        request = json.loads(line)
+        op = request.pop("op")
+        try:
+            if op == "exit":
+                reply = {"max_rss_mb": max_rss_mb()}
+            else:
+                reply = getattr(contender, op)(**request)
+        except Exception as err:  # reported to the runner, which records it as a failure
+            reply = {"error": f"{type(err).__name__}: {err}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+        if op == "exit":
+            return
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def thread_settings() -> dict:
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS",
+             "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS")
+    return {"cpu_count": os.cpu_count(), **{n: os.environ.get(n) for n in names if os.environ.get(n)}}

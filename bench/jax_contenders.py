@@ -1,0 +1,201 @@
+"""jaxlin's own loops as benchmark contenders: per-step, fused, and many models under vmap."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bench.common import NextBatch, initial_params, learning_rate, thread_settings, timed
+from jaxlin.evaluate import make_accuracy_fn
+from jaxlin.models import get_model
+from jaxlin.train import EpochSampler, fused_train_chunk, make_fused_train, make_train_step, shuffled_epoch
+
+
+def _jax_params(model: str, seed: int = 0) -> list[dict]:
+    return [{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in initial_params(model, seed)]
+
+
+def _flat_params(params) -> dict:
+    return {f"layers/{i}/{k}": np.asarray(v) for i, layer in enumerate(params) for k, v in layer.items()}
+
+
+class _JaxContender:
+    framework = "jax"
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.device = jax.devices()[0]
+        self.images_uint8 = jnp.asarray(data["train_uint8"])
+        self.labels = jnp.asarray(data["train_labels"])
+
+    def info(self) -> dict:
+        import jaxlib
+
+        return {"framework": "jax", "version": jax.__version__, "jaxlib": jaxlib.__version__,
+                "optax": optax.__version__, "device": str(self.device), "device_kind": self.device.device_kind,
+                "platform": platform.platform(), "threads": thread_settings()}
+
+    def _model(self, model: str):
+        return get_model(model, hidden_sizes=(256,))
+
+    def _start(self, model: str):
+        self.apply = self._model(model).apply
+        self.optimizer = optax.sgd(learning_rate(model))
+        params = _jax_params(model)
+        return params, self.optimizer.init(params)
+
+    def train_on(self, model: str, order_file: str, out_file: str) -> dict:
+        """Trains on given batch indices (num_steps, B); saves params; reports test accuracy."""
+        order = np.load(order_file)
+        params, opt_state = self._train_on_order(model, order)
+        np.savez(out_file, **_flat_params(params))
+        return {"test_accuracy": self._accuracy(params)}
+
+    def _accuracy(self, params) -> float:
+        if not hasattr(self, "_accuracy_fn"):
+            self._accuracy_fn = make_accuracy_fn(
+                self.apply, jnp.asarray(self.data["test_uint8"]), jnp.asarray(self.data["test_labels"]))
+        return self._accuracy_fn(params)
+
+    def time_to_accuracy(self, model: str, batch_size: int, eval_every: int, max_steps: int,
+                         target: float, order_file: str) -> dict:
+        order = np.load(order_file)
+        params, opt_state = self._start(model)
+        for start in range(0, max_steps, eval_every):
+            params, opt_state = self._train_on_order(model, order[start:start + eval_every], params, opt_state)
+            accuracy = self._accuracy(params)
+            if accuracy >= target:
+                return {"reached": True, "steps": start + eval_every, "test_accuracy": accuracy}
+        return {"reached": False, "steps": max_steps, "test_accuracy": accuracy}
+
+
+class JaxlinPerStep(_JaxContender):
+    """One jitted update per step, batches gathered on the host (the tutorial's loop)."""
+
+    def setup(self, model: str, batch_size: int, num_steps: int) -> dict:
+        params, opt_state = self._start(model)
+        self.model, self.batch_size, self.num_steps = model, batch_size, num_steps
+        self.step = make_train_step(self.apply, self.optimizer)
+        images, labels = self.data["train_images"][:batch_size], self.data["train_labels"][:batch_size]
+        compile_seconds, self.compiled = timed(lambda: self.step.lower(params, opt_state, images, labels).compile())
+        warm_up, _ = timed(self.run)
+        return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up}
+
+    def run(self) -> dict:
+        params, opt_state = self._start(self.model)
+        next_batch = NextBatch(len(self.data["train_labels"]))
+        images, labels = self.data["train_images"], self.data["train_labels"]
+        start = time.perf_counter()
+        for _ in range(self.num_steps):
+            indices = next_batch(self.batch_size)
+            params, opt_state, loss = self.compiled(params, opt_state, images[indices], labels[indices])
+        loss = float(jax.block_until_ready(loss))
+        return {"seconds": time.perf_counter() - start, "loss": loss}
+
+    def _train_on_order(self, model, order, params=None, opt_state=None):
+        if params is None:
+            params, opt_state = self._start(model)
+        step = getattr(self, "_tta_step", None) or make_train_step(self.apply, self.optimizer)
+        self._tta_step = step
+        for indices in order:
+            params, opt_state, _ = step(params, opt_state, self.data["train_images"][indices],
+                                        self.data["train_labels"][indices])
+        return params, opt_state
+
+
+class JaxlinFused(_JaxContender):
+    """K steps per compiled call on device-resident uint8 data, batches from jaxlin's on-device sampler."""
+
+    def setup(self, model: str, batch_size: int, num_steps: int, steps_per_call: int = 1000,
+              unroll: int = 1) -> dict:
+        params, opt_state = self._start(model)
+        self.model, self.batch_size, self.num_steps = model, batch_size, num_steps
+        self.steps_per_call = min(steps_per_call, num_steps)
+        if num_steps % self.steps_per_call:
+            raise ValueError(f"num_steps {num_steps} is not a multiple of steps_per_call {steps_per_call}")
+        fused = make_fused_train(self.apply, self.optimizer, unroll)
+        sampler = EpochSampler(jax.random.key(0), len(self.data["train_labels"]), batch_size)
+        order = sampler.warm_up(self.steps_per_call)
+        compile_seconds, self.compiled = timed(lambda: fused.lower(
+            params, opt_state, self.images_uint8, self.labels, order, 0,
+            batch_size=batch_size, num_steps=self.steps_per_call).compile())
+        warm_up, _ = timed(self.run)
+        return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up}
+
+    def run(self) -> dict:
+        params, opt_state = self._start(self.model)
+        jax.block_until_ready(params)
+        sampler = EpochSampler(jax.random.key(0), len(self.data["train_labels"]), self.batch_size)
+        start = time.perf_counter()
+        for first_step in range(0, self.num_steps, self.steps_per_call):
+            order, offset = sampler.window(first_step, self.steps_per_call)
+            params, opt_state, losses = self.compiled(params, opt_state, self.images_uint8, self.labels,
+                                                      order, offset)
+        loss = float(jax.block_until_ready(losses)[-1])
+        return {"seconds": time.perf_counter() - start, "loss": loss}
+
+    def _train_on_order(self, model, order, params=None, opt_state=None):
+        if params is None:
+            params, opt_state = self._start(model)
+        fused = getattr(self, "_tta_fused", None) or make_fused_train(self.apply, self.optimizer)
+        self._tta_fused = fused
+        num_steps, batch_size = order.shape
+        params, opt_state, _ = fused(params, opt_state, self.images_uint8, self.labels,
+                                     jnp.asarray(order.ravel()), 0, batch_size=batch_size, num_steps=num_steps)
+        return params, opt_state
+
+
+class JaxlinVmap(_JaxContender):
+    """M independent linear models (own batch orders) trained at once under jax.vmap."""
+
+    def setup(self, model: str, batch_size: int, num_steps: int, num_models: int = 8,
+              steps_per_call: int = 1000) -> dict:
+        self.model, self.batch_size, self.num_steps = model, batch_size, num_steps
+        self.num_models, self.steps_per_call = num_models, min(steps_per_call, num_steps)
+        self._start(model)
+        chunk = functools.partial(fused_train_chunk(self.apply, self.optimizer),
+                                  batch_size=batch_size, num_steps=self.steps_per_call)
+        # Each model has its own params, optimizer state and batch order; the data is shared.
+        self.chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, None, None, 0, None)), donate_argnums=(0, 1))
+        num_examples = len(self.data["train_labels"])
+        self.permute = jax.jit(jax.vmap(lambda key: shuffled_epoch(key, num_examples)))
+        self.keys = jax.random.split(jax.random.key(0), num_models)
+        compile_seconds, _ = timed(self.run)  # first call: trace, compile and run
+        warm_up, _ = timed(self.run)
+        return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up}
+
+    def _states(self):
+        params = jax.tree.map(lambda x: jnp.broadcast_to(x, (self.num_models, *x.shape)) + 0,
+                              _jax_params(self.model))
+        return params, jax.vmap(self.optimizer.init)(params)
+
+    def _window(self, first_step: int, cache: dict):
+        num_examples = len(self.data["train_labels"])
+        first = first_step * self.batch_size
+        epoch = first // num_examples
+        span = (self.steps_per_call * self.batch_size - 1) // num_examples + 2
+        if epoch not in cache:
+            perms = [self.permute(jax.vmap(lambda k: jax.random.fold_in(k, e))(self.keys))
+                     for e in range(epoch, epoch + span)]
+            cache.clear()
+            cache[epoch] = jnp.concatenate(perms, axis=1)
+        return cache[epoch], first - epoch * num_examples
+
+    def run(self) -> dict:
+        params, opt_state = self._states()
+        jax.block_until_ready(params)
+        cache = {}
+        start = time.perf_counter()
+        for first_step in range(0, self.num_steps, self.steps_per_call):
+            orders, offset = self._window(first_step, cache)
+            params, opt_state, losses = self.chunk(params, opt_state, self.images_uint8, self.labels,
+                                                   orders, offset)
+        losses = jax.block_until_ready(losses)
+        return {"seconds": time.perf_counter() - start, "loss": float(losses[:, -1].mean()),
+                "num_models": self.num_models}

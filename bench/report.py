@@ -1,0 +1,143 @@
+"""Turns a results dict into the stdout table, the target ratios and a PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LABELS = {
+    "tf_reference": "TF reference (v1 graph, feed_dict)",
+    "tf2_function": "TF2 tf.function loop",
+    "tf2_xla": "TF2 tf.function loop, XLA",
+    "torch_eager": "PyTorch eager",
+    "jaxlin_per_step": "jaxlin per-step",
+    "jaxlin_fused": "jaxlin fused",
+    "jaxlin_vmap": "jaxlin vmap",
+    "numpy_floor": "NumPy/BLAS floor",
+}
+
+
+def _main_rows(results: dict) -> list[dict]:
+    return [r for r in results["throughput"] if r.get("status") == "ok" and not r.get("sweep")
+            and r["contender"] != "jaxlin_vmap"]
+
+
+def best_fused(results: dict) -> dict | None:
+    rows = [r for r in results["throughput"] if r.get("sweep") and r.get("status") == "ok"]
+    return min(rows, key=lambda r: r["median_us_per_step"]) if rows else None
+
+
+def targets(results: dict) -> dict:
+    """The issue's targets at linear, batch 100, as ratios measured in one run."""
+    case = {r["contender"]: r for r in _main_rows(results) if r["model"] == "linear" and r["batch_size"] == 100}
+    fused = best_fused(results) or case.get("jaxlin_fused")
+    if not fused:
+        return {}
+    us = fused["median_us_per_step"]
+    out = {"jaxlin_fused_us_per_step": us, "jaxlin_fused_variant": fused["variant"]}
+    checks = {"tf_reference": ("speedup_vs_tf_reference", 6.0), "torch_eager": ("speedup_vs_torch_eager", 4.0)}
+    for name, (key, goal) in checks.items():
+        if name in case:
+            ratio = case[name]["median_us_per_step"] / us
+            out[key] = {"ratio": ratio, "goal": goal, "met": ratio >= goal}
+    tf2 = [case[n]["median_us_per_step"] for n in ("tf2_function", "tf2_xla") if n in case]
+    if tf2:
+        ratio = min(tf2) / us
+        out["speedup_vs_best_tf2"] = {"ratio": ratio, "goal": 3.0, "met": ratio >= 3.0}
+    if "numpy_floor" in case:
+        ratio = us / case["numpy_floor"]["median_us_per_step"]
+        out["time_vs_numpy_floor"] = {"ratio": ratio, "goal": 1.5, "met": ratio <= 1.5}
+    tta = {r["contender"]: r["median_wall_seconds"] for r in results.get("time_to_accuracy", [])}
+    if "jaxlin_fused" in tta and len(tta) > 1:
+        others = {k: v for k, v in tta.items() if k != "jaxlin_fused"}
+        fastest_other = min(others, key=others.get)
+        out["time_to_accuracy"] = {"jaxlin_fused_seconds": tta["jaxlin_fused"], "fastest_other": fastest_other,
+                                   "fastest_other_seconds": others[fastest_other],
+                                   "met": tta["jaxlin_fused"] < others[fastest_other]}
+    return out
+
+
+def table(results: dict) -> str:
+    lines = []
+    rows = _main_rows(results)
+    cases = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda c: (c[0] != "linear", c[1]))
+    for model, batch_size in cases:
+        case = [r for r in rows if (r["model"], r["batch_size"]) == (model, batch_size)]
+        floor = next((r["median_us_per_step"] for r in case if r["contender"] == "numpy_floor"), None)
+        ref = next((r["median_us_per_step"] for r in case if r["contender"] == "tf_reference"), None)
+        lines.append(f"\n{model}, batch {batch_size}, {case[0]['num_steps']} steps, "
+                     f"median of {len(case[0]['repeats_seconds'])} (min-max)")
+        lines.append(f"| contender | us/step | min-max | steps/s | examples/s | x TF ref | x floor time | compile s |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in sorted(case, key=lambda r: r["median_us_per_step"]):
+            us = r["median_us_per_step"]
+            lines.append(
+                f"| {LABELS[r['contender']]} | {us:,.1f} | {r['min_us_per_step']:,.0f}-{r['max_us_per_step']:,.0f} | "
+                f"{r['steps_per_second']:,.0f} | {r['examples_per_second']:,.0f} | "
+                f"{(ref / us if ref else float('nan')):.2f} | {(us / floor if floor else float('nan')):.2f} | "
+                f"{r.get('compile_seconds', 0):.2f} |")
+    lines += _sweep_and_vmap(results)
+    lines += _tta_and_memory(results)
+    return "\n".join(lines)
+
+
+def _sweep_and_vmap(results: dict) -> list[str]:
+    lines = []
+    sweep = [r for r in results["throughput"] if r.get("sweep") and r.get("status") == "ok"]
+    if sweep:
+        lines += ["\njaxlin fused sweep (linear, batch 100): steps per call K and scan unroll",
+                  "| variant | us/step | min-max |", "| --- | ---: | ---: |"]
+        lines += [f"| {r['variant']} | {r['median_us_per_step']:.1f} | "
+                  f"{r['min_us_per_step']:.0f}-{r['max_us_per_step']:.0f} |" for r in sweep]
+    vmap = [r for r in results["throughput"] if r["contender"] == "jaxlin_vmap" and r.get("status") == "ok"]
+    if vmap:
+        lines += ["\njaxlin, M linear models at once under vmap (batch 100)",
+                  "| models | us/step (all M) | model-steps/s |", "| ---: | ---: | ---: |"]
+        lines += [f"| {r['num_models']} | {r['median_us_per_step']:,.1f} | {r['model_steps_per_second']:,.0f} |"
+                  for r in vmap]
+    return lines
+
+
+def _tta_and_memory(results: dict) -> list[str]:
+    lines = []
+    tta = results.get("time_to_accuracy", [])
+    if tta:
+        target = results["meta"]["plan"]["tta_target"]
+        lines += [f"\ntime to {target:.1%} test accuracy from process start (same batch order for all)",
+                  "| contender | median s | min-max | steps |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {LABELS[r['contender']]} | {r['median_wall_seconds']:.2f} | {r['min_wall_seconds']:.2f}-"
+                  f"{r['max_wall_seconds']:.2f} | {r['steps']}{'' if r['reached'] else ' (not reached)'} |"
+                  for r in sorted(tta, key=lambda r: r["median_wall_seconds"])]
+    lines += ["\n| contender | status | version | max RSS MB |", "| --- | --- | --- | ---: |"]
+    for name, c in results["contenders"].items():
+        version = c.get("info", {}).get("version", "")
+        rss = f"{c['max_rss_mb']:.0f}" if "max_rss_mb" in c else ""
+        lines.append(f"| {LABELS[name]} | {c['status']}{': ' + c['reason'] if c.get('reason') else ''} | "
+                     f"{version} | {rss} |")
+    return lines
+
+
+def chart(results: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    rows = _main_rows(results)
+    cases = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda c: (c[0] != "linear", c[1]))
+    names = [n for n in LABELS if any(r["contender"] == n for r in rows)]
+    fig = Figure(figsize=(4 * max(len(cases), 1) / 1.5, 6))
+    axes = fig.subplots(2, (len(cases) + 1) // 2, squeeze=False).ravel()
+    for ax, (model, batch_size) in zip(axes, cases):
+        case = {r["contender"]: r for r in rows if (r["model"], r["batch_size"]) == (model, batch_size)}
+        present = [n for n in names if n in case]
+        values = [case[n]["median_us_per_step"] for n in present]
+        colors = ["tab:green" if n.startswith("jaxlin") else "tab:gray" if n == "numpy_floor" else "tab:orange"
+                  for n in present]
+        ax.barh(range(len(present)), values, color=colors)
+        ax.set_yticks(range(len(present)), [LABELS[n] for n in present], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_title(f"{model}, batch {batch_size}", fontsize=9)
+        ax.set_xlabel("µs per step (median, log scale; lower is better)", fontsize=7)
+    for ax in axes[len(cases):]:
+        ax.axis("off")
+    fig.suptitle(f"Training step time on {results['meta']['cpu_model']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)

@@ -1,0 +1,246 @@
+"""Runs the benchmark: throughput cases, the fused-loop sweep, vmap scaling, time to accuracy.
+
+Contenders run in their own worker processes and are interleaved repeat by repeat, so
+drift of the machine hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import TARGET_ACCURACY, shared_order
+from bench.worker import CONTENDERS
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN_CONTENDERS = ["tf_reference", "tf2_function", "tf2_xla", "torch_eager", "jaxlin_per_step",
+                   "jaxlin_fused", "numpy_floor"]
+TTA_CONTENDERS = ["tf_reference", "tf2_function", "tf2_xla", "torch_eager", "jaxlin_per_step", "jaxlin_fused"]
+
+
+@dataclasses.dataclass
+class Plan:
+    repeats: int
+    cases: list[tuple[str, int, int]]              # (model, batch_size, num_steps)
+    sweep: list[tuple[int, int]]                   # fused (steps_per_call, unroll) at linear, batch 100
+    sweep_steps: int
+    num_models: list[int]                          # vmap
+    vmap_steps: int
+    tta_repeats: int
+    tta_eval_every: int
+    tta_max_steps: int
+    tta_target: float
+
+
+FULL = Plan(repeats=5,
+            cases=[("linear", 100, 1000), ("linear", 1000, 200), ("linear", 10000, 20),
+                   ("mlp", 100, 500), ("mlp", 1000, 100), ("mlp", 10000, 10)],
+            sweep=[(k, u) for k in (100, 1000) for u in (1, 2, 4, 8)], sweep_steps=1000,
+            num_models=[1, 8, 64, 256], vmap_steps=1000,
+            tta_repeats=3, tta_eval_every=50, tta_max_steps=5000, tta_target=TARGET_ACCURACY)
+QUICK = Plan(repeats=2, cases=[("linear", 100, 20), ("mlp", 100, 10)],
+             sweep=[(10, 1), (10, 2)], sweep_steps=20, num_models=[1, 4], vmap_steps=20,
+             tta_repeats=1, tta_eval_every=20, tta_max_steps=100, tta_target=0.5)
+
+
+class Worker:
+    """One contender's process, spoken to in JSON lines."""
+
+    def __init__(self, name: str, data_dir: str, env: dict):
+        self.name = name
+        # Frameworks log plenty to stderr; keep it out of the table, but at hand for failures.
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.worker", name, "--data-dir", data_dir],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            text=True, bufsize=1)
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        for line in self.process.stdout:
+            line = line.strip()
+            if line.startswith("{"):
+                return json.loads(line)
+        self.log.seek(0)
+        tail = self.log.read()[-2000:]
+        raise RuntimeError(f"worker {self.name} exited with status {self.process.wait()}:\n{tail}")
+
+    def ask(self, op: str, **kwargs) -> dict:
+        self.process.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
+        self.process.stdin.flush()
+        reply = self._read()
+        if "error" in reply:
+            raise RuntimeError(f"{self.name} {op}: {reply['error']}")
+        return reply
+
+    def close(self) -> dict:
+        try:
+            reply = self.ask("exit")
+        finally:
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+            self.log.close()
+        return reply
+
+
+def worker_env(name: str, native_blas: bool) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    if name == "numpy_floor" and native_blas:
+        # This machine pins OpenBLAS to an older kernel (a safety setting); the floor
+        # should be what the hardware does, so its process alone uses the native one.
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    return env
+
+
+def available(name: str) -> bool:
+    return importlib.util.find_spec(CONTENDERS[name][2]) is not None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def summarize(seconds: list[float], num_steps: int, batch_size: int, num_models: int = 1) -> dict:
+    median = statistics.median(seconds)
+    return {
+        "repeats_seconds": seconds,
+        "median_us_per_step": 1e6 * median / num_steps,
+        "min_us_per_step": 1e6 * min(seconds) / num_steps,
+        "max_us_per_step": 1e6 * max(seconds) / num_steps,
+        "steps_per_second": num_steps / median,
+        "examples_per_second": num_steps * batch_size / median,
+        "model_steps_per_second": num_models * num_steps / median,
+    }
+
+
+def interleaved(workers: dict, setups: list[tuple[str, str, dict]], repeats: int, log) -> list[dict]:
+    """Sets up each (worker, variant, args), then runs them round-robin `repeats` times."""
+    rows = []
+    for name, variant, args in setups:
+        row = {"contender": name, "variant": variant, **args}
+        try:
+            row.update(workers[name].ask("setup", variant=variant, **args))
+            row["seconds"] = []
+        except RuntimeError as err:
+            row.update(status="failed", reason=str(err))
+        rows.append(row)
+    live = [r for r in rows if "seconds" in r]
+    for repeat in range(repeats):
+        order = live[repeat % len(live):] + live[:repeat % len(live)] if live else []
+        for row in order:
+            reply = workers[row["contender"]].ask("run", variant=row["variant"])
+            row["seconds"].append(reply["seconds"])
+            row["loss"] = reply["loss"]
+    for row in live:
+        workers[row["contender"]].ask("drop", variant=row["variant"])
+        row.update(status="ok", **summarize(row.pop("seconds"), row["num_steps"], row["batch_size"],
+                                              row.get("num_models", 1)))
+        log(f"  {row['contender']:<16} {row['variant']:<22} {row['median_us_per_step']:10.1f} us/step")
+    return rows
+
+
+def throughput(workers: dict, plan: Plan, log) -> list[dict]:
+    rows = []
+    for model, batch_size, num_steps in plan.cases:
+        log(f"throughput: {model}, batch {batch_size}, {num_steps} steps x {plan.repeats} repeats")
+        args = {"model": model, "batch_size": batch_size, "num_steps": num_steps}
+        setups = [(name, f"{model}-b{batch_size}", args) for name in MAIN_CONTENDERS if name in workers]
+        rows += interleaved(workers, setups, plan.repeats, log)
+    if "jaxlin_fused" in workers and plan.sweep:
+        log(f"fused sweep: linear, batch 100, {plan.sweep_steps} steps")
+        setups = [("jaxlin_fused", f"K{k}-unroll{u}", {"model": "linear", "batch_size": 100,
+                   "num_steps": plan.sweep_steps, "steps_per_call": k, "unroll": u}) for k, u in plan.sweep]
+        rows += [dict(r, sweep=True) for r in interleaved(workers, setups, plan.repeats, log)]
+    if "jaxlin_vmap" in workers and plan.num_models:
+        log(f"vmap: linear, batch 100, {plan.vmap_steps} steps")
+        setups = [("jaxlin_vmap", f"M{m}", {"model": "linear", "batch_size": 100, "num_steps": plan.vmap_steps,
+                                             "num_models": m}) for m in plan.num_models]
+        rows += interleaved(workers, setups, plan.repeats, log)
+    return rows
+
+
+def time_to_accuracy(names: list[str], plan: Plan, data_dir: str, native_blas: bool, log) -> list[dict]:
+    """Wall time from process start until the test accuracy first reaches the target.
+
+    Every contender trains on the same batch order, so each needs the same number of steps
+    and the time says how fast it gets there, not how lucky its shuffle was.
+    """
+    log(f"time to {plan.tta_target:.1%}: evaluating every {plan.tta_eval_every} steps, "
+        f"{plan.tta_repeats} fresh processes each")
+    from jaxlin.data import load_idx_dir
+
+    num_train = len(load_idx_dir(data_dir).train)
+    rows = {name: {"contender": name, "runs": []} for name in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        order_file = str(Path(tmp) / "order.npy")
+        import numpy as np
+
+        np.save(order_file, shared_order(num_train, 100, plan.tta_max_steps))
+        request = {"model": "linear", "batch_size": 100, "eval_every": plan.tta_eval_every,
+                   "max_steps": plan.tta_max_steps, "target": plan.tta_target, "order_file": order_file}
+        for repeat in range(plan.tta_repeats):
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                worker = Worker(name, data_dir, worker_env(name, native_blas))
+                reply = worker.ask("time_to_accuracy", **request)
+                reply["wall_seconds"] = time.perf_counter() - worker.started
+                worker.close()
+                rows[name]["runs"].append(reply)
+    for row in rows.values():
+        walls = [r["wall_seconds"] for r in row["runs"]]
+        row.update(median_wall_seconds=statistics.median(walls), min_wall_seconds=min(walls),
+                   max_wall_seconds=max(walls), steps=row["runs"][0]["steps"],
+                   reached=all(r["reached"] for r in row["runs"]))
+        log(f"  {row['contender']:<16} {row['median_wall_seconds']:6.2f} s  ({row['steps']} steps)")
+    return list(rows.values())
+
+
+def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=print) -> dict:
+    started = datetime.datetime.now(datetime.timezone.utc)
+    contenders, workers = {}, {}
+    for name in names:
+        if not available(name):
+            contenders[name] = {"status": "skipped", "reason": f"{CONTENDERS[name][2]} is not installed"}
+            log(f"{name}: skipped ({contenders[name]['reason']})")
+            continue
+        worker = Worker(name, data_dir, worker_env(name, native_blas))
+        if "skipped" in worker.hello:
+            contenders[name] = {"status": "skipped", "reason": worker.hello["skipped"]}
+            log(f"{name}: skipped ({worker.hello['skipped']})")
+            worker.process.wait()
+            continue
+        workers[name] = worker
+        contenders[name] = {"status": "ok", "startup_seconds": worker.hello["startup_seconds"],
+                            "info": worker.ask("info")}
+    try:
+        rows = throughput(workers, plan, log)
+    finally:
+        for name, worker in workers.items():
+            contenders[name]["max_rss_mb"] = worker.close()["max_rss_mb"]
+    tta_names = [n for n in TTA_CONTENDERS if n in workers]
+    tta = time_to_accuracy(tta_names, plan, data_dir, native_blas, log) if plan.tta_repeats and tta_names else []
+    return {
+        "meta": {"started": started.isoformat(timespec="seconds"), "python": platform.python_version(),
+                 "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                 "plan": dataclasses.asdict(plan), "data_dir": data_dir},
+        "contenders": contenders,
+        "throughput": rows,
+        "time_to_accuracy": tta,
+    }

@@ -1,0 +1,119 @@
+"""TensorFlow 2 at its best for this model: a `tf.function` whose `tf.range` loop trains
+on device-resident data, with and without XLA (`jit_compile=True`)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from bench.common import initial_params, learning_rate, thread_settings, timed  # noqa: E402
+
+
+class Tf2Loop:
+    framework = "tensorflow"
+
+    def __init__(self, data: dict, jit_compile: bool = False):
+        import tensorflow as tf
+
+        self.tf, self.data, self.jit_compile = tf, data, jit_compile
+        self.images_uint8 = tf.constant(data["train_uint8"])
+        self.labels = tf.constant(data["train_labels"])
+        self.num_examples = len(data["train_labels"])
+
+    def info(self) -> dict:
+        tf = self.tf
+        return {"framework": "tensorflow", "version": tf.__version__,
+                "device": ", ".join(d.name for d in tf.config.list_logical_devices()),
+                "platform": platform.platform(), "threads": thread_settings(),
+                "mode": f"tf.function, tf.range loop, jit_compile={self.jit_compile}"}
+
+    def _variables(self, model: str):
+        return [self.tf.Variable(array) for layer in initial_params(model) for array in layer]
+
+    def _build(self, model: str, batch_size: int):
+        tf, lr = self.tf, learning_rate(model)
+        variables = self._variables(model)
+
+        def logits_of(images):
+            x = images
+            for i in range(0, len(variables), 2):
+                x = tf.matmul(x, variables[i]) + variables[i + 1]
+                if i + 2 < len(variables):
+                    x = tf.nn.relu(x)
+            return x
+
+        # The data are arguments, not captured constants, which XLA would fold into the program.
+        @tf.function(jit_compile=self.jit_compile)
+        def train_chunk(all_images, all_labels, order, offset, num_steps):
+            loss = tf.constant(0.0)
+            for step in tf.range(num_steps):
+                indices = order[offset + step * batch_size: offset + (step + 1) * batch_size]
+                images = tf.cast(tf.gather(all_images, indices), tf.float32) / 255.0
+                labels = tf.gather(all_labels, indices)
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        labels=labels, logits=logits_of(images)))
+                for variable, grad in zip(variables, tape.gradient(loss, variables)):
+                    variable.assign_sub(lr * grad)
+            return loss
+
+        return variables, lambda *args: train_chunk(self.images_uint8, self.labels, *args)
+
+    def _order(self, cache: dict, first_step: int, num_steps: int):
+        """Per-epoch permutations made by TensorFlow, concatenated over the chunk's epochs."""
+        tf = self.tf
+        first = first_step * self.batch_size
+        epoch = first // self.num_examples
+        span = (num_steps * self.batch_size - 1) // self.num_examples + 2
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = tf.concat([tf.random.shuffle(tf.range(self.num_examples), seed=e)
+                                      for e in range(epoch, epoch + span)], axis=0)
+        return cache[epoch], first - epoch * self.num_examples
+
+    def setup(self, model: str, batch_size: int, num_steps: int, steps_per_call: int = 1000) -> dict:
+        self.model, self.batch_size, self.num_steps = model, batch_size, num_steps
+        self.steps_per_call = min(steps_per_call, num_steps)
+        self.variables, self.train_chunk = self._build(model, batch_size)
+        compile_seconds, _ = timed(self.run)  # first call traces (and with XLA compiles)
+        warm_up, _ = timed(self.run)
+        return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up}
+
+    def run(self) -> dict:
+        for variable, value in zip(self.variables, (a for layer in initial_params(self.model) for a in layer)):
+            variable.assign(value)
+        cache, tf = {}, self.tf
+        start = time.perf_counter()
+        for first_step in range(0, self.num_steps, self.steps_per_call):
+            order, offset = self._order(cache, first_step, self.steps_per_call)
+            loss = self.train_chunk(order, tf.constant(offset), tf.constant(self.steps_per_call))
+        loss = float(loss.numpy())
+        return {"seconds": time.perf_counter() - start, "loss": loss}
+
+    def time_to_accuracy(self, model: str, batch_size: int, eval_every: int, max_steps: int,
+                         target: float, order_file: str) -> dict:
+        tf = self.tf
+        self.batch_size = batch_size
+        variables, train_chunk = self._build(model, batch_size)
+        order = tf.constant(np.load(order_file).ravel())
+        test_images, test_labels = tf.constant(self.data["test_images"]), self.data["test_labels"]
+        for start in range(0, max_steps, eval_every):
+            train_chunk(order, tf.constant(start * batch_size), tf.constant(eval_every))
+            x = test_images
+            for i in range(0, len(variables), 2):
+                x = tf.matmul(x, variables[i]) + variables[i + 1]
+                x = tf.nn.relu(x) if i + 2 < len(variables) else x
+            accuracy = float(np.mean(np.argmax(x.numpy(), axis=1) == test_labels))
+            if accuracy >= target:
+                return {"reached": True, "steps": start + eval_every, "test_accuracy": accuracy}
+        return {"reached": False, "steps": max_steps, "test_accuracy": accuracy}
+
+
+class Tf2Xla(Tf2Loop):
+    def __init__(self, data: dict):
+        super().__init__(data, jit_compile=True)

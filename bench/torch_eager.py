@@ -1,0 +1,93 @@
+"""PyTorch eager, the peer most users would pick: nn.Linear layers, F.cross_entropy,
+torch.optim.SGD, batches indexed out of a tensor by a per-epoch `torch.randperm`."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import numpy as np
+
+from bench.common import initial_params, learning_rate, thread_settings, timed
+
+
+class TorchEager:
+    framework = "torch"
+
+    def __init__(self, data: dict):
+        import torch
+
+        self.torch, self.data = torch, data
+        self.images_uint8 = torch.from_numpy(data["train_uint8"].copy())
+        self.labels = torch.from_numpy(data["train_labels"].astype(np.int64))
+        self.num_examples = len(data["train_labels"])
+
+    def info(self) -> dict:
+        torch = self.torch
+        return {"framework": "torch", "version": torch.__version__, "device": "cpu",
+                "platform": platform.platform(),
+                "threads": {**thread_settings(), "torch_num_threads": torch.get_num_threads()}}
+
+    def _net(self, model: str):
+        torch = self.torch
+        layers = []
+        for i, (w, b) in enumerate(initial_params(model)):
+            linear = torch.nn.Linear(*w.shape)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(w.T.copy()))
+                linear.bias.copy_(torch.from_numpy(b))
+            layers += [linear, torch.nn.ReLU()]
+        net = torch.nn.Sequential(*layers[:-1])
+        return net, torch.optim.SGD(net.parameters(), lr=learning_rate(model))
+
+    def _step(self, net, optimizer, indices):
+        images = self.images_uint8[indices].float() / 255.0
+        loss = self.torch.nn.functional.cross_entropy(net(images), self.labels[indices])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    def _batches(self, num_steps: int, batch_size: int):
+        """The tutorial's next_batch over torch.randperm epochs."""
+        torch, generator = self.torch, self.torch.Generator().manual_seed(0)
+        order, position = torch.randperm(self.num_examples, generator=generator), 0
+        for _ in range(num_steps):
+            if position + batch_size <= self.num_examples:
+                yield order[position:position + batch_size]
+                position += batch_size
+                continue
+            head = order[position:]
+            order = torch.randperm(self.num_examples, generator=generator)
+            position = batch_size - len(head)
+            yield torch.cat([head, order[:position]])
+
+    def setup(self, model: str, batch_size: int, num_steps: int) -> dict:
+        self.model, self.batch_size, self.num_steps = model, batch_size, num_steps
+        first_call, _ = timed(self.run)
+        warm_up, _ = timed(self.run)
+        return {"compile_seconds": 0.0, "warm_up_seconds": warm_up, "first_call_seconds": first_call}
+
+    def run(self) -> dict:
+        net, optimizer = self._net(self.model)
+        start = time.perf_counter()
+        for indices in self._batches(self.num_steps, self.batch_size):
+            loss = self._step(net, optimizer, indices)
+        loss = loss.item()
+        return {"seconds": time.perf_counter() - start, "loss": loss}
+
+    def time_to_accuracy(self, model: str, batch_size: int, eval_every: int, max_steps: int,
+                         target: float, order_file: str) -> dict:
+        torch = self.torch
+        net, optimizer = self._net(model)
+        order = torch.from_numpy(np.load(order_file).astype(np.int64))
+        test_images = torch.from_numpy(self.data["test_images"])
+        test_labels = torch.from_numpy(self.data["test_labels"].astype(np.int64))
+        for start in range(0, max_steps, eval_every):
+            for indices in order[start:start + eval_every]:
+                self._step(net, optimizer, indices)
+            with torch.no_grad():
+                accuracy = float((net(test_images).argmax(dim=1) == test_labels).float().mean())
+            if accuracy >= target:
+                return {"reached": True, "steps": start + eval_every, "test_accuracy": accuracy}
+        return {"reached": False, "steps": max_steps, "test_accuracy": accuracy}

@@ -1,0 +1,62 @@
+"""The benchmark harness: its NumPy floor computes the same step, and `--quick` runs end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from bench.common import NextBatch, initial_params, shared_order
+from bench.numpy_floor import sgd_step
+from jaxlin.models import get_model
+from jaxlin.train import make_update_fn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_next_batch_spans_epochs_like_the_tutorial():
+    next_batch = NextBatch(7, seed=0)
+    stream = np.concatenate([next_batch(3) for _ in range(7)])  # 21 = three epochs
+    for epoch in stream.reshape(3, 7):
+        assert sorted(epoch.tolist()) == list(range(7))
+    assert shared_order(7, 3, 7).ravel().tolist() == stream.tolist()
+
+
+def test_numpy_floor_takes_the_same_step_as_jaxlin():
+    rng = np.random.default_rng(0)
+    images = rng.random((32, 784), np.float32)
+    labels = rng.integers(0, 10, 32)
+    for name in ("linear", "mlp"):
+        params = initial_params(name)
+        if name == "linear":  # a non-zero start exercises every term
+            params = [(rng.normal(size=w.shape).astype(np.float32) * 0.01, b + 0.1) for w, b in params]
+        floor = [(w.copy(), b.copy()) for w, b in params]
+        sgd_step(floor, images, labels, 0.1)
+        model, optimizer = get_model(name, hidden_sizes=(256,)), optax.sgd(0.1)
+        jax_params = [{"w": w, "b": b} for w, b in params]
+        new, _, _ = make_update_fn(model.apply, optimizer)(jax_params, optimizer.init(jax_params), images, labels)
+        for (w, b), layer in zip(floor, new):
+            np.testing.assert_allclose(w, layer["w"], rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(b, layer["b"], rtol=1e-4, atol=1e-6)
+
+
+def test_quick_benchmark_runs_end_to_end(mnist_dir, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--data-dir", str(mnist_dir),
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "cpu-quick.json").read_text())
+    assert (tmp_path / "cpu-quick.png").read_bytes()[:4] == b"\x89PNG"
+    statuses = {name: c["status"] for name, c in results["contenders"].items()}
+    assert statuses["jaxlin_fused"] == statuses["jaxlin_per_step"] == statuses["numpy_floor"] == "ok"
+    assert set(statuses.values()) <= {"ok", "skipped"}
+    ran = {r["contender"] for r in results["throughput"] if r["status"] == "ok"}
+    assert ran == {name for name, status in statuses.items() if status == "ok"}
+    for row in results["throughput"]:
+        assert len(row["repeats_seconds"]) == 2 and row["median_us_per_step"] > 0
+    assert {r["contender"] for r in results["time_to_accuracy"]} >= {"jaxlin_fused", "jaxlin_per_step"}
+    assert "jaxlin fused" in done.stdout and "us/step" in done.stdout
