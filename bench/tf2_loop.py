@@ -52,7 +52,8 @@ class Tf2Loop:
         def train_chunk(all_images, all_labels, order, offset, num_steps):
             loss = tf.constant(0.0)
             for step in tf.range(num_steps):
-                indices = order[offset + step * batch_size: offset + (step + 1) * batch_size]
+                # A static size: XLA compiles a dynamic slice instead of one program per offset.
+                indices = tf.slice(order, [offset + step * batch_size], [batch_size])
                 images = tf.cast(tf.gather(all_images, indices), tf.float32) / 255.0
                 labels = tf.gather(all_labels, indices)
                 with tf.GradientTape() as tape:
