@@ -39,6 +39,14 @@ def _parse_cases(parser, text: str) -> list[tuple[str, int, int]]:
     return cases
 
 
+def replot(path: Path) -> int:
+    results = json.loads(path.read_text())
+    report.chart(results, path.with_suffix(".png"))
+    print(report.table(results))
+    print(f"\nwrote {path.with_suffix('.png')}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test)")
@@ -53,9 +61,13 @@ def main(argv=None) -> int:
     parser.add_argument("--no-sweep", action="store_true", help="skip the fused-loop K/unroll sweep")
     parser.add_argument("--no-vmap", action="store_true", help="skip the many-models vmap runs")
     parser.add_argument("--no-tta", action="store_true", help="skip the time-to-accuracy runs")
+    parser.add_argument("--replot", metavar="RESULTS_JSON",
+                        help="only redraw the table and chart of a saved results file")
     parser.add_argument("--keep-blas-pin", action="store_true",
                         help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the NumPy floor too")
     args = parser.parse_args(argv)
+    if args.replot:
+        return replot(Path(args.replot))
     if not args.data_dir:
         parser.error(f"no data: pass --data-dir or set {DATA_DIR_ENV}")
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]

@@ -116,28 +116,46 @@ def _tta_and_memory(results: dict) -> list[str]:
     return lines
 
 
+def _bars(ax, labels, values, colors, unit: str) -> None:
+    ax.barh(range(len(values)), values, color=colors)
+    ax.set_yticks(range(len(values)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(values) * 1.3)
+    for i, value in enumerate(values):
+        ax.text(value, i, f" {value:,.0f}" if value >= 100 else f" {value:.3g}", va="center", fontsize=7)
+    ax.set_xlabel(unit, fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+
+
+def _color(name: str) -> str:
+    return "tab:green" if name.startswith("jaxlin") else "tab:gray" if name == "numpy_floor" else "tab:orange"
+
+
 def chart(results: dict, path: Path) -> None:
+    """One panel per (model, batch size) with the median step time, and one for time to accuracy."""
     from matplotlib.figure import Figure
 
     rows = _main_rows(results)
     cases = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda c: (c[0] != "linear", c[1]))
-    names = [n for n in LABELS if any(r["contender"] == n for r in rows)]
-    fig = Figure(figsize=(4 * max(len(cases), 1) / 1.5, 6))
-    axes = fig.subplots(2, (len(cases) + 1) // 2, squeeze=False).ravel()
+    tta = sorted(results.get("time_to_accuracy", []), key=lambda r: r["median_wall_seconds"])
+    panels = len(cases) + (1 if tta else 0)
+    columns = min(panels, 4)
+    fig = Figure(figsize=(4.2 * columns, 3.2 * ((panels + columns - 1) // columns)))
+    axes = fig.subplots((panels + columns - 1) // columns, columns, squeeze=False).ravel()
     for ax, (model, batch_size) in zip(axes, cases):
-        case = {r["contender"]: r for r in rows if (r["model"], r["batch_size"]) == (model, batch_size)}
-        present = [n for n in names if n in case]
-        values = [case[n]["median_us_per_step"] for n in present]
-        colors = ["tab:green" if n.startswith("jaxlin") else "tab:gray" if n == "numpy_floor" else "tab:orange"
-                  for n in present]
-        ax.barh(range(len(present)), values, color=colors)
-        ax.set_yticks(range(len(present)), [LABELS[n] for n in present], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xscale("log")
+        case = sorted((r for r in rows if (r["model"], r["batch_size"]) == (model, batch_size)),
+                      key=lambda r: r["median_us_per_step"])
+        _bars(ax, [LABELS[r["contender"]] for r in case], [r["median_us_per_step"] for r in case],
+              [_color(r["contender"]) for r in case], "µs per step, median (lower is better)")
         ax.set_title(f"{model}, batch {batch_size}", fontsize=9)
-        ax.set_xlabel("µs per step (median, log scale; lower is better)", fontsize=7)
-    for ax in axes[len(cases):]:
+    if tta:
+        ax = axes[len(cases)]
+        _bars(ax, [LABELS[r["contender"]] for r in tta], [r["median_wall_seconds"] for r in tta],
+              [_color(r["contender"]) for r in tta], "seconds from process start, median")
+        ax.set_title(f"time to {results['meta']['plan']['tta_target']:.1%} test accuracy", fontsize=9)
+    for ax in axes[panels:]:
         ax.axis("off")
-    fig.suptitle(f"Training step time on {results['meta']['cpu_model']}", fontsize=10)
+    fig.suptitle(f"jaxlin vs TensorFlow, PyTorch and a NumPy floor on {results['meta']['cpu_model']} "
+                 f"({results['meta']['cpu_count']} cores)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
