@@ -65,7 +65,7 @@ def table(results: dict) -> str:
         floor = next((r["median_us_per_step"] for r in case if r["contender"] == "numpy_floor"), None)
         ref = next((r["median_us_per_step"] for r in case if r["contender"] == "tf_reference"), None)
         lines.append(f"\n{model}, batch {batch_size}, {case[0]['num_steps']} steps, "
-                     f"median of {len(case[0]['repeats_seconds'])} (min-max)")
+                     f"median of {len(case[0]['repeats_seconds'])} (min-max)\n")
         lines.append(f"| contender | us/step | min-max | steps/s | examples/s | x TF ref | x floor time | compile s |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in sorted(case, key=lambda r: r["median_us_per_step"]):
@@ -84,13 +84,13 @@ def _sweep_and_vmap(results: dict) -> list[str]:
     lines = []
     sweep = [r for r in results["throughput"] if r.get("sweep") and r.get("status") == "ok"]
     if sweep:
-        lines += ["\njaxlin fused sweep (linear, batch 100): steps per call K and scan unroll",
+        lines += ["\njaxlin fused sweep (linear, batch 100): steps per call K and scan unroll\n",
                   "| variant | us/step | min-max |", "| --- | ---: | ---: |"]
         lines += [f"| {r['variant']} | {r['median_us_per_step']:.1f} | "
                   f"{r['min_us_per_step']:.0f}-{r['max_us_per_step']:.0f} |" for r in sweep]
     vmap = [r for r in results["throughput"] if r["contender"] == "jaxlin_vmap" and r.get("status") == "ok"]
     if vmap:
-        lines += ["\njaxlin, M linear models at once under vmap (batch 100)",
+        lines += ["\njaxlin, M linear models at once under vmap (batch 100)\n",
                   "| models | us/step (all M) | model-steps/s |", "| ---: | ---: | ---: |"]
         lines += [f"| {r['num_models']} | {r['median_us_per_step']:,.1f} | {r['model_steps_per_second']:,.0f} |"
                   for r in vmap]
@@ -102,7 +102,7 @@ def _tta_and_memory(results: dict) -> list[str]:
     tta = results.get("time_to_accuracy", [])
     if tta:
         target = results["meta"]["plan"]["tta_target"]
-        lines += [f"\ntime to {target:.1%} test accuracy from process start (same batch order for all)",
+        lines += [f"\ntime to {target:.1%} test accuracy from process start (same batch order for all)\n",
                   "| contender | median s | min-max | steps |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {LABELS[r['contender']]} | {r['median_wall_seconds']:.2f} | {r['min_wall_seconds']:.2f}-"
                   f"{r['max_wall_seconds']:.2f} | {r['steps']}{'' if r['reached'] else ' (not reached)'} |"
