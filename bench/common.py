@@ -78,6 +78,17 @@ def shared_order(num_examples: int, batch_size: int, num_steps: int, seed: int =
     return np.stack([sampler(batch_size) for _ in range(num_steps)]).astype(np.int32)
 
 
+def train_until(train_steps, accuracy, eval_every: int, max_steps: int, target: float) -> dict:
+    """Calls train_steps(start, count) chunk by chunk until accuracy() reaches `target`."""
+    for start in range(0, max_steps, eval_every):
+        count = min(eval_every, max_steps - start)
+        train_steps(start, count)
+        reached = accuracy()
+        if reached >= target:
+            return {"reached": True, "steps": start + count, "test_accuracy": reached}
+    return {"reached": False, "steps": max_steps, "test_accuracy": reached}
+
+
 def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

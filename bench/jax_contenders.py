@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.common import NextBatch, initial_params, learning_rate, thread_settings, timed
+from bench.common import NextBatch, initial_params, learning_rate, thread_settings, timed, train_until
 from jaxlin.evaluate import make_accuracy_fn
 from jaxlin.models import get_model
 from jaxlin.train import EpochSampler, fused_train_chunk, make_fused_train, make_train_step, shuffled_epoch
@@ -65,14 +65,12 @@ class _JaxContender:
 
     def time_to_accuracy(self, model: str, batch_size: int, eval_every: int, max_steps: int,
                          target: float, order_file: str) -> dict:
-        order = np.load(order_file)
-        params, opt_state = self._start(model)
-        for start in range(0, max_steps, eval_every):
-            params, opt_state = self._train_on_order(model, order[start:start + eval_every], params, opt_state)
-            accuracy = self._accuracy(params)
-            if accuracy >= target:
-                return {"reached": True, "steps": start + eval_every, "test_accuracy": accuracy}
-        return {"reached": False, "steps": max_steps, "test_accuracy": accuracy}
+        order, state = np.load(order_file), list(self._start(model))
+
+        def train_steps(start, count):
+            state[:] = self._train_on_order(model, order[start:start + count], *state)
+
+        return train_until(train_steps, lambda: self._accuracy(state[0]), eval_every, max_steps, target)
 
 
 class JaxlinPerStep(_JaxContender):

@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from bench.common import initial_params, learning_rate, thread_settings, timed  # noqa: E402
+from bench.common import initial_params, learning_rate, thread_settings, timed, train_until  # noqa: E402
 
 
 class Tf2Loop:
@@ -103,16 +103,17 @@ class Tf2Loop:
         variables, train_chunk = self._build(model, batch_size)
         order = tf.constant(np.load(order_file).ravel())
         test_images, test_labels = tf.constant(self.data["test_images"]), self.data["test_labels"]
-        for start in range(0, max_steps, eval_every):
-            train_chunk(order, tf.constant(start * batch_size), tf.constant(eval_every))
+
+        def accuracy():
             x = test_images
             for i in range(0, len(variables), 2):
                 x = tf.matmul(x, variables[i]) + variables[i + 1]
                 x = tf.nn.relu(x) if i + 2 < len(variables) else x
-            accuracy = float(np.mean(np.argmax(x.numpy(), axis=1) == test_labels))
-            if accuracy >= target:
-                return {"reached": True, "steps": start + eval_every, "test_accuracy": accuracy}
-        return {"reached": False, "steps": max_steps, "test_accuracy": accuracy}
+            return int(np.sum(np.argmax(x.numpy(), axis=1) == test_labels)) / len(test_labels)
+
+        return train_until(
+            lambda start, count: train_chunk(order, tf.constant(start * batch_size), tf.constant(count)),
+            accuracy, eval_every, max_steps, target)
 
 
 class Tf2Xla(Tf2Loop):

@@ -21,7 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from bench.common import NextBatch, initial_params, learning_rate, load_data, thread_settings, timed  # noqa: E402
+from bench.common import (NextBatch, initial_params, learning_rate, load_data, thread_settings,  # noqa: E402
+                          timed, train_until)
 
 
 def _tf():
@@ -122,12 +123,8 @@ class TfReference:
     def time_to_accuracy(self, model: str, batch_size: int, eval_every: int, max_steps: int,
                          target: float, order_file: str) -> dict:
         graph, order = Graph(self.tf, model), np.load(order_file)
-        for start in range(0, max_steps, eval_every):
-            self._train_on_order(graph, order[start:start + eval_every])
-            accuracy = graph.test_accuracy(self.data)
-            if accuracy >= target:
-                return {"reached": True, "steps": start + eval_every, "test_accuracy": accuracy}
-        return {"reached": False, "steps": max_steps, "test_accuracy": accuracy}
+        return train_until(lambda start, count: self._train_on_order(graph, order[start:start + count]),
+                           lambda: graph.test_accuracy(self.data), eval_every, max_steps, target)
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from bench.common import initial_params, learning_rate, thread_settings, timed
+from bench.common import initial_params, learning_rate, thread_settings, timed, train_until
 
 
 class TorchEager:
@@ -83,11 +83,13 @@ class TorchEager:
         order = torch.from_numpy(np.load(order_file).astype(np.int64))
         test_images = torch.from_numpy(self.data["test_images"])
         test_labels = torch.from_numpy(self.data["test_labels"].astype(np.int64))
-        for start in range(0, max_steps, eval_every):
-            for indices in order[start:start + eval_every]:
+
+        def train_steps(start, count):
+            for indices in order[start:start + count]:
                 self._step(net, optimizer, indices)
+
+        def accuracy():
             with torch.no_grad():
-                accuracy = float((net(test_images).argmax(dim=1) == test_labels).float().mean())
-            if accuracy >= target:
-                return {"reached": True, "steps": start + eval_every, "test_accuracy": accuracy}
-        return {"reached": False, "steps": max_steps, "test_accuracy": accuracy}
+                return int((net(test_images).argmax(dim=1) == test_labels).sum()) / len(test_labels)
+
+        return train_until(train_steps, accuracy, eval_every, max_steps, target)
