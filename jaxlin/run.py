@@ -76,17 +76,18 @@ def describe_run(config: Config, data: Datasets, model: Model) -> str:
     )
 
 
-def write_outputs(out: Path, config: Config, data: Datasets, model: Model, result: FitResult,
+def write_outputs(out: Path, data: Datasets, model: Model, result: FitResult, test: dict,
                   metrics: dict) -> list[str]:
-    """Writes everything into a staging directory, then moves it into `out` in one go."""
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    """Writes everything into a staging directory beside `out`, then moves it in; a failure
+    on the way leaves no output behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
     try:
-        test = evaluate(model.apply, result.params, data.test)
         _write_figures(staging, data, model, result, test)
         checkpoint.save_params(staging / PARAMS_FILE, result.params, model)
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         names = sorted(p.name for p in staging.iterdir())
+        out.mkdir(exist_ok=True)
         for name in names:
             (staging / name).replace(out / name)
         return names
@@ -131,8 +132,11 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
     log(accuracy_line(result.evaluations[0]["test_accuracy"], "before training"))
     final = result.evaluations[-1]
     log(accuracy_line(final["test_accuracy"], f"after {final['step']} steps"))
+    test = evaluate(model.apply, result.params, data.test)
     metrics = {
         "final_test_accuracy": final["test_accuracy"],
+        "final_test_per_class_accuracy": test["per_class_accuracy"],
+        "final_test_confusion_matrix": test["confusion_matrix"],
         "evaluations": result.evaluations,
         "timings": {"data_load_seconds": data_seconds, **result.timings,
                     "total_seconds": time.perf_counter() - started},
@@ -141,7 +145,7 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
         "model": model.describe(),
         "config": config.to_dict(),
     }
-    names = write_outputs(out, config, data, model, result, metrics)
+    names = write_outputs(out, data, model, result, test, metrics)
     log(f"Wrote {', '.join(names)} to {out}")
     return metrics
 

@@ -32,6 +32,8 @@ def test_train_writes_everything_and_evaluate_agrees(tiny_data_dir, tmp_path, ca
     assert [e["step"] for e in metrics["evaluations"]] == [0, 20, 40]
     assert metrics["config"]["batch_size"] == 50 and metrics["versions"]["jax"]
     assert metrics["timings"]["train_seconds"] > 0 and metrics["device"]
+    assert len(metrics["final_test_per_class_accuracy"]) == 10
+    assert np.sum(metrics["final_test_confusion_matrix"]) == 1003
     final = metrics["final_test_accuracy"]
     assert final > 0.9 and f"Accuracy on test-set: {final:.1%} (after 40 steps)" in stdout
 
@@ -74,6 +76,7 @@ def test_bad_settings_fail_cleanly(tiny_data_dir, tmp_path, capsys, args, messag
     assert train(tiny_data_dir, out, *args) != 0
     assert message in capsys.readouterr().err
     assert not out.exists()  # nothing half-written
+    assert not list(tmp_path.glob(".*staging*"))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -172,3 +175,25 @@ def test_console_script_runs(tiny_data_dir, tmp_path):
     bad = subprocess.run([*command, "train", "--learning-rate", "-1"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "learning rate" in bad.stderr
+
+
+def test_device_gpu_without_a_gpu_is_a_clear_error(tiny_data_dir, tmp_path, capsys):
+    import jax
+
+    if any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("this machine has a GPU")
+    assert train(tiny_data_dir, tmp_path / "out", "--device", "gpu") == 2
+    assert "--device gpu: JAX sees no GPU" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_while_writing_leaves_no_output(tiny_data_dir, tmp_path, monkeypatch):
+    from jaxlin import plots
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(plots, "plot_weights", broken)
+    with pytest.raises(OSError, match="disk full"):
+        train(tiny_data_dir, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
