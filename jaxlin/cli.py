@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelError, CheckpointError, DivergenceError) as err:
         print(f"jaxlin: error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, DivergenceError) else 3
+    except OSError as err:  # e.g. the output directory filled up or vanished while writing
+        print(f"jaxlin: error: cannot write outputs: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
