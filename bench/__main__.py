@@ -40,9 +40,13 @@ def _parse_cases(parser, text: str) -> list[tuple[str, int, int]]:
 
 
 def replot(path: Path) -> int:
+    """Redraws a saved run's chart and table; the derived targets are recomputed, the raw data kept."""
     results = json.loads(path.read_text())
+    results["targets"] = report.targets(results)
+    path.write_text(json.dumps(results, indent=1) + "\n")
     report.chart(results, path.with_suffix(".png"))
     print(report.table(results))
+    print("\ntargets:", json.dumps(results["targets"], indent=1))
     print(f"\nwrote {path.with_suffix('.png')}")
     return 0
 
