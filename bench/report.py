@@ -118,6 +118,8 @@ def _tta_and_memory(results: dict) -> list[str]:
 
 
 def _bars(ax, labels, values, colors, unit: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     ax.barh(range(len(values)), values, color=colors)
     ax.set_yticks(range(len(values)), labels, fontsize=7)
     ax.invert_yaxis()
@@ -126,6 +128,7 @@ def _bars(ax, labels, values, colors, unit: str) -> None:
         ax.text(value, i, f" {value:,.0f}" if value >= 100 else f" {value:.3g}", va="center", fontsize=7)
     ax.set_xlabel(unit, fontsize=7)
     ax.tick_params(axis="x", labelsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(4))
 
 
 def _color(name: str) -> str:
