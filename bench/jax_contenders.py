@@ -41,6 +41,13 @@ class _JaxContender:
                 "optax": optax.__version__, "device": str(self.device), "device_kind": self.device.device_kind,
                 "platform": platform.platform(), "threads": thread_settings()}
 
+    def _cached(self, name: str, make):
+        """One compiled function per contender for the train_on/time_to_accuracy runs."""
+        cache = self.__dict__.setdefault("_functions", {})
+        if name not in cache:
+            cache[name] = make()
+        return cache[name]
+
     def _model(self, model: str):
         return get_model(model, hidden_sizes=(256,))
 
@@ -52,8 +59,7 @@ class _JaxContender:
 
     def train_on(self, model: str, order_file: str, out_file: str) -> dict:
         """Trains on given batch indices (num_steps, B); saves params; reports test accuracy."""
-        order = np.load(order_file)
-        params, opt_state = self._train_on_order(model, order)
+        params, opt_state = self._train_on_order(np.load(order_file), *self._start(model))
         np.savez(out_file, **_flat_params(params))
         return {"test_accuracy": self._accuracy(params)}
 
@@ -68,7 +74,7 @@ class _JaxContender:
         order, state = np.load(order_file), list(self._start(model))
 
         def train_steps(start, count):
-            state[:] = self._train_on_order(model, order[start:start + count], *state)
+            state[:] = self._train_on_order(order[start:start + count], *state)
 
         return train_until(train_steps, lambda: self._accuracy(state[0]), eval_every, max_steps, target)
 
@@ -96,11 +102,8 @@ class JaxlinPerStep(_JaxContender):
         loss = float(jax.block_until_ready(loss))
         return {"seconds": time.perf_counter() - start, "loss": loss}
 
-    def _train_on_order(self, model, order, params=None, opt_state=None):
-        if params is None:
-            params, opt_state = self._start(model)
-        step = getattr(self, "_tta_step", None) or make_train_step(self.apply, self.optimizer)
-        self._tta_step = step
+    def _train_on_order(self, order, params, opt_state):
+        step = self._cached("step", lambda: make_train_step(self.apply, self.optimizer))
         for indices in order:
             params, opt_state, _ = step(params, opt_state, self.data["train_images"][indices],
                                         self.data["train_labels"][indices])
@@ -138,11 +141,8 @@ class JaxlinFused(_JaxContender):
         loss = float(jax.block_until_ready(losses)[-1])
         return {"seconds": time.perf_counter() - start, "loss": loss}
 
-    def _train_on_order(self, model, order, params=None, opt_state=None):
-        if params is None:
-            params, opt_state = self._start(model)
-        fused = getattr(self, "_tta_fused", None) or make_fused_train(self.apply, self.optimizer)
-        self._tta_fused = fused
+    def _train_on_order(self, order, params, opt_state):
+        fused = self._cached("fused", lambda: make_fused_train(self.apply, self.optimizer))
         num_steps, batch_size = order.shape
         params, opt_state, _ = fused(params, opt_state, self.images_uint8, self.labels,
                                      jnp.asarray(order.ravel()), 0, batch_size=batch_size, num_steps=num_steps)
