@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import report, runner
 from bench.worker import CONTENDERS
-from jaxlin.data import DATA_DIR_ENV
+from jaxlin.data import DATA_DIR_ENV, DataError, load_idx_dir
 
 
 def device_slug(results: dict) -> str:
@@ -74,6 +74,10 @@ def main(argv=None) -> int:
         return replot(Path(args.replot))
     if not args.data_dir:
         parser.error(f"no data: pass --data-dir or set {DATA_DIR_ENV}")
+    try:
+        load_idx_dir(args.data_dir)  # fail here, not in eight worker processes
+    except DataError as err:
+        parser.error(str(err))
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     unknown = sorted(set(names) - set(CONTENDERS))
     if unknown:

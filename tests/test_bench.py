@@ -60,3 +60,10 @@ def test_quick_benchmark_runs_end_to_end(mnist_dir, tmp_path):
         assert len(row["repeats_seconds"]) == 2 and row["median_us_per_step"] > 0
     assert {r["contender"] for r in results["time_to_accuracy"]} >= {"jaxlin_fused", "jaxlin_per_step"}
     assert "jaxlin fused" in done.stdout and "us/step" in done.stdout
+
+
+def test_benchmark_rejects_a_bad_data_dir(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--data-dir", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    assert not (tmp_path / "out").exists()
