@@ -14,7 +14,8 @@ import optax
 from bench.common import NextBatch, initial_params, learning_rate, thread_settings, timed, train_until
 from jaxlin.evaluate import make_accuracy_fn
 from jaxlin.models import get_model
-from jaxlin.train import EpochSampler, fused_train_chunk, make_fused_train, make_train_step, shuffled_epoch
+from jaxlin.sampler import EpochSampler, shuffled_epoch
+from jaxlin.train import fused_train_chunk, make_fused_train, make_train_step
 
 
 def _jax_params(model: str, seed: int = 0) -> list[dict]:

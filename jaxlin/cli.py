@@ -1,14 +1,20 @@
-"""The `jaxlin` command line: a thin layer that turns flags into a Config and runs a job."""
+"""The `jaxlin` command line: a thin layer that turns flags into a Config and runs a job.
+
+The flags of `Config` settings are generated from its fields (type, default, help and
+choices), so every setting has one. Their defaults are left out of the parsed namespace
+(`argparse.SUPPRESS`): the job learns which settings were given, which `--resume`
+needs to take the others from the checkpoint.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 
-from jaxlin.config import DEVICES, LOOPS, OPTIMIZERS, Config, ConfigError
-from jaxlin.data import DATA_DIR_ENV, DATASETS
-from jaxlin.models import ACTIVATIONS, MODELS
+from jaxlin.config import CONFIG_FIELDS, Config, ConfigError
 
 DEFAULTS = Config()
 
@@ -17,54 +23,73 @@ def _hidden_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not sizes or any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"hidden sizes must be integers >= 1, got {text!r}")
     return sizes
 
 
-def _data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset,
-                        help="data set (default: %(default)s)")
-    parser.add_argument("--data-dir", default=None,
-                        help=f"directory with the four IDX files (.gz or not); default: ${DATA_DIR_ENV}, "
-                             "else tensorflow-datasets")
-    parser.add_argument("--device", choices=DEVICES, default=DEFAULTS.device,
-                        help="where to compute (default: %(default)s, JAX's first device)")
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+_PARSERS = {int: int, float: float, str: _non_empty, tuple[int, ...]: _hidden_sizes}
+
+
+def _parse_type(annotation):
+    """int, float, str or tuple[int, ...], also when optional (`X | None`)."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    if typing.get_origin(annotation) is tuple:
+        options = [annotation]
+    return _PARSERS[options[0]]
+
+
+def _show_default(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """One flag per Config field used by `command`, generated from the field."""
+    hints = typing.get_type_hints(Config)
+    for field in dataclasses.fields(Config):
+        meta = field.metadata
+        if command not in meta["commands"]:
+            continue
+        default = field.default
+        help_text = meta["help"] + ("" if default is None or "default" in meta["help"]
+                                    else f" (default: {_show_default(default)})")
+        parser.add_argument(f"--{field.name.replace('_', '-')}", *meta["aliases"], dest=field.name,
+                            type=_parse_type(hints[field.name]), choices=meta["choices"],
+                            metavar=meta["metavar"], default=argparse.SUPPRESS, help=help_text)
 
 
 def _train_parser(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a model and write metrics, figures and params",
-                              description="Train on MNIST; defaults reproduce the TensorFlow tutorial.")
-    _data_args(p)
-    p.add_argument("--model", choices=MODELS, default=DEFAULTS.model, help="default: %(default)s")
-    p.add_argument("--hidden-sizes", type=_hidden_sizes, default=DEFAULTS.hidden_sizes, metavar="N[,N...]",
-                   help="MLP hidden layer sizes (default: 256)")
-    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default=DEFAULTS.activation,
-                   help="MLP activation (default: %(default)s)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer, help="default: %(default)s")
-    p.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate, help="default: %(default)s")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="default: %(default)s")
-    p.add_argument("--num-steps", "--steps", type=int, default=DEFAULTS.num_steps, help="default: %(default)s")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="default: %(default)s")
-    p.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every,
-                   help="evaluate test accuracy every N steps (default: %(default)s)")
-    p.add_argument("--loop", choices=LOOPS, default=DEFAULTS.loop,
-                   help="fused: many steps per compiled call on device-resident data; "
-                        "per-step: one call per host-fed batch (default: %(default)s)")
-    p.add_argument("--steps-per-call", type=int, default=DEFAULTS.steps_per_call,
-                   help="most steps in one compiled call of the fused loop (default: %(default)s)")
-    p.add_argument("--output-dir", default=DEFAULTS.output_dir, help="default: %(default)s")
+    p = subparsers.add_parser(
+        "train", help="train a model and write checkpoints, records, metrics, figures and params",
+        description="Train on MNIST; defaults reproduce the TensorFlow tutorial.")
+    add_config_flags(p, "train")
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir from its latest checkpoint; settings not "
+                            "given come from the checkpoint (only --num-steps may change)")
+    modes.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --output-dir (only jaxlin's own files are removed)")
     p.add_argument("--dry-run", action="store_true",
                    help="check settings and data, print the plan, train and write nothing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _evaluate_parser(subparsers) -> None:
+    from jaxlin.config import MODELS
+
     p = subparsers.add_parser("evaluate", help="report test-set metrics of saved params",
                               description="Reload a params.npz written by `jaxlin train` and evaluate it.")
     p.add_argument("params", help="path to a params.npz")
-    _data_args(p)
+    add_config_flags(p, "evaluate")
     p.add_argument("--model", choices=MODELS, default=None,
                    help="check that the params are for this model (default: the model the file names)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -79,19 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_settings(args: argparse.Namespace) -> set[str]:
+    """The Config fields set on the command line."""
+    return {name for name in CONFIG_FIELDS if hasattr(args, name)}
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    names = {f for f in Config.__dataclass_fields__ if hasattr(args, f)}
-    return Config(**{name: getattr(args, name) for name in names})
+    return Config(**{name: getattr(args, name) for name in given_settings(args)})
 
 
 def _run(args: argparse.Namespace) -> None:
     from jaxlin import run
 
     if args.command == "train":
-        config = config_from_args(args).validate()
-        run.train_and_evaluate(config, progress=not args.no_progress, dry_run=args.dry_run)
+        config = config_from_args(args)
+        if not args.resume:
+            config.validate()
+        mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+        run.train_and_evaluate(config, progress=not args.no_progress, dry_run=args.dry_run, mode=mode,
+                               explicit=given_settings(args))
         return
-    metrics = run.evaluate_saved(args.params, args.dataset, args.data_dir, args.model, args.device)
+    settings = {name: getattr(args, name, getattr(DEFAULTS, name)) for name in ("dataset", "data_dir", "device")}
+    metrics = run.evaluate_saved(args.params, settings["dataset"], settings["data_dir"], args.model,
+                                 settings["device"])
     if args.json:
         print(json.dumps(metrics, indent=2))
         return
@@ -102,21 +137,36 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from jaxlin.checkpoint import CheckpointError
-    from jaxlin.data import DataError
-    from jaxlin.models import ModelError
-    from jaxlin.train import DivergenceError
+    try:
+        args = build_parser().parse_args(argv)
+        from jaxlin.checkpoint import CheckpointError
+        from jaxlin.data import DataError
+        from jaxlin.models import ModelError
+        from jaxlin.run import Stopped
+        from jaxlin.rundir import RunDirError
+        from jaxlin.train import DivergenceError
+    except KeyboardInterrupt:
+        return _interrupted()
 
     try:
         _run(args)
-    except (ConfigError, DataError, ModelError, CheckpointError, DivergenceError) as err:
+    except Stopped as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
+    except (ConfigError, DataError, ModelError, CheckpointError, RunDirError, DivergenceError) as err:
         print(f"jaxlin: error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, DivergenceError) else 3
     except OSError as err:  # e.g. the output directory filled up or vanished while writing
         print(f"jaxlin: error: cannot write outputs: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handler was installed
+        return _interrupted()
     return 0
+
+
+def _interrupted() -> int:
+    print("jaxlin: interrupted before training started; nothing saved", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

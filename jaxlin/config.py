@@ -1,7 +1,9 @@
 """Every hyperparameter and run setting in one object, validated in one place.
 
 The defaults are the TensorFlow tutorial's: a zero-initialised linear model,
-plain gradient descent at 0.5, batches of 100, 1,000 steps.
+plain gradient descent at 0.5, batches of 100, 1,000 steps. Each field carries
+its help text (and choices) as metadata: the command line builds its flags
+from these fields, so a new setting cannot lack a flag.
 """
 
 from __future__ import annotations
@@ -12,41 +14,63 @@ import math
 OPTIMIZERS = ("sgd", "momentum", "adam")
 LOOPS = ("fused", "per-step")
 DEVICES = ("auto", "cpu", "gpu")
+DATASETS = ("mnist", "fashion_mnist")
+MODELS = ("linear", "mlp")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
+
+# Settings that a resumed run may change: they do not change what the steps compute.
+RESUMABLE_CHANGES = frozenset({"num_steps", "output_dir", "data_dir", "keep_checkpoints"})
+# The sampler folds each epoch's number into a 32-bit PRNG key; the fused loop indexes
+# the epoch order with int32.
+MAX_EPOCHS = 2**32 - 2
+MAX_WINDOW = 2**30
 
 
 class ConfigError(ValueError):
     """A setting that cannot produce a sensible run."""
 
 
+def setting(default, help: str, *, choices=None, commands=("train",), aliases=(), metavar=None):
+    """A Config field with what its command-line flag needs."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": choices, "commands": commands, "aliases": aliases, "metavar": metavar})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    model: str = "linear"
-    hidden_sizes: tuple[int, ...] = (256,)
-    activation: str = "relu"
-    optimizer: str = "sgd"
-    learning_rate: float = 0.5
-    momentum: float = 0.9
-    batch_size: int = 100
-    num_steps: int = 1000
-    seed: int = 0
-    eval_every: int = 100
+    dataset: str = setting("mnist", "data set", choices=DATASETS, commands=("train", "evaluate"))
+    data_dir: str | None = setting(
+        None, "directory with the four IDX files (.gz or not); default: $JAXLIN_DATA_DIR, "
+              "else tensorflow-datasets", commands=("train", "evaluate"), metavar="DIR")
+    model: str = setting("linear", "model", choices=MODELS)
+    hidden_sizes: tuple[int, ...] = setting((256,), "MLP hidden layer sizes", metavar="N[,N...]")
+    activation: str = setting("relu", "MLP activation", choices=ACTIVATIONS)
+    optimizer: str = setting("sgd", "optimizer", choices=OPTIMIZERS)
+    learning_rate: float = setting(0.5, "learning rate")
+    momentum: float = setting(0.9, "momentum of the momentum optimizer")
+    batch_size: int = setting(100, "examples per step")
+    num_steps: int = setting(1000, "training steps", aliases=("--steps",))
+    seed: int = setting(0, "seed of the initial params and the batch order")
+    eval_every: int = setting(100, "evaluate test accuracy every N steps")
+    checkpoint_every: int | None = setting(
+        None, "save the train state every N steps (default: at every evaluation; 0: never)", metavar="N")
+    keep_checkpoints: int = setting(3, "how many of the latest checkpoints to keep")
     # Upper bound on steps per compiled call of the fused loop; chunks also end at evaluations.
-    steps_per_call: int = 1000
-    unroll: int = 1
-    loop: str = "fused"
-    device: str = "auto"
-    output_dir: str = "jaxlin-run"
+    steps_per_call: int = setting(1000, "most steps in one compiled call of the fused loop")
+    unroll: int = setting(1, "steps unrolled per iteration of the fused loop's lax.scan")
+    loop: str = setting("fused", "fused: many steps per compiled call on device-resident data; "
+                                 "per-step: one call per host-fed batch", choices=LOOPS)
+    device: str = setting("auto", "where to compute (auto: JAX's first device)", choices=DEVICES,
+                          commands=("train", "evaluate"))
+    output_dir: str = setting("jaxlin-run", "directory for checkpoints, records, metrics, figures, params",
+                              metavar="DIR")
 
-    def validate(self, num_train_examples: int | None = None) -> "Config":
+    def validate(self, num_train_examples: int | None = None) -> Config:
         """Raises ConfigError naming the first bad setting; returns self."""
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.loop not in LOOPS:
-            raise ConfigError(f"unknown loop {self.loop!r}; choose one of {', '.join(LOOPS)}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        for name in ("dataset", "model", "activation", "optimizer", "loop", "device"):
+            choices = CONFIG_FIELDS[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
             raise ConfigError(f"learning rate must be a finite number > 0, got {self.learning_rate}")
@@ -61,15 +85,68 @@ class Config:
             )
         if self.num_steps < 0:
             raise ConfigError(f"number of steps must be >= 0, got {self.num_steps}")
-        for name in ("eval_every", "steps_per_call", "unroll"):
+        for name in ("eval_every", "steps_per_call", "unroll", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if self.model == "mlp" and any(h < 1 for h in self.hidden_sizes):
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint every must be >= 0 (0: never), got {self.checkpoint_every}")
+        if self.model == "mlp" and (not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes)):
             raise ConfigError(f"hidden sizes must be at least 1, got {list(self.hidden_sizes)}")
+        if self.steps_per_call * self.batch_size > MAX_WINDOW:
+            raise ConfigError(
+                f"steps per call × batch size must be at most {MAX_WINDOW}, got "
+                f"{self.steps_per_call} × {self.batch_size}")
+        if num_train_examples and self.num_steps * self.batch_size // num_train_examples > MAX_EPOCHS:
+            raise ConfigError(
+                f"{self.num_steps} steps of {self.batch_size} examples span more than {MAX_EPOCHS} epochs "
+                f"of {num_train_examples} examples")
         return self
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def used_settings(self) -> dict:
+        """The settings this run uses: no MLP shape for the linear model, no unused momentum."""
+        settings = self.to_dict()
+        if self.model != "mlp":
+            del settings["hidden_sizes"], settings["activation"]
+        if self.optimizer != "momentum":
+            del settings["momentum"]
+        if self.loop != "fused":
+            del settings["steps_per_call"], settings["unroll"]
+        if "hidden_sizes" in settings:
+            settings["hidden_sizes"] = list(settings["hidden_sizes"])
+        return settings
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> Config:
+        """Inverse of `to_dict`; unknown keys are an error."""
+        unknown = set(settings) - set(CONFIG_FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown settings {sorted(unknown)}")
+        values = dict(settings)
+        if "hidden_sizes" in values:
+            values["hidden_sizes"] = tuple(values["hidden_sizes"])
+        return cls(**values)
+
+
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def resume_conflicts(saved: Config, wanted: Config) -> list[str]:
+    """The settings in which `wanted` differs from a checkpoint's config, as flags with both values."""
+    conflicts = []
+    for name in CONFIG_FIELDS:
+        if name not in RESUMABLE_CHANGES and getattr(saved, name) != getattr(wanted, name):
+            conflicts.append(f"--{name.replace('_', '-')} {_show(getattr(wanted, name))} "
+                             f"(the checkpoint has {_show(getattr(saved, name))})")
+    return conflicts
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlin.config import DATASETS
+
 DATA_DIR_ENV = "JAXLIN_DATA_DIR"
-DATASETS = ("mnist", "fashion_mnist")
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 IMAGE_SIZE = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]

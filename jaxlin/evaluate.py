@@ -1,7 +1,10 @@
-"""Evaluation: predictions, probabilities, accuracy, per-class accuracy, confusion matrix.
+"""Evaluation: one path from params to predictions, accuracy, per-class accuracy and confusion matrix.
 
-Every example is evaluated: the last batch is padded to the batch shape (one
-compile) and the padding is cut off again, never dropped.
+`Evaluator` holds a split on the device, padded to whole batches, and predicts
+every example in one compiled call (a `lax.map` over the batches, so memory is
+bounded by one batch); the padding is cut off on the host, never counted.
+Everything else is counted from those predictions, so the accuracy in the
+progress bar, in `metrics.jsonl` and in the confusion matrix cannot disagree.
 """
 
 from __future__ import annotations
@@ -22,40 +25,15 @@ def to_float_images(images_uint8: jax.Array) -> jax.Array:
     return images_uint8.astype(jnp.float32) / 255.0
 
 
-def _batched(fn: Callable, images: np.ndarray | jax.Array, batch_size: int) -> np.ndarray:
-    """Applies `fn` to fixed-size batches of `images`, padding the last one."""
-    num = len(images)
-    batch_size = min(batch_size, max(num, 1))
-    outputs = []
-    for start in range(0, num, batch_size):
-        batch = images[start:start + batch_size]
-        pad = batch_size - len(batch)
-        if pad:
-            batch = jnp.concatenate([jnp.asarray(batch), jnp.zeros((pad, *batch.shape[1:]), batch.dtype)])
-        outputs.append(np.asarray(fn(batch))[:batch_size - pad])
-    return np.concatenate(outputs) if outputs else np.zeros((0, NUM_CLASSES), np.float32)
+def make_predict_fn(apply_fn: Callable) -> Callable:
+    """jitted (params, uint8 batches (num_batches, batch, features)) -> class ids (num_batches * batch,)."""
 
+    def predict(params, batches):
+        classes = jax.lax.map(lambda batch: jnp.argmax(apply_fn(params, to_float_images(batch)), axis=-1),
+                              batches)
+        return classes.reshape(-1)
 
-def make_probability_fn(apply_fn: Callable) -> Callable:
-    """jitted (params, uint8 images) -> softmax probabilities."""
-    return jax.jit(lambda params, images_uint8: jax.nn.softmax(apply_fn(params, to_float_images(images_uint8))))
-
-
-def make_accuracy_fn(apply_fn: Callable, images_uint8: jax.Array, labels: jax.Array) -> Callable:
-    """params -> accuracy (a float) on a device-resident split, in one compiled call."""
-
-    @jax.jit
-    def num_correct(params):
-        logits = apply_fn(params, to_float_images(images_uint8))
-        return jnp.sum(jnp.argmax(logits, axis=-1) == labels)
-
-    return lambda params: int(num_correct(params)) / len(labels)
-
-
-def predict_probabilities(apply_fn: Callable, params, images_uint8, batch_size: int = EVAL_BATCH_SIZE,
-                          probability_fn: Callable | None = None) -> np.ndarray:
-    probability_fn = probability_fn or make_probability_fn(apply_fn)
-    return _batched(lambda batch: probability_fn(params, batch), images_uint8, batch_size)
+    return jax.jit(predict)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -69,16 +47,50 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
     return np.divide(np.diag(confusion), totals, out=np.zeros(len(totals)), where=totals > 0)
 
 
-def evaluate(apply_fn: Callable, params, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> dict:
+class Evaluator:
+    """Test metrics of params on one split, computed on `device` (default: JAX's default device)."""
+
+    def __init__(self, apply_fn: Callable, images_uint8, labels, batch_size: int = EVAL_BATCH_SIZE,
+                 device: jax.Device | None = None, predict_fn: Callable | None = None):
+        self.num_examples = len(labels)
+        self.labels = np.asarray(labels)
+        batch_size = max(1, min(batch_size, self.num_examples))
+        num_batches = -(-self.num_examples // batch_size)
+        images = np.asarray(images_uint8)
+        padded = np.zeros((num_batches * batch_size, *images.shape[1:]), images.dtype)
+        padded[:self.num_examples] = images
+        batches = padded.reshape(num_batches, batch_size, *images.shape[1:])
+        self._batches = jax.device_put(batches, device) if device is not None else jnp.asarray(batches)
+        self._predict = predict_fn or make_predict_fn(apply_fn)
+
+    def predictions(self, params) -> np.ndarray:
+        if self.num_examples == 0:
+            return np.zeros(0, np.int64)
+        return np.asarray(self._predict(params, self._batches))[:self.num_examples]
+
+    def __call__(self, params) -> dict:
+        """accuracy (None for an empty split), num_examples, per_class_accuracy, confusion_matrix, predictions."""
+        predictions = self.predictions(params)
+        confusion = confusion_matrix(self.labels, predictions)
+        correct = int(np.trace(confusion))
+        return {
+            "accuracy": correct / self.num_examples if self.num_examples else None,
+            "num_examples": self.num_examples,
+            "per_class_accuracy": per_class_accuracy(confusion).tolist(),
+            "confusion_matrix": confusion.tolist(),
+            "predictions": predictions,
+        }
+
+    def accuracy(self, params) -> float | None:
+        return self(params)["accuracy"]
+
+
+def make_accuracy_fn(apply_fn: Callable, images_uint8, labels) -> Callable:
+    """params -> accuracy (a float) on a split, through `Evaluator`."""
+    return Evaluator(apply_fn, images_uint8, labels).accuracy
+
+
+def evaluate(apply_fn: Callable, params, split: Split, batch_size: int = EVAL_BATCH_SIZE,
+             device: jax.Device | None = None) -> dict:
     """Accuracy and its break-down on every example of `split`."""
-    probabilities = predict_probabilities(apply_fn, params, split.images_uint8, batch_size)
-    predictions = probabilities.argmax(axis=1)
-    confusion = confusion_matrix(split.labels, predictions)
-    return {
-        "accuracy": float(np.mean(predictions == split.labels)) if len(split) else float("nan"),
-        "num_examples": len(split),
-        "per_class_accuracy": per_class_accuracy(confusion).tolist(),
-        "confusion_matrix": confusion.tolist(),
-        "predictions": predictions,
-        "probabilities": probabilities,
-    }
+    return Evaluator(apply_fn, split.images_uint8, split.labels, batch_size, device)(params)

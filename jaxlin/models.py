@@ -12,7 +12,9 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-MODELS = ("linear", "mlp")
+from jaxlin.config import MODELS
+
+# Keyed by the names `config.ACTIVATIONS` offers (tests check that they agree).
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,

@@ -1,11 +1,17 @@
-"""The jobs behind the command line: train-and-evaluate with outputs, and evaluate saved params."""
+"""The jobs behind the command line: train (new, overwriting or resuming) with outputs, and evaluate
+saved params.
+
+A `jaxlin train` job: check the output directory, load and validate the data, take the
+directory's lock, train with checkpoints and streamed records (stopping cleanly on
+SIGINT/SIGTERM), then publish metrics, figures and params as a whole.
+"""
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import importlib.metadata
 import platform
-import shutil
-import tempfile
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,26 +19,49 @@ import jax
 import numpy as np
 
 from jaxlin import checkpoint, plots
-from jaxlin.config import Config, ConfigError
+from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data import DATA_DIR_ENV, Datasets, load_datasets, resolve_data_dir
 from jaxlin.evaluate import evaluate
 from jaxlin.models import Model, get_model
-from jaxlin.train import FitResult, fit, resolve_device
+from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, RunDir, RunDirError, check_writable, to_json
+from jaxlin.signals import StopRequest
+from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, TrainState
+from jaxlin.train import FitHooks, FitResult, Progress, fit, resolve_device
 
-PARAMS_FILE = "params.npz"
-METRICS_FILE = "metrics.json"
+MODES = ("new", "overwrite", "resume")
+
+
+class Stopped(Exception):
+    """The run stopped on a signal after saving what it could; `exit_code` is 128 + the signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def library_versions() -> dict:
-    import importlib.metadata as metadata
-
     versions = {"python": platform.python_version()}
-    for package in ("jax", "jaxlib", "optax", "numpy", "matplotlib"):
+    for package in ("jaxlin", "jax", "jaxlib", "optax", "numpy", "matplotlib"):
         try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
             versions[package] = None
+    versions["jaxlin_commit"] = _git_commit()
     return versions
+
+
+def _git_commit() -> str | None:
+    """The commit of a jaxlin source checkout (an editable install), else None."""
+    source = Path(__file__).resolve().parent.parent
+    if not (source / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip() if done.returncode == 0 else ""
+    return commit or None
 
 
 def accuracy_line(accuracy: float, when: str = "") -> str:
@@ -42,27 +71,6 @@ def accuracy_line(accuracy: float, when: str = "") -> str:
 
 def build_model(config: Config) -> Model:
     return get_model(config.model, config.hidden_sizes, config.activation)
-
-
-def check_output_dir(path: str) -> Path:
-    """Fails before training, not after, when the output directory cannot be made."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output dir {out} exists and is not a directory")
-    parent = out.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not _writable(parent):
-        raise ConfigError(f"output dir {out}: cannot write under {parent}")
-    return out
-
-
-def _writable(directory: Path) -> bool:
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            return True
-    except OSError:
-        return False
 
 
 def describe_run(config: Config, data: Datasets, model: Model) -> str:
@@ -76,78 +84,190 @@ def describe_run(config: Config, data: Datasets, model: Model) -> str:
     )
 
 
-def write_outputs(out: Path, data: Datasets, model: Model, result: FitResult, test: dict,
-                  metrics: dict) -> list[str]:
-    """Writes everything into a staging directory beside `out`, then moves it in; a failure
-    on the way leaves no output behind."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
-    try:
-        _write_figures(staging, data, model, result, test)
-        checkpoint.save_params(staging / PARAMS_FILE, result.params, model)
-        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        names = sorted(p.name for p in staging.iterdir())
-        out.mkdir(exist_ok=True)
-        for name in names:
-            (staging / name).replace(out / name)
-        return names
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def resume_command(out: Path) -> str:
+    return f"jaxlin train --resume --output-dir {out}"
 
 
-def _write_figures(directory: Path, data: Datasets, model: Model, result: FitResult, test: dict) -> None:
-    images, labels, predictions = data.test.images_uint8, data.test.labels, test["predictions"]
+def _write_figures(directory: Path, data: Datasets, model: Model, params, final: dict,
+                   evaluations: list[dict]) -> None:
+    images, labels, predictions = data.test.images_uint8, data.test.labels, final["predictions"]
     plots.plot_images(images[:9], labels[:9], predictions[:9], directory / "example_images.png",
                       title="First test images")
     plots.plot_misclassified(images, labels, predictions, directory / "misclassified.png")
-    first_weights = result.params[0]["w"]
+    first_weights = params[0]["w"]
     titles = ([f"Weights: {d}" for d in range(first_weights.shape[1])] if model.name == "linear"
               else [f"Hidden unit {i}" for i in range(first_weights.shape[1])])
     plots.plot_weights(first_weights, directory / "weights.png", titles)
-    plots.plot_confusion_matrix(np.asarray(test["confusion_matrix"]), directory / "confusion_matrix.png")
-    plots.plot_learning_curve(result.evaluations, directory / "learning_curve.png")
+    plots.plot_confusion_matrix(np.asarray(final["confusion_matrix"]), directory / "confusion_matrix.png")
+    plots.plot_learning_curve(evaluations, directory / "learning_curve.png")
+
+
+class _RunHooks(FitHooks):
+    """Streams records into the run directory, checkpoints through orbax, stops on signals."""
+
+    def __init__(self, run_dir: RunDir, store: CheckpointStore | None, config: Config, stop: StopRequest, log):
+        self.run_dir, self.store, self.config, self.stop, self.log = run_dir, store, config, stop, log
+        self.checkpoints = store is not None
+        self.saved_step: int | None = None
+
+    def on_evaluation(self, record: dict) -> None:
+        self.run_dir.append_record(record)
+        if record["step"] == 0:
+            self.log(accuracy_line(record["test_accuracy"], "before training"))
+
+    def save(self, state: TrainState, progress: Progress) -> None:
+        self.store.save(state, {"config": self.config.to_dict(), "progress": dataclasses.asdict(progress)})
+        self.saved_step = state.step
+
+    def should_stop(self) -> bool:
+        return bool(self.stop)
+
+
+def _checkpoint_record(store: CheckpointStore, step: int) -> tuple[Config, Progress]:
+    """The config and progress saved beside the train state of `step`."""
+    try:
+        record = store.read_record(step)
+        return Config.from_dict(record["config"]), Progress(**record["progress"])
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
+        raise checkpoint.CheckpointError(f"{store.directory}/{step}: unreadable run record ({err})") from err
+
+
+def resumed_config(config: Config, explicit: set[str]) -> Config:
+    """The config of the latest checkpoint in `config.output_dir` with the explicitly given settings
+    applied; refuses settings that would not continue the same run."""
+    out = Path(config.output_dir)
+    if not (out / CHECKPOINT_DIR).is_dir():
+        raise ConfigError(f"--resume: no checkpoints in {out} (nothing to resume; drop --resume to start)")
+    store = CheckpointStore(out, read_only=True)
+    step = store.latest_step()
+    if step is None:
+        raise ConfigError(f"--resume: no complete checkpoint in {out / CHECKPOINT_DIR}")
+    saved, _ = _checkpoint_record(store, step)
+    return _check_resumable(saved, saved.replace(**{name: getattr(config, name) for name in explicit}), step, out)
+
+
+def _check_resumable(saved: Config, wanted: Config, step: int, out: Path) -> Config:
+    conflicts = resume_conflicts(saved, wanted)
+    if conflicts:
+        raise ConfigError(f"--resume: settings differ from the checkpoint in {out}: {'; '.join(conflicts)}")
+    if wanted.num_steps < step:
+        raise ConfigError(f"--resume: --num-steps {wanted.num_steps} is below the checkpoint's step {step}")
+    return wanted
 
 
 def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = False, log=print,
-                       eval_steps: list[int] | None = None, data: Datasets | None = None) -> dict | None:
-    """The `jaxlin train` job; returns the metrics written (None for a dry run).
+                       eval_steps: list[int] | None = None, data: Datasets | None = None,
+                       mode: str = "new", explicit: set[str] | None = None) -> dict | None:
+    """The `jaxlin train` job; returns the metrics written (None for a dry run or nothing to do).
 
-    Test accuracy is measured at `eval_steps` (default: every `config.eval_every` steps);
-    `data` skips loading when the caller already has it.
+    mode: "new" refuses a directory that holds a run, "overwrite" replaces that run's files,
+    "resume" continues from its latest checkpoint; with "resume", settings not in `explicit`
+    come from the checkpoint. Test accuracy is measured at `eval_steps` (default: every
+    `config.eval_every` steps); `data` skips loading when the caller already has it.
+    Raises `Stopped` after a SIGINT or SIGTERM.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     started = time.perf_counter()
-    model = build_model(config)
-    out = check_output_dir(config.output_dir)
-    if data is None and resolve_data_dir(config.data_dir) is None:
-        log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
-            f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
-    data = data or load_datasets(config.dataset, config.data_dir)
-    config.validate(len(data.train))
-    data_seconds = time.perf_counter() - started
-    log(describe_run(config, data, model))
-    if dry_run:
-        log(f"Dry run: settings and data are valid; nothing trained, nothing written to {out}.")
-        return None
-    result = fit(config, data, model, eval_steps=eval_steps, progress=progress)
-    log(accuracy_line(result.evaluations[0]["test_accuracy"], "before training"))
-    final = result.evaluations[-1]
-    log(accuracy_line(final["test_accuracy"], f"after {final['step']} steps"))
-    test = evaluate(model.apply, result.params, data.test)
+    with StopRequest() as stop:
+        check_writable(config.output_dir)
+        if mode == "resume":
+            config = resumed_config(config, explicit or set())
+        model = build_model(config)
+        if data is None and resolve_data_dir(config.data_dir) is None:
+            log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
+                f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
+        data = data or load_datasets(config.dataset, config.data_dir)
+        config.validate(len(data.train))
+        data_seconds = time.perf_counter() - started
+        log(describe_run(config, data, model))
+        if dry_run:
+            log(f"Dry run: settings and data are valid; nothing trained, nothing written to {config.output_dir}.")
+            return None
+        with RunDir(config.output_dir) as run_dir:
+            return _train_in(run_dir, config, data, model, mode, stop, progress, log, eval_steps,
+                             data_seconds, started)
+
+
+def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mode: str, stop: StopRequest,
+              progress: bool, log, eval_steps, data_seconds: float, started: float) -> dict | None:
+    out = run_dir.path
+    if mode == "new" and run_dir.run_files():
+        raise RunDirError(f"output dir {out} already holds a run ({', '.join(run_dir.run_files())}); "
+                          f"pass --resume to continue it or --overwrite to replace it")
+    if mode == "overwrite":
+        run_dir.remove_run()
+    store = CheckpointStore(out, keep=config.keep_checkpoints) if config.checkpoint_every != 0 else None
+    start, records = None, []
+    try:
+        if mode == "resume":
+            step = store.latest_step() if store else None
+            if step is None:
+                raise ConfigError(f"--resume: no complete checkpoint in {out / CHECKPOINT_DIR}")
+            if step == config.num_steps and run_dir.has_finished_run():
+                log(f"The run in {out} already finished at step {step}; raise --num-steps to train on.")
+                return None
+            saved, saved_progress = _checkpoint_record(store, step)
+            _check_resumable(saved, config, step, out)
+            start = (store.restore(step, _initial_state(config, model)), saved_progress)
+            records = run_dir.read_records(step)
+            run_dir.unfinish()
+            log(f"Resuming {out} from step {step} of {config.num_steps}.")
+        hooks = _RunHooks(run_dir, store, config, stop, log)
+        result = fit(config, data, model, eval_steps=eval_steps, progress=progress, start=start, hooks=hooks)
+    finally:
+        if store:
+            store.close()  # waits for the last save: a checkpoint reported is a checkpoint on disk
+    if result.stopped:
+        raise Stopped(_stopped_message(stop, result, hooks, out, config), stop.exit_code or 1)
+    evaluations = records + result.evaluations
+    final = result.final
+    log(accuracy_line(final["accuracy"], f"after {result.state.step} steps"))
     metrics = {
-        "final_test_accuracy": final["test_accuracy"],
-        "final_test_per_class_accuracy": test["per_class_accuracy"],
-        "final_test_confusion_matrix": test["confusion_matrix"],
-        "evaluations": result.evaluations,
+        "final_test_accuracy": final["accuracy"],
+        "final_test_per_class_accuracy": final["per_class_accuracy"],
+        "final_test_confusion_matrix": final["confusion_matrix"],
+        "num_steps": result.state.step,
+        "resumed_from_step": start[0].step if start else None,
+        "evaluations": evaluations,
         "timings": {"data_load_seconds": data_seconds, **result.timings,
                     "total_seconds": time.perf_counter() - started},
         "device": result.device,
         "versions": library_versions(),
         "model": model.describe(),
-        "config": config.to_dict(),
+        "config": config.used_settings(),
     }
-    names = write_outputs(out, data, model, result, test, metrics)
+
+    def write(staging: Path) -> None:
+        _write_figures(staging, data, model, result.params, final, evaluations)
+        checkpoint.save_params(staging / PARAMS_FILE, result.params, model)
+        (staging / METRICS_FILE).write_text(to_json(metrics, indent=2) + "\n")
+
+    names = run_dir.publish(write)
     log(f"Wrote {', '.join(names)} to {out}")
+    if stop:  # a signal while the outputs were written: they are complete, say so and exit as asked
+        raise Stopped(f"jaxlin: {stop.name} after the last step; the finished run is in {out}", stop.exit_code)
     return metrics
+
+
+def _initial_state(config: Config, model: Model) -> TrainState:
+    """The structure and dtypes of a fresh train state (what a checkpoint restores into)."""
+    from jaxlin.train import make_optimizer
+
+    params = jax.eval_shape(model.init, jax.random.key(config.seed))
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
+    return TrainState(params, make_optimizer(config).init(params), 0)
+
+
+def _stopped_message(stop: StopRequest, result: FitResult, hooks: _RunHooks, out: Path, config: Config) -> str:
+    step = result.state.step
+    why = stop.name or "a stop request"
+    if hooks.saved_step == step:
+        return (f"jaxlin: stopped by {why} at step {step} of {config.num_steps}; checkpoint saved in "
+                f"{out / CHECKPOINT_DIR}. Resume with: {resume_command(out)}")
+    if not hooks.checkpoints:
+        return f"jaxlin: stopped by {why} at step {step}; checkpoints are off (--checkpoint-every 0), nothing saved"
+    return f"jaxlin: stopped by {why} at step {step}, before any step was trained; nothing new saved"
 
 
 def evaluate_saved(params_path: str, dataset: str = "mnist", data_dir: str | None = None,

@@ -1,17 +1,18 @@
 """Training: loss, optimizer, the per-step update and the fused device-resident loop.
 
 The fused loop keeps the uint8 training set on the device and runs a chunk of
-steps inside one compiled `lax.scan`; the host only walks over chunks, which end
-at evaluations. Batches come from `EpochSampler`: shuffled epochs without
-replacement, drawn on the device from a PRNG key, like the tutorial's `next_batch`.
+steps inside one compiled `lax.scan`; the host only walks over chunks (see
+`schedule`), which end at evaluations and checkpoints, and checks between them
+whether it was asked to stop. Batches come from `sampler.EpochSampler`: shuffled
+epochs without replacement, drawn on the device from a PRNG key, like the
+tutorial's `next_batch`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,11 @@ import optax
 
 from jaxlin.config import Config, ConfigError
 from jaxlin.data import Datasets
-from jaxlin.evaluate import make_accuracy_fn, to_float_images
+from jaxlin.evaluate import Evaluator, to_float_images
 from jaxlin.models import Model
+from jaxlin.sampler import EpochSampler, check_window
+from jaxlin.schedule import StepSchedule, checkpoint_schedule, chunks, eval_schedule
+from jaxlin.state import TrainState
 
 
 class DivergenceError(RuntimeError):
@@ -34,11 +38,6 @@ class DivergenceError(RuntimeError):
         )
         self.step = step
         self.loss = loss
-
-
-class TrainState(NamedTuple):
-    params: Any
-    opt_state: Any
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -82,9 +81,14 @@ def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformatio
     update = make_update_fn(apply_fn, optimizer)
 
     def train_chunk(params, opt_state, images_uint8, labels, order, offset, batch_size, num_steps):
+        if order.shape[0] < num_steps * batch_size:  # shapes are static: checked when traced
+            raise ValueError(f"batch order of {order.shape[0]} indices is too short for {num_steps} steps "
+                             f"of {batch_size}")
+
         def body(carry, step):
             indices = jax.lax.dynamic_slice(order, (offset + step * batch_size,), (batch_size,))
-            # The sampler's indices are in bounds: promising it spares the gather its clamping.
+            # The window lies inside the order (checked above and by the host, `check_window`) and
+            # the sampler's indices are in bounds: promising it spares the gather its clamping.
             images = to_float_images(images_uint8.at[indices].get(mode="promise_in_bounds"))
             params, opt_state, loss = update(*carry, images, labels.at[indices].get(mode="promise_in_bounds"))
             return (params, opt_state), loss
@@ -102,84 +106,6 @@ def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation
                    static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1))
 
 
-_PACKED_SORT_LIMIT = 1 << 16
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def shuffled_epoch(key: jax.Array, num_examples: int) -> jax.Array:
-    """A random permutation of range(num_examples), made on the device.
-
-    XLA's CPU sort is several times faster on one uint32 array than on key-value
-    pairs, so for up to 2**16 examples each of two shuffle rounds sorts random
-    high bits packed with positions in the low 16 bits (two rounds, as
-    `jax.random.permutation` does, to wash out ties). Larger sets use
-    `jax.random.permutation`.
-    """
-    if num_examples > _PACKED_SORT_LIMIT:
-        return jax.random.permutation(key, num_examples)
-    positions = jnp.arange(num_examples, dtype=jnp.uint32)
-    order = positions
-    for round_key in jax.random.split(key, 2):
-        high = jax.random.bits(round_key, (num_examples,), jnp.uint32) & jnp.uint32(0xFFFF0000)
-        order = order[jnp.sort(high | positions) & jnp.uint32(0xFFFF)]
-    return order.astype(jnp.int32)
-
-
-class EpochSampler:
-    """Batch indices from a stream of shuffled epochs (each a fresh permutation).
-
-    Step s takes positions [s*B, (s+1)*B) of the concatenated permutations, so a
-    batch that crosses an epoch ends one epoch and starts the next, as
-    `next_batch` did. Each epoch's permutation is made once, on the device.
-    """
-
-    def __init__(self, key: jax.Array, num_examples: int, batch_size: int):
-        self.key, self.num_examples, self.batch_size = key, num_examples, batch_size
-        self._epochs: dict[int, jax.Array] = {}
-        self._orders: dict[tuple[int, int], jax.Array] = {}
-
-    def permutation(self, epoch: int) -> jax.Array:
-        if epoch not in self._epochs:
-            self._epochs = {e: p for e, p in self._epochs.items() if e >= epoch - 1}
-            self._epochs[epoch] = shuffled_epoch(jax.random.fold_in(self.key, epoch), self.num_examples)
-        return self._epochs[epoch]
-
-    def num_epochs_spanned(self, num_steps: int) -> int:
-        """How many epochs a window of `num_steps` batches may touch: fixes the order's length."""
-        return (num_steps * self.batch_size - 1) // self.num_examples + 2
-
-    def window(self, start_step: int, num_steps: int) -> tuple[jax.Array, int]:
-        """(order, offset): step start_step + i reads order[offset + i*B : offset + (i+1)*B]."""
-        first = start_step * self.batch_size
-        first_epoch, count = first // self.num_examples, self.num_epochs_spanned(num_steps)
-        if (first_epoch, count) not in self._orders:
-            epochs = [self.permutation(e) for e in range(first_epoch, first_epoch + count)]
-            self._orders = {(first_epoch, count): jnp.concatenate(epochs)}
-        return self._orders[first_epoch, count], first - first_epoch * self.num_examples
-
-    def warm_up(self, num_steps: int) -> jax.Array:
-        """Compiles what windows of `num_steps` need, on a throwaway order; returns it."""
-        throwaway = shuffled_epoch(jax.random.fold_in(self.key, 0xFFFFFFFF), self.num_examples)
-        return jax.block_until_ready(jnp.concatenate([throwaway] * self.num_epochs_spanned(num_steps)))
-
-    def batch_indices(self, start_step: int, num_steps: int) -> np.ndarray:
-        """Host copy of the indices of steps [start_step, start_step + num_steps), shape (num_steps, B)."""
-        order, offset = self.window(start_step, num_steps)
-        size = num_steps * self.batch_size
-        return np.asarray(order[offset:offset + size]).reshape(num_steps, self.batch_size)
-
-
-def chunk_lengths(num_steps: int, eval_steps: Iterable[int], steps_per_call: int) -> list[tuple[int, int]]:
-    """(start, length) chunks covering [0, num_steps) that end at every evaluation step."""
-    boundaries = sorted({s for s in eval_steps if 0 < s < num_steps} | {num_steps})
-    chunks, start = [], 0
-    for end in boundaries:
-        while start < end:
-            length = min(steps_per_call, end - start)
-            chunks.append((start, length))
-            start += length
-    return chunks
-
 
 def resolve_device(name: str) -> jax.Device:
     if name == "auto":
@@ -193,72 +119,110 @@ def resolve_device(name: str) -> jax.Device:
         ) from err
 
 
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a run stands between evaluations: what a checkpoint must carry beside the train state
+    so that a resumed run reports the same `train_loss` and elapsed time."""
+
+    loss_sum: float = 0.0  # sum of the step losses since the previous evaluation (float64)
+    loss_count: int = 0
+    elapsed_seconds: float = 0.0  # wall time of the run so far, over all its sessions
+
+
+class FitHooks:
+    """What `fit` reports to its caller and asks of it; these defaults record nothing and never stop."""
+
+    checkpoints = False  # whether `save` keeps anything, so `fit` schedules checkpoints
+
+    def on_evaluation(self, record: dict) -> None:
+        """record: step, test_accuracy, train_loss (mean since the previous evaluation), elapsed_seconds."""
+
+    def save(self, state: TrainState, progress: Progress) -> None:
+        """Checkpoint `state` (on the device; copy what you keep)."""
+
+    def should_stop(self) -> bool:
+        return False
+
+
 @dataclasses.dataclass
 class FitResult:
-    params: Any
-    evaluations: list[dict]  # {"step", "test_accuracy", "train_loss"}
+    params: list  # host arrays
+    state: TrainState
+    evaluations: list[dict]  # this session's records, see `FitHooks.on_evaluation`
     timings: dict
     device: str
-
-
-def default_eval_steps(config: Config) -> list[int]:
-    return sorted(set(range(0, config.num_steps, config.eval_every)) | {config.num_steps})
+    stopped: bool = False  # True when `hooks.should_stop()` ended the run before its last step
+    final: dict | None = None  # `Evaluator` metrics of the final params (None when stopped)
 
 
 class Trainer:
-    """Compiled training and evaluation functions bound to device-resident data."""
+    """Compiled training and evaluation functions bound to device-resident data.
+
+    Chunk functions are compiled the first time a chunk length is needed, so set-up does not
+    depend on the number of steps; `compile_seconds` sums the time spent compiling.
+    """
 
     def __init__(self, config: Config, data: Datasets, model: Model, device: jax.Device):
         self.config, self.model, self.device = config, model, device
         self.optimizer = make_optimizer(config)
         key = jax.random.key(config.seed)
         init_key, self.sample_key = jax.random.split(key)
-        put = lambda x: jax.device_put(x, device)
+        put = lambda x: jax.device_put(x, device)  # noqa: E731
         self.train_images_uint8 = put(data.train.images_uint8)
         self.train_labels = put(data.train.labels)
         # The per-step path feeds float batches from the host, as the tutorial did.
         self.host_train_images = data.train.images if config.loop == "per-step" else None
         self.host_train_labels = data.train.labels
-        self.accuracy = make_accuracy_fn(model.apply, put(data.test.images_uint8), put(data.test.labels))
+        self.evaluator = Evaluator(model.apply, data.test.images_uint8, data.test.labels, device=device)
         self.sampler = EpochSampler(self.sample_key, len(data.train), config.batch_size)
         self._init_key = init_key
         self._fused = make_fused_train(model.apply, self.optimizer, config.unroll)
         self._step = make_train_step(model.apply, self.optimizer)
         self._compiled: dict[int, Callable] = {}
+        self.compile_seconds = 0.0
 
     def init_state(self) -> TrainState:
         params = jax.device_put(self.model.init(self._init_key), self.device)
-        return TrainState(params, self.optimizer.init(params))
+        return TrainState(params, self.optimizer.init(params), 0)
 
-    def compile(self, state: TrainState, lengths: Iterable[int]) -> float:
-        """Compiles ahead of time what chunks of `lengths` steps need; returns the seconds taken."""
-        start = time.perf_counter()
-        batch_size = self.config.batch_size
-        for length in sorted(set(lengths) - set(self._compiled)):
-            order = self.sampler.warm_up(length)
+    def place(self, state: TrainState) -> TrainState:
+        """A (restored, host) state on this trainer's device."""
+        params, opt_state = jax.device_put((state.params, state.opt_state), self.device)
+        return TrainState(params, opt_state, state.step)
+
+    def _compiled_chunk(self, state: TrainState, length: int) -> Callable:
+        if length not in self._compiled:
+            start = time.perf_counter()
+            batch_size = self.config.batch_size
             if self.config.loop == "fused":
+                order = self.sampler.warm_up(length)
                 self._compiled[length] = self._fused.lower(
-                    *state, self.train_images_uint8, self.train_labels, order, 0,
+                    state.params, state.opt_state, self.train_images_uint8, self.train_labels, order, 0,
                     batch_size=batch_size, num_steps=length).compile()
             else:
                 self._compiled[length] = self._step.lower(
-                    *state, self.host_train_images[:batch_size], self.host_train_labels[:batch_size]).compile()
-        jax.block_until_ready(self.accuracy(state.params))
-        return time.perf_counter() - start
+                    state.params, state.opt_state, self.host_train_images[:batch_size],
+                    self.host_train_labels[:batch_size]).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[length]
 
-    def run_chunk(self, state: TrainState, start_step: int, num_steps: int) -> tuple[TrainState, jax.Array]:
-        """`num_steps` updates from `start_step`; returns the new state and per-step losses."""
+    def run_chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, jax.Array]:
+        """`num_steps` updates from `state.step`; returns the new state and per-step losses."""
+        start_step, batch_size = state.step, self.config.batch_size
         if self.config.loop == "fused":
+            chunk = self._compiled_chunk(state, num_steps)
             order, offset = self.sampler.window(start_step, num_steps)
-            params, opt_state, losses = self._compiled[num_steps](
-                *state, self.train_images_uint8, self.train_labels, order, offset)
-            return TrainState(params, opt_state), losses
-        step_fn, losses = self._compiled[1], []
+            check_window(order.shape[0], offset, batch_size, num_steps)
+            params, opt_state, losses = chunk(
+                state.params, state.opt_state, self.train_images_uint8, self.train_labels, order, offset)
+            return TrainState(params, opt_state, start_step + num_steps), losses
+        step_fn, losses = self._compiled_chunk(state, 1), []
+        params, opt_state = state.params, state.opt_state
         for indices in self.sampler.batch_indices(start_step, num_steps):
-            params, opt_state, loss = step_fn(*state, self.host_train_images[indices], self.host_train_labels[indices])
-            state = TrainState(params, opt_state)
+            params, opt_state, loss = step_fn(params, opt_state, self.host_train_images[indices],
+                                              self.host_train_labels[indices])
             losses.append(loss)
-        return state, jnp.stack(losses)
+        return TrainState(params, opt_state, start_step + num_steps), jnp.stack(losses)
 
 
 def check_finite(losses: np.ndarray, start_step: int) -> None:
@@ -269,47 +233,87 @@ def check_finite(losses: np.ndarray, start_step: int) -> None:
 
 
 def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] | None = None,
-        progress: bool = True) -> FitResult:
-    """Trains `model` for `config.num_steps`, evaluating test accuracy at `eval_steps`."""
+        progress: bool = True, *, start: tuple[TrainState, Progress] | None = None,
+        hooks: FitHooks | None = None) -> FitResult:
+    """Trains `model` up to `config.num_steps`, evaluating test accuracy at `eval_steps`
+    (default: every `config.eval_every` steps and after the last).
+
+    `start` resumes from a restored (host) state and its progress; `hooks` receive each
+    evaluation record and checkpoint, and can stop the run between chunks.
+    """
     config.validate(len(data.train))
+    hooks = hooks or FitHooks()
     device = resolve_device(config.device)
-    eval_steps = sorted(set(default_eval_steps(config) if eval_steps is None else eval_steps))
-    chunks = chunk_lengths(config.num_steps, eval_steps, config.steps_per_call)
+    evals = eval_schedule(config.num_steps, config.eval_every, eval_steps)
+    saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if hooks.checkpoints else 0, evals)
     with jax.default_device(device):
         trainer = Trainer(config, data, model, device)
-        state = trainer.init_state()
-        lengths = {1} if config.loop == "per-step" else {n for _, n in chunks}
-        compile_seconds = trainer.compile(state, lengths)
-        state, evaluations, train_seconds = _train_loop(trainer, state, chunks, eval_steps, progress)
-    steps_per_second = config.num_steps / train_seconds if train_seconds > 0 else float("nan")
-    timings = {"compile_seconds": compile_seconds, "train_seconds": train_seconds,
-               "steps_per_second": steps_per_second}
-    return FitResult(jax.device_get(state.params), evaluations, timings, str(device))
+        state, progress_so_far = (trainer.place(start[0]), start[1]) if start else (trainer.init_state(), Progress())
+        loop = _TrainLoop(trainer, evals, saves, hooks, progress_so_far)
+        state = loop.run(state, progress)
+        stopped = state.step < config.num_steps
+        final = None if stopped else trainer.evaluator(state.params)
+    timings = {"compile_seconds": trainer.compile_seconds, "train_seconds": loop.train_seconds,
+               "eval_seconds": loop.eval_seconds,
+               "steps_per_second": loop.steps_trained / loop.train_seconds if loop.train_seconds > 0 else None}
+    return FitResult(jax.device_get(state.params), state, loop.evaluations, timings, str(device),
+                     stopped=stopped, final=final)
 
 
-def _train_loop(trainer: Trainer, state: TrainState, chunks, eval_steps, progress: bool):
-    from tqdm.auto import tqdm
+class _TrainLoop:
+    """The host loop of one session of a run: chunks, evaluations, checkpoints, stop requests."""
 
-    def record(step, loss):
-        accuracy = trainer.accuracy(state.params)
-        evaluations.append({"step": step, "test_accuracy": accuracy, "train_loss": loss})
+    def __init__(self, trainer: Trainer, evals: StepSchedule, saves: StepSchedule, hooks: FitHooks,
+                 progress: Progress):
+        self.trainer, self.evals, self.saves, self.hooks = trainer, evals, saves, hooks
+        self.loss_sum, self.loss_count = progress.loss_sum, progress.loss_count
+        self.elapsed_before, self.started = progress.elapsed_seconds, time.perf_counter()
+        self.evaluations: list[dict] = []
+        self.train_seconds = self.eval_seconds = 0.0
+        self.steps_trained = 0
+
+    def progress(self) -> Progress:
+        return Progress(self.loss_sum, self.loss_count, self.elapsed_before + time.perf_counter() - self.started)
+
+    def evaluate(self, state: TrainState) -> float:
+        tick = time.perf_counter()
+        accuracy = self.trainer.evaluator.accuracy(state.params)
+        self.eval_seconds += time.perf_counter() - tick
+        mean_loss = self.loss_sum / self.loss_count if self.loss_count else None
+        record = {"step": state.step, "test_accuracy": accuracy, "train_loss": mean_loss,
+                  "elapsed_seconds": round(self.progress().elapsed_seconds, 3)}
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.evaluations.append(record)
+        self.hooks.on_evaluation(record)
         return accuracy
 
-    evaluations, train_seconds, eval_set = [], 0.0, set(eval_steps)
-    if 0 in eval_set:
-        record(0, None)
-    bar = tqdm(total=trainer.config.num_steps, disable=not progress, unit="step", leave=False)
-    with bar:
-        for start, length in chunks:
-            tick = time.perf_counter()
-            state, losses = trainer.run_chunk(state, start, length)
-            losses = np.asarray(jax.block_until_ready(losses))
-            train_seconds += time.perf_counter() - tick
-            check_finite(losses, start)
-            end, loss = start + length, float(losses[-1])
-            postfix = {"loss": f"{loss:.4f}"}
-            if end in eval_set:
-                postfix["test_acc"] = f"{record(end, float(losses.mean())):.2%}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(length)
-    return state, evaluations, train_seconds
+    def run(self, state: TrainState, show_progress: bool) -> TrainState:
+        from tqdm.auto import tqdm
+
+        config = self.trainer.config
+        if state.step == 0 and 0 in self.evals:
+            self.evaluate(state)
+        bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, unit="step",
+                   leave=False)
+        with bar:
+            for start, length in chunks(state.step, config.num_steps, config.steps_per_call,
+                                        self.evals, self.saves):
+                if self.hooks.should_stop():
+                    break
+                tick, compiled_before = time.perf_counter(), self.trainer.compile_seconds
+                state, losses = self.trainer.run_chunk(state, length)
+                losses = np.asarray(jax.block_until_ready(losses))
+                self.train_seconds += (time.perf_counter() - tick
+                                       - (self.trainer.compile_seconds - compiled_before))
+                self.steps_trained += length
+                check_finite(losses, start)
+                self.loss_sum += float(np.sum(losses, dtype=np.float64))
+                self.loss_count += length
+                postfix = {"loss": f"{float(losses[-1]):.4f}"}
+                if state.step in self.evals:
+                    postfix["test_acc"] = f"{self.evaluate(state):.2%}"
+                if state.step in self.saves or (self.hooks.should_stop() and self.hooks.checkpoints):
+                    self.hooks.save(state, self.progress())
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(length)
+        return state

@@ -27,7 +27,8 @@ def test_train_writes_everything_and_evaluate_agrees(tiny_data_dir, tmp_path, ca
     assert train(tiny_data_dir, out) == 0
     stdout = capsys.readouterr().out
     assert "Accuracy on test-set:" in stdout and "(before training)" in stdout
-    assert {p.name for p in out.iterdir()} == FIGURES | {"metrics.json", "params.npz"}
+    assert {p.name for p in out.iterdir()} == FIGURES | {"metrics.json", "params.npz", "metrics.jsonl",
+                                                         "checkpoints", ".jaxlin.lock"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert [e["step"] for e in metrics["evaluations"]] == [0, 20, 40]
     assert metrics["config"]["batch_size"] == 50 and metrics["versions"]["jax"]
@@ -69,7 +70,9 @@ def test_dry_run_writes_nothing(tiny_data_dir, tmp_path, capsys):
     (["--batch-size", "0"], "batch size must be at least 1"),
     (["--batch-size", "601"], "batch size 601 is larger than the training set (600 examples)"),
     (["--num-steps", "-5"], "number of steps must be >= 0"),
-    (["--learning-rate", "1e38"], "training diverged at step"),
+    (["--checkpoint-every", "-1"], "checkpoint every must be >= 0"),
+    (["--momentum", "1"], "momentum must be in [0, 1)"),
+    (["--unroll", "0"], "unroll must be at least 1"),
 ])
 def test_bad_settings_fail_cleanly(tiny_data_dir, tmp_path, capsys, args, message):
     out = tmp_path / "bad"
@@ -159,8 +162,29 @@ def test_help_texts(capsys):
     text = capsys.readouterr().out
     for flag in ("--dataset", "--data-dir", "--model", "--hidden-sizes", "--optimizer", "--learning-rate",
                  "--batch-size", "--num-steps", "--seed", "--eval-every", "--output-dir", "--device",
-                 "--dry-run", "--loop"):
+                 "--dry-run", "--loop", "--resume", "--overwrite", "--checkpoint-every"):
         assert flag in text
+
+
+def test_every_config_field_has_a_flag_with_help(capsys):
+    from jaxlin.config import CONFIG_FIELDS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name, field in CONFIG_FIELDS.items():
+        assert f"--{name.replace('_', '-')}" in text
+        assert field.metadata["help"].split()[0] in text
+
+
+def test_flags_reach_the_config(tiny_data_dir, tmp_path):
+    out = tmp_path / "o"
+    assert train(tiny_data_dir, out, "--optimizer", "momentum", "--momentum", "0.5", "--learning-rate", "0.05",
+                 "--unroll", "2", "--steps-per-call", "7", "--checkpoint-every", "10", "--keep-checkpoints", "2") == 0
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert (config["momentum"], config["unroll"], config["steps_per_call"]) == (0.5, 2, 7)
+    assert (config["checkpoint_every"], config["keep_checkpoints"]) == (10, 2)
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir()) == [30, 40]
 
 
 def test_console_script_runs(tiny_data_dir, tmp_path):
@@ -187,13 +211,26 @@ def test_device_gpu_without_a_gpu_is_a_clear_error(tiny_data_dir, tmp_path, caps
     assert not (tmp_path / "out").exists()
 
 
-def test_a_failure_while_writing_leaves_no_output(tiny_data_dir, tmp_path, monkeypatch, capsys):
+def test_a_failure_while_writing_leaves_no_final_output(tiny_data_dir, tmp_path, monkeypatch, capsys):
     from jaxlin import plots
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(plots, "plot_weights", broken)
-    assert train(tiny_data_dir, tmp_path / "out") == 2
+    out = tmp_path / "out"
+    assert train(tiny_data_dir, out) == 2
     assert "cannot write outputs: disk full" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+    # The records and checkpoints of the training stay (the run can be resumed); no final output,
+    # no staging directory.
+    assert {p.name for p in out.iterdir()} == {"metrics.jsonl", "checkpoints", ".jaxlin.lock"}
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_divergence_keeps_the_record_and_writes_no_outputs(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train(tiny_data_dir, out, "--learning-rate", "1e38") == 3
+    assert "training diverged at step" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists() and not (out / "params.npz").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlin.evaluate import confusion_matrix, evaluate, per_class_accuracy, predict_probabilities
+from jaxlin.evaluate import Evaluator, confusion_matrix, evaluate, per_class_accuracy
 from jaxlin.models import get_model
 
 
@@ -20,12 +20,31 @@ def test_confusion_matrix_and_per_class_accuracy():
 def test_no_example_is_dropped(batch_size):
     model = get_model("mlp", hidden_sizes=(8,))
     params = model.init(jax.random.key(0))
-    images = np.random.default_rng(0).integers(0, 256, (10, 784)).astype(np.uint8)
-    whole = predict_probabilities(model.apply, params, images, batch_size=10)
-    batched = predict_probabilities(model.apply, params, images, batch_size=batch_size)
-    assert batched.shape == (10, 10)
-    np.testing.assert_allclose(batched, whole, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(batched.sum(axis=1), 1.0, rtol=1e-5)
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (10, 784)).astype(np.uint8), rng.integers(0, 10, 10)
+    expected = np.argmax(model.apply(params, images / np.float32(255)), axis=1)
+    report = Evaluator(model.apply, images, labels, batch_size=batch_size)(params)
+    np.testing.assert_array_equal(report["predictions"], expected)
+    assert report["num_examples"] == 10 and np.sum(report["confusion_matrix"]) == 10
+    assert report["accuracy"] == np.mean(expected == labels)
+
+
+def test_accuracy_and_confusion_matrix_come_from_one_path(tiny_data):
+    model = get_model("linear")
+    params = [{"w": np.random.default_rng(1).normal(size=(784, 10)).astype(np.float32),
+               "b": np.zeros(10, np.float32)}]
+    evaluator = Evaluator(model.apply, tiny_data.test.images_uint8, tiny_data.test.labels, batch_size=256)
+    report = evaluator(params)
+    assert report["accuracy"] == np.trace(report["confusion_matrix"]) / 1003 == evaluator.accuracy(params)
+    np.testing.assert_allclose(np.diag(report["confusion_matrix"]) / np.sum(report["confusion_matrix"], axis=1),
+                               report["per_class_accuracy"])
+
+
+def test_an_empty_split_has_no_accuracy():
+    model = get_model("linear")
+    report = Evaluator(model.apply, np.zeros((0, 784), np.uint8), np.zeros(0, np.int32))(
+        model.init(jax.random.key(0)))
+    assert report["accuracy"] is None and report["num_examples"] == 0
 
 
 def test_evaluate_counts_every_test_image(tiny_data):

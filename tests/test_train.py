@@ -8,8 +8,8 @@ import pytest
 
 from jaxlin.config import Config, ConfigError
 from jaxlin.models import get_model
-from jaxlin.train import (DivergenceError, EpochSampler, chunk_lengths, cross_entropy_loss, fit, shuffled_epoch,
-                          make_fused_train, make_optimizer, make_train_step)
+from jaxlin.train import (DivergenceError, cross_entropy_loss, fit, make_fused_train, make_optimizer,
+                          make_train_step)
 
 TINY = Config(num_steps=60, eval_every=20, batch_size=32)
 
@@ -21,34 +21,6 @@ def test_cross_entropy_matches_numpy():
     log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     expected = -log_probs[np.arange(7), labels].mean()
     assert float(cross_entropy_loss(logits, labels)) == pytest.approx(expected, rel=1e-5)
-
-
-@pytest.mark.parametrize("num_examples, batch_size", [(50, 10), (53, 10), (7, 7), (10, 3)])
-def test_sampler_draws_shuffled_epochs_without_replacement(num_examples, batch_size):
-    sampler = EpochSampler(jax.random.key(0), num_examples, batch_size)
-    num_steps = 3 * num_examples // batch_size + 1
-    stream = np.asarray(sampler.batch_indices(0, num_steps)).ravel()
-    assert stream.shape == (num_steps * batch_size,)
-    epochs = [stream[i:i + num_examples] for i in range(0, 3 * num_examples, num_examples)]
-    for epoch in epochs:  # every example exactly once per epoch, even across batch boundaries
-        assert sorted(epoch.tolist()) == list(range(num_examples))
-    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
-    assert not np.array_equal(epochs[0], np.arange(num_examples))
-
-
-def test_sampler_windows_agree_with_one_long_draw():
-    sampler = EpochSampler(jax.random.key(3), 53, 10)
-    whole = np.asarray(sampler.batch_indices(0, 20))
-    pieces = [np.asarray(EpochSampler(jax.random.key(3), 53, 10).batch_indices(s, n))
-              for s, n in ((0, 1), (1, 6), (7, 13))]
-    np.testing.assert_array_equal(np.concatenate(pieces), whole)
-
-
-def test_chunk_lengths_end_at_evaluations():
-    assert chunk_lengths(1000, [0, 1, 10, 1000], 1000) == [(0, 1), (1, 9), (10, 990)]
-    assert chunk_lengths(250, [0, 100, 200, 250], 80) == [
-        (0, 80), (80, 20), (100, 80), (180, 20), (200, 50)]
-    assert chunk_lengths(0, [0], 10) == []
 
 
 def _batches(data, num_steps, batch_size, seed=0):
@@ -91,7 +63,7 @@ def test_same_seed_same_params_bit_for_bit(tiny_data):
     config = TINY.replace(model="mlp", optimizer="adam", learning_rate=1e-3, steps_per_call=7)
     first, second = (fit(config, tiny_data, model, progress=False) for _ in range(2))
     jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
-    assert first.evaluations == second.evaluations
+    assert _without_times(first.evaluations) == _without_times(second.evaluations)
     other = fit(config.replace(seed=1), tiny_data, model, progress=False)
     assert not np.array_equal(other.params[0]["w"], first.params[0]["w"])
 
@@ -154,16 +126,39 @@ def test_fit_rejects_bad_settings(tiny_data, changes, message):
         fit(TINY.replace(**changes), tiny_data, get_model("linear"), progress=False)
 
 
-@pytest.mark.parametrize("num_examples", [10, 53, 70_000])  # 70,000 > 2**16 takes the other path
-def test_shuffled_epoch_is_a_permutation(num_examples):
-    order = np.asarray(shuffled_epoch(jax.random.key(0), num_examples))
-    assert order.dtype == np.int32 and sorted(order.tolist()) == list(range(num_examples))
+def _without_times(records):
+    return [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in records]
 
 
-def test_shuffled_epoch_is_close_to_uniform():
-    # Where element 0 lands over 2,000 shuffles of 10: each place ~200 times.
-    places = [int(np.flatnonzero(np.asarray(shuffled_epoch(jax.random.key(i), 10)) == 0)[0])
-              for i in range(2000)]
-    counts = np.bincount(places, minlength=10)
-    chi2 = ((counts - 200) ** 2 / 200).sum()
-    assert chi2 < 27.9, counts  # p = 0.001 for 9 degrees of freedom
+def test_train_loss_is_the_mean_since_the_previous_evaluation_whatever_the_chunk_size(tiny_data):
+    model = get_model("linear")
+    small, large = (fit(TINY.replace(steps_per_call=n), tiny_data, model, progress=False) for n in (7, 1000))
+    assert [r["step"] for r in small.evaluations] == [0, 20, 40, 60]
+    assert small.evaluations[0]["train_loss"] is None
+    for a, b in zip(small.evaluations[1:], large.evaluations[1:]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+    # The mean over 20 steps is not the mean of the last chunk of 7.
+    per_step = fit(TINY.replace(loop="per-step", eval_every=1, num_steps=20), tiny_data, model, progress=False)
+    losses = [r["train_loss"] for r in per_step.evaluations[1:]]
+    assert small.evaluations[1]["train_loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def test_evaluations_are_labelled_by_their_steps(tiny_data):
+    model = get_model("linear")
+    result = fit(TINY, tiny_data, model, eval_steps=[5, 60], progress=False)
+    assert [r["step"] for r in result.evaluations] == [5, 60]
+    assert result.evaluations[0]["train_loss"] is not None
+    none = fit(TINY, tiny_data, model, eval_steps=[], progress=False)
+    assert none.evaluations == [] and none.final["accuracy"] > 0.9
+    assert none.final["num_examples"] == 1003 and np.sum(none.final["confusion_matrix"]) == 1003
+
+
+def test_the_fused_chunk_refuses_an_order_shorter_than_its_steps(tiny_data):
+    model = get_model("linear")
+    opt = make_optimizer(TINY)
+    params = model.init(jax.random.key(0))
+    three_batches = jnp.arange(3 * 32, dtype=jnp.int32)
+    with pytest.raises(ValueError, match="batch order of 96 indices is too short for 6 steps of 32"):
+        make_fused_train(model.apply, opt)(params, opt.init(params), jnp.asarray(tiny_data.train.images_uint8),
+                                           jnp.asarray(tiny_data.train.labels), three_batches, 0,
+                                           batch_size=32, num_steps=6)

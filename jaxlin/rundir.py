@@ -1,0 +1,177 @@
+"""A run's output directory: checked before training, locked while in use, published as a whole.
+
+Layout of `--output-dir`:
+- `checkpoints/`: the train state every few steps (see `state`);
+- `metrics.jsonl`: one JSON line per evaluation, appended and flushed as it happens;
+- `params.npz`, five figures, and `metrics.json` last: the finished run. They are
+  written into a staging directory inside the output directory and moved into
+  place only when all are written, `metrics.json` after the others, so its
+  presence marks a complete run;
+- `.jaxlin.lock`: held with an OS lock (`flock`) by the run that uses the
+  directory. The OS drops the lock when that process ends, however it ends, so a
+  crash never leaves the directory locked; the file only holds the holder's PID.
+
+Only these names are ever removed (by `--overwrite`), and only stale staging
+directories, which a killed run leaves, are cleaned up by the next one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from jaxlin.state import CHECKPOINT_DIR
+
+LOCK_FILE = ".jaxlin.lock"
+RECORDS_FILE = "metrics.jsonl"
+METRICS_FILE = "metrics.json"
+PARAMS_FILE = "params.npz"
+STAGING_PREFIX = ".staging-"
+FIGURES = ("example_images.png", "misclassified.png", "weights.png", "confusion_matrix.png",
+           "learning_curve.png")
+RUN_FILES = (METRICS_FILE, RECORDS_FILE, PARAMS_FILE, *FIGURES, CHECKPOINT_DIR)
+
+
+class RunDirError(ValueError):
+    """An output directory that this run cannot use."""
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fails before any data is loaded or step trained when `path` cannot be written."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"output dir {out} exists and is not a directory")
+    target = out if out.exists() else out.absolute().parent
+    while not target.exists():
+        target = target.parent
+    if not target.is_dir() or not _writable(target):
+        where = "it" if target == out else target
+        raise RunDirError(f"output dir {out}: cannot write {'in' if target == out else 'under'} {where}")
+    return out
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
+def to_json(value, **kwargs) -> str:
+    """Strict JSON: NaN and infinities become null, never the non-standard `NaN`."""
+    return json.dumps(_strict(value), allow_nan=False, **kwargs)
+
+
+def _strict(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+class RunDir:
+    """An output directory held by this process. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> RunDir:
+        self.lock()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+    def lock(self) -> None:
+        """Takes the directory's lock at once, or fails naming the process that holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirError(
+                f"output dir {self.path} is in use by another jaxlin run (PID {holder}); "
+                f"wait for it to end or choose another --output-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        for stale in self.path.glob(STAGING_PREFIX + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def run_files(self) -> list[str]:
+        """The names of a previous run's outputs found here."""
+        return [name for name in RUN_FILES if (self.path / name).exists()]
+
+    def has_finished_run(self) -> bool:
+        return (self.path / METRICS_FILE).is_file()
+
+    def remove_run(self) -> None:
+        """Removes a previous run's outputs (`--overwrite`); other files stay."""
+        for name in self.run_files():
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+
+    def unfinish(self) -> None:
+        """A resumed run is not finished until it writes `metrics.json` again."""
+        (self.path / METRICS_FILE).unlink(missing_ok=True)
+
+    def append_record(self, record: dict) -> None:
+        with open(self.path / RECORDS_FILE, "a") as handle:
+            handle.write(to_json(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read_records(self, up_to_step: int) -> list[dict]:
+        """The evaluation records of steps <= `up_to_step`; later or half-written ones are dropped
+        from the file too (a resumed run writes them again)."""
+        path = self.path / RECORDS_FILE
+        if not path.exists():
+            return []
+        lines = path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= up_to_step:
+                kept.append(record)
+        if len(kept) != len(lines):
+            from jaxlin.checkpoint import atomic_write
+
+            atomic_write(path, lambda h: h.write("".join(to_json(r) + "\n" for r in kept).encode()))
+        return kept
+
+    def publish(self, write: Callable[[Path], None]) -> list[str]:
+        """Calls write(staging_dir), then moves what it wrote into the directory, `metrics.json`
+        last; on any failure nothing is moved and the staging directory is removed."""
+        staging = Path(tempfile.mkdtemp(dir=self.path, prefix=STAGING_PREFIX))
+        try:
+            write(staging)
+            names = sorted(p.name for p in staging.iterdir())
+            for name in sorted(names, key=lambda n: n == METRICS_FILE):
+                (staging / name).replace(self.path / name)
+            return names
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,54 @@
+"""Stopping on SIGINT and SIGTERM between compiled chunks, not inside them.
+
+A compiled chunk cannot be interrupted, and a Python exception raised in the
+middle of the host loop could leave a half-written record. So the first
+signal only sets a flag that the training loop checks after each chunk: it
+then checkpoints and the run exits with 128 + the signal's number (130 for
+Ctrl-C, 143 for SIGTERM from `timeout`, Slurm or `docker stop`). The handler
+also restores the signal's default action, so a second signal ends the process
+at once, even while a chunk is running.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Context manager: while active, SIGINT/SIGTERM request a stop instead of killing the process."""
+
+    def __init__(self, log=None):
+        self.signum: int | None = None
+        self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self._previous: dict[int, object] = {}
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum else 0
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            for other in STOP_SIGNALS:
+                signal.signal(other, signal.SIG_DFL)
+            self._log(f"jaxlin: {signal.Signals(signum).name}: stopping after the current chunk "
+                      f"to save a checkpoint (send it again to exit at once)")
+
+    def __enter__(self) -> StopRequest:
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
