@@ -180,7 +180,7 @@ class JaxlinVmap(_JaxContender):
         epoch = first // num_examples
         span = (self.steps_per_call * self.batch_size - 1) // num_examples + 2
         if epoch not in cache:
-            perms = [self.permute(jax.vmap(lambda k: jax.random.fold_in(k, e))(self.keys))
+            perms = [self.permute(jax.vmap(lambda k, e=e: jax.random.fold_in(k, e))(self.keys))
                      for e in range(epoch, epoch + span)]
             cache.clear()
             cache[epoch] = jnp.concatenate(perms, axis=1)

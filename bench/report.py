@@ -67,7 +67,7 @@ def table(results: dict) -> str:
         ref = next((r["median_us_per_step"] for r in case if r["contender"] == "tf_reference"), None)
         lines.append(f"\n{model}, batch {batch_size}, {case[0]['num_steps']} steps, "
                      f"median of {len(case[0]['repeats_seconds'])} (min-max)\n")
-        lines.append(f"| contender | us/step | min-max | steps/s | examples/s | x TF ref | x floor time | compile s |")
+        lines.append("| contender | us/step | min-max | steps/s | examples/s | x TF ref | x floor time | compile s |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in sorted(case, key=lambda r: r["median_us_per_step"]):
             us = r["median_us_per_step"]

@@ -213,7 +213,7 @@ def time_to_accuracy(names: list[str], plan: Plan, data_dir: str, native_blas: b
 
 
 def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=print) -> dict:
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     contenders, workers = {}, {}
     for name in names:
         if not available(name):

@@ -9,9 +9,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench.common import initial_params, learning_rate, thread_settings, timed, train_until  # noqa: E402
+from bench.common import initial_params, learning_rate, thread_settings, timed, train_until
 
 
 class Tf2Loop:

@@ -19,9 +19,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench.common import (NextBatch, initial_params, learning_rate, load_data, thread_settings,  # noqa: E402
+from bench.common import (NextBatch, initial_params, learning_rate, load_data, thread_settings,
                           timed, train_until)
 
 

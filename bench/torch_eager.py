@@ -31,7 +31,7 @@ class TorchEager:
     def _net(self, model: str):
         torch = self.torch
         layers = []
-        for i, (w, b) in enumerate(initial_params(model)):
+        for w, b in initial_params(model):
             linear = torch.nn.Linear(*w.shape)
             with torch.no_grad():
                 linear.weight.copy_(torch.from_numpy(w.T.copy()))

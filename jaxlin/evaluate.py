@@ -9,7 +9,7 @@ progress bar, in `metrics.jsonl` and in the confusion matrix cannot disagree.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

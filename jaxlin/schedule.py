@@ -11,7 +11,7 @@ stopped.
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 
 class StepSchedule:

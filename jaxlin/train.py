@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -167,7 +167,7 @@ class Trainer:
         self.optimizer = make_optimizer(config)
         key = jax.random.key(config.seed)
         init_key, self.sample_key = jax.random.split(key)
-        put = lambda x: jax.device_put(x, device)  # noqa: E731
+        put = lambda x: jax.device_put(x, device)
         self.train_images_uint8 = put(data.train.images_uint8)
         self.train_labels = put(data.train.labels)
         # The per-step path feeds float batches from the host, as the tutorial did.
