@@ -115,8 +115,10 @@ class _RunHooks(FitHooks):
         if record["step"] == 0:
             self.log(accuracy_line(record["test_accuracy"], "before training"))
 
-    def save(self, state: TrainState, progress: Progress) -> None:
+    def save(self, state: TrainState, progress: Progress, wait: bool = False) -> None:
         self.store.save(state, {"config": self.config.to_dict(), "progress": dataclasses.asdict(progress)})
+        if wait:
+            self.store.wait()
         self.saved_step = state.step
 
     def should_stop(self) -> bool:
@@ -141,7 +143,8 @@ def resumed_config(config: Config, explicit: set[str]) -> Config:
     store = CheckpointStore(out, read_only=True)
     step = store.latest_step()
     if step is None:
-        raise ConfigError(f"--resume: no complete checkpoint in {out / CHECKPOINT_DIR}")
+        raise ConfigError(f"--resume: no complete checkpoint in {out / CHECKPOINT_DIR} (the run was stopped "
+                          f"before its first one was written; start it again with --overwrite)")
     saved, _ = _checkpoint_record(store, step)
     return _check_resumable(saved, saved.replace(**{name: getattr(config, name) for name in explicit}), step, out)
 
@@ -214,6 +217,7 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
             run_dir.unfinish()
             log(f"Resuming {out} from step {step} of {config.num_steps}.")
         hooks = _RunHooks(run_dir, store, config, stop, log)
+        hooks.last_recorded_step = records[-1]["step"] if records else None
         result = fit(config, data, model, eval_steps=eval_steps, progress=progress, start=start, hooks=hooks)
     finally:
         if store:

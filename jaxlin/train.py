@@ -133,12 +133,13 @@ class FitHooks:
     """What `fit` reports to its caller and asks of it; these defaults record nothing and never stop."""
 
     checkpoints = False  # whether `save` keeps anything, so `fit` schedules checkpoints
+    last_recorded_step: int | None = None  # a resumed run does not evaluate its first step twice
 
     def on_evaluation(self, record: dict) -> None:
         """record: step, test_accuracy, train_loss (mean since the previous evaluation), elapsed_seconds."""
 
-    def save(self, state: TrainState, progress: Progress) -> None:
-        """Checkpoint `state` (on the device; copy what you keep)."""
+    def save(self, state: TrainState, progress: Progress, wait: bool = False) -> None:
+        """Checkpoint `state` (on the device; copy what you keep); `wait`: return only once it is on disk."""
 
     def should_stop(self) -> bool:
         return False
@@ -249,7 +250,7 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     with jax.default_device(device):
         trainer = Trainer(config, data, model, device)
         state, progress_so_far = (trainer.place(start[0]), start[1]) if start else (trainer.init_state(), Progress())
-        loop = _TrainLoop(trainer, evals, saves, hooks, progress_so_far)
+        loop = _TrainLoop(trainer, evals, saves, hooks, progress_so_far, fresh=start is None)
         state = loop.run(state, progress)
         stopped = state.step < config.num_steps
         final = None if stopped else trainer.evaluator(state.params)
@@ -264,8 +265,8 @@ class _TrainLoop:
     """The host loop of one session of a run: chunks, evaluations, checkpoints, stop requests."""
 
     def __init__(self, trainer: Trainer, evals: StepSchedule, saves: StepSchedule, hooks: FitHooks,
-                 progress: Progress):
-        self.trainer, self.evals, self.saves, self.hooks = trainer, evals, saves, hooks
+                 progress: Progress, fresh: bool = True):
+        self.trainer, self.evals, self.saves, self.hooks, self.fresh = trainer, evals, saves, hooks, fresh
         self.loss_sum, self.loss_count = progress.loss_sum, progress.loss_count
         self.elapsed_before, self.started = progress.elapsed_seconds, time.perf_counter()
         self.evaluations: list[dict] = []
@@ -291,7 +292,11 @@ class _TrainLoop:
         from tqdm.auto import tqdm
 
         config = self.trainer.config
-        if state.step == 0 and 0 in self.evals:
+        if self.fresh and self.hooks.checkpoints:
+            # A fresh run's first checkpoint is on disk before anything else is recorded: whatever
+            # kills the run later, `--resume` has a state to start from.
+            self.hooks.save(state, self.progress(), wait=True)
+        if state.step in self.evals and self.hooks.last_recorded_step != state.step:
             self.evaluate(state)
         bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, unit="step",
                    leave=False)
