@@ -296,8 +296,11 @@ class _TrainLoop:
             # A fresh run's first checkpoint is on disk before anything else is recorded: whatever
             # kills the run later, `--resume` has a state to start from.
             self.hooks.save(state, self.progress(), wait=True)
-        if state.step in self.evals and self.hooks.last_recorded_step != state.step:
-            self.evaluate(state)
+        if state.step in self.evals:
+            if self.hooks.last_recorded_step == state.step:  # resumed after this step's evaluation
+                self.loss_sum, self.loss_count = 0.0, 0
+            else:
+                self.evaluate(state)
         bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, unit="step",
                    leave=False)
         with bar:
@@ -315,10 +318,12 @@ class _TrainLoop:
                 self.loss_sum += float(np.sum(losses, dtype=np.float64))
                 self.loss_count += length
                 postfix = {"loss": f"{float(losses[-1]):.4f}"}
-                if state.step in self.evals:
-                    postfix["test_acc"] = f"{self.evaluate(state):.2%}"
+                # Save before evaluating: the checkpoint's progress holds the losses since the previous
+                # evaluation, so a run resumed here can still record this step's evaluation.
                 if state.step in self.saves or (self.hooks.should_stop() and self.hooks.checkpoints):
                     self.hooks.save(state, self.progress())
+                if state.step in self.evals:
+                    postfix["test_acc"] = f"{self.evaluate(state):.2%}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(length)
         return state
