@@ -62,9 +62,10 @@ def add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
         default = field.default
         help_text = meta["help"] + ("" if default is None or "default" in meta["help"]
                                     else f" (default: {_show_default(default)})")
-        parser.add_argument(f"--{field.name.replace('_', '-')}", *meta["aliases"], dest=field.name,
-                            type=_parse_type(hints[field.name]), choices=meta["choices"],
-                            metavar=meta["metavar"], default=argparse.SUPPRESS, help=help_text)
+        parse = _parse_type(hints[field.name])
+        metavar = meta["metavar"] or {int: "N", float: "X"}.get(parse)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", *meta["aliases"], dest=field.name, type=parse,
+                            choices=meta["choices"], metavar=metavar, default=argparse.SUPPRESS, help=help_text)
 
 
 def _train_parser(subparsers) -> None:
@@ -75,7 +76,8 @@ def _train_parser(subparsers) -> None:
     modes = p.add_mutually_exclusive_group()
     modes.add_argument("--resume", action="store_true",
                        help="continue the run in --output-dir from its latest checkpoint; settings not "
-                            "given come from the checkpoint (only --num-steps may change)")
+                            "given come from the checkpoint, and given ones must match it, except "
+                            "--num-steps, --data-dir and --keep-checkpoints")
     modes.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --output-dir (only jaxlin's own files are removed)")
     p.add_argument("--dry-run", action="store_true",

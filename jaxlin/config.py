@@ -60,7 +60,7 @@ class Config:
     unroll: int = setting(1, "steps unrolled per iteration of the fused loop's lax.scan")
     loop: str = setting("fused", "fused: many steps per compiled call on device-resident data; "
                                  "per-step: one call per host-fed batch", choices=LOOPS)
-    device: str = setting("auto", "where to compute (auto: JAX's first device)", choices=DEVICES,
+    device: str = setting("auto", "where to compute; auto: JAX's first device", choices=DEVICES,
                           commands=("train", "evaluate"))
     output_dir: str = setting("jaxlin-run", "directory for checkpoints, records, metrics, figures, params",
                               metavar="DIR")
