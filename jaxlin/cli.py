@@ -15,6 +15,7 @@ import sys
 import typing
 
 from jaxlin.config import CONFIG_FIELDS, Config, ConfigError
+from jaxlin.signals import StopRequest
 
 DEFAULTS = Config()
 
@@ -97,8 +98,15 @@ def _evaluate_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (and exit 2), pointing at --help instead of printing the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxlin", description="The TensorFlow MNIST linear-model tutorial in JAX: train, evaluate.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate}")
     _train_parser(subparsers)
@@ -115,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**{name: getattr(args, name) for name in given_settings(args)})
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace, stop: StopRequest | None) -> None:
     from jaxlin import run
 
     if args.command == "train":
@@ -124,7 +132,7 @@ def _run(args: argparse.Namespace) -> None:
             config.validate()
         mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
         run.train_and_evaluate(config, progress=not args.no_progress, dry_run=args.dry_run, mode=mode,
-                               explicit=given_settings(args))
+                               explicit=given_settings(args), stop=stop)
         return
     settings = {name: getattr(args, name, getattr(DEFAULTS, name)) for name in ("dataset", "data_dir", "device")}
     metrics = run.evaluate_saved(args.params, settings["dataset"], settings["data_dir"], args.model,
@@ -139,36 +147,48 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        from jaxlin.checkpoint import CheckpointError
-        from jaxlin.data import DataError
-        from jaxlin.models import ModelError
-        from jaxlin.run import Stopped
-        from jaxlin.rundir import RunDirError
-        from jaxlin.train import DivergenceError
-    except KeyboardInterrupt:
-        return _interrupted()
+    args = build_parser().parse_args(argv)
+    if args.command != "train":
+        try:
+            return _main(args, None)
+        except KeyboardInterrupt:
+            print("jaxlin: interrupted", file=sys.stderr)
+            return 130
+    # From here on SIGINT/SIGTERM only request a stop, which training honours where it is safe:
+    # a KeyboardInterrupt raised inside JAX's import or a garbage-collector callback could be lost.
+    with StopRequest() as stop:
+        return _main(args, stop)
 
+
+def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
+    from jaxlin.checkpoint import CheckpointError
+    from jaxlin.data import DataError
+    from jaxlin.models import ModelError
+    from jaxlin.run import Stopped
+    from jaxlin.rundir import RunDirError
+    from jaxlin.train import DivergenceError
+
+    if stop:
+        return _interrupted(stop)
     try:
-        _run(args)
-    except Stopped as stop:
-        print(stop, file=sys.stderr)
-        return stop.exit_code
+        _run(args, stop)
+    except Stopped as stopped:
+        print(stopped, file=sys.stderr)
+        return stopped.exit_code
     except (ConfigError, DataError, ModelError, CheckpointError, RunDirError, DivergenceError) as err:
         print(f"jaxlin: error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, DivergenceError) else 3
     except OSError as err:  # e.g. the output directory filled up or vanished while writing
         print(f"jaxlin: error: cannot write outputs: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C before the run's own handler was installed
-        return _interrupted()
+    if stop:  # a signal that came after the job had nothing left to stop
+        return _interrupted(stop)
     return 0
 
 
-def _interrupted() -> int:
-    print("jaxlin: interrupted before training started; nothing saved", file=sys.stderr)
-    return 130
+def _interrupted(stop: StopRequest) -> int:
+    print(f"jaxlin: stopped by {stop.name}", file=sys.stderr)
+    return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -24,6 +24,13 @@ RESUMABLE_CHANGES = frozenset({"num_steps", "output_dir", "data_dir", "keep_chec
 # the epoch order with int32.
 MAX_EPOCHS = 2**32 - 2
 MAX_WINDOW = 2**30
+MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
+# Beyond these, XLA's compile time or the params' memory grows past what a run can use:
+# unrolling copies the step's program (unroll 20000 took 24 GB to compile), and 2**28 float32
+# params are 1 GiB before the optimizer's copies.
+MAX_UNROLL = 64
+MAX_PARAMS = 2**28
+INPUT_SIZE, NUM_CLASSES = 784, 10
 
 
 class ConfigError(ValueError):
@@ -92,6 +99,13 @@ class Config:
             raise ConfigError(f"checkpoint every must be >= 0 (0: never), got {self.checkpoint_every}")
         if self.model == "mlp" and (not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes)):
             raise ConfigError(f"hidden sizes must be at least 1, got {list(self.hidden_sizes)}")
+        if self.model == "mlp" and self.num_params() > MAX_PARAMS:
+            raise ConfigError(f"hidden sizes {list(self.hidden_sizes)} make {self.num_params():,} params; "
+                              f"at most {MAX_PARAMS:,}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.unroll > MAX_UNROLL:
+            raise ConfigError(f"unroll must be at most {MAX_UNROLL}, got {self.unroll}")
         if self.steps_per_call * self.batch_size > MAX_WINDOW:
             raise ConfigError(
                 f"steps per call × batch size must be at most {MAX_WINDOW}, got "
@@ -101,6 +115,10 @@ class Config:
                 f"{self.num_steps} steps of {self.batch_size} examples span more than {MAX_EPOCHS} epochs "
                 f"of {num_train_examples} examples")
         return self
+
+    def num_params(self) -> int:
+        sizes = (INPUT_SIZE, *(self.hidden_sizes if self.model == "mlp" else ()), NUM_CLASSES)
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
@@ -147,6 +165,8 @@ def resume_conflicts(saved: Config, wanted: Config) -> list[str]:
 
 
 def _show(value) -> str:
+    if value is None:
+        return "the default"
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)

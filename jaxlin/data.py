@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlin.config import DATASETS
+from jaxlin.config import DATASETS, NUM_CLASSES
 
 DATA_DIR_ENV = "JAXLIN_DATA_DIR"
-NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 IMAGE_SIZE = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 # The old TensorFlow `input_data` took the first 5,000 training images for validation.
@@ -145,7 +144,8 @@ def load_idx_dir(data_dir: str | os.PathLike, name: str = "mnist") -> Datasets:
     """Reads the four IDX files of an MNIST-format data set from a directory."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"data directory {data_dir} does not exist")
+        problem = "is not a directory" if data_dir.exists() else "does not exist"
+        raise DataError(f"data directory {data_dir} {problem}")
     arrays = {}
     for key, stem in IDX_FILES.items():
         arrays[key] = read_idx(_find_idx_file(data_dir, stem), 3 if "images" in key else 1)

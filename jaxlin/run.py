@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import platform
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data import DATA_DIR_ENV, Datasets, load_datasets, resolve_data_dir
 from jaxlin.evaluate import evaluate
 from jaxlin.models import Model, get_model
-from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, RunDir, RunDirError, check_writable, to_json
+from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, RunDir, check_writable, to_json
 from jaxlin.signals import StopRequest
 from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, TrainState
 from jaxlin.train import FitHooks, FitResult, Progress, fit, resolve_device
@@ -85,7 +86,7 @@ def describe_run(config: Config, data: Datasets, model: Model) -> str:
 
 
 def resume_command(out: Path) -> str:
-    return f"jaxlin train --resume --output-dir {out}"
+    return f"jaxlin train --resume --output-dir {shlex.quote(str(out))}"
 
 
 def _write_figures(directory: Path, data: Datasets, model: Model, params, final: dict,
@@ -127,11 +128,29 @@ class _RunHooks(FitHooks):
 
 def _checkpoint_record(store: CheckpointStore, step: int) -> tuple[Config, Progress]:
     """The config and progress saved beside the train state of `step`."""
+    record = store.read_record(step)
     try:
-        record = store.read_record(step)
         return Config.from_dict(record["config"]), Progress(**record["progress"])
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
-        raise checkpoint.CheckpointError(f"{store.directory}/{step}: unreadable run record ({err})") from err
+    except (KeyError, TypeError, ValueError) as err:
+        raise checkpoint.CheckpointError(f"{store.directory / str(step)}: unreadable run record ({err})") from err
+
+
+def _latest_usable(store: CheckpointStore, log, model: Model | None = None, remove_damaged: bool = False):
+    """(step, config, progress, state or None) of the newest checkpoint that reads back; damaged newer
+    ones are reported (and removed, by the run that holds the directory). With `model`, the train state
+    is restored too."""
+    for step in store.steps():
+        try:
+            saved, progress = _checkpoint_record(store, step)
+            state = store.restore(step, _initial_state(saved, model)) if model is not None else None
+            return step, saved, progress, state
+        except checkpoint.CheckpointError as err:
+            action = "removed it" if remove_damaged else "skipping it"
+            log(f"jaxlin: checkpoint {step} is damaged, {action}: {err}")
+            if remove_damaged:
+                store.remove(step)
+    raise ConfigError(f"--resume: no complete checkpoint in {store.directory} (the run was stopped before its "
+                      f"first one was written; start it again with --overwrite)")
 
 
 def resumed_config(config: Config, explicit: set[str]) -> Config:
@@ -139,13 +158,10 @@ def resumed_config(config: Config, explicit: set[str]) -> Config:
     applied; refuses settings that would not continue the same run."""
     out = Path(config.output_dir)
     if not (out / CHECKPOINT_DIR).is_dir():
-        raise ConfigError(f"--resume: no checkpoints in {out} (nothing to resume; drop --resume to start)")
+        start = "start it with --overwrite" if RunDir(out).run_files() else "drop --resume to start"
+        raise ConfigError(f"--resume: no checkpoints in {out} (nothing to resume; {start})")
     store = CheckpointStore(out, read_only=True)
-    step = store.latest_step()
-    if step is None:
-        raise ConfigError(f"--resume: no complete checkpoint in {out / CHECKPOINT_DIR} (the run was stopped "
-                          f"before its first one was written; start it again with --overwrite)")
-    saved, _ = _checkpoint_record(store, step)
+    step, saved, _, _ = _latest_usable(store, log=lambda line: None)
     return _check_resumable(saved, saved.replace(**{name: getattr(config, name) for name in explicit}), step, out)
 
 
@@ -160,59 +176,64 @@ def _check_resumable(saved: Config, wanted: Config, step: int, out: Path) -> Con
 
 def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = False, log=print,
                        eval_steps: list[int] | None = None, data: Datasets | None = None,
-                       mode: str = "new", explicit: set[str] | None = None) -> dict | None:
+                       mode: str = "new", explicit: set[str] | None = None,
+                       stop: StopRequest | None = None) -> dict | None:
     """The `jaxlin train` job; returns the metrics written (None for a dry run or nothing to do).
 
     mode: "new" refuses a directory that holds a run, "overwrite" replaces that run's files,
     "resume" continues from its latest checkpoint; with "resume", settings not in `explicit`
     come from the checkpoint. Test accuracy is measured at `eval_steps` (default: every
     `config.eval_every` steps); `data` skips loading when the caller already has it.
-    Raises `Stopped` after a SIGINT or SIGTERM.
+    Raises `Stopped` after a SIGINT or SIGTERM (caught by `stop`, or by a handler of its own).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if stop is None:
+        with StopRequest() as own:
+            return train_and_evaluate(config, progress, dry_run, log, eval_steps, data, mode, explicit, own)
     started = time.perf_counter()
-    with StopRequest() as stop:
-        check_writable(config.output_dir)
-        if mode == "resume":
-            config = resumed_config(config, explicit or set())
-        model = build_model(config)
-        if data is None and resolve_data_dir(config.data_dir) is None:
-            log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
-                f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
-        data = data or load_datasets(config.dataset, config.data_dir)
-        config.validate(len(data.train))
-        data_seconds = time.perf_counter() - started
-        log(describe_run(config, data, model))
-        if dry_run:
-            log(f"Dry run: settings and data are valid; nothing trained, nothing written to {config.output_dir}.")
-            return None
-        with RunDir(config.output_dir) as run_dir:
-            return _train_in(run_dir, config, data, model, mode, stop, progress, log, eval_steps,
-                             data_seconds, started)
+    check_writable(config.output_dir)
+    RunDir(config.output_dir).check_available(mode)
+    if mode == "resume":
+        config = resumed_config(config, explicit or set())
+    if config.data_dir:  # a resumed run may start elsewhere
+        config = config.replace(data_dir=str(Path(config.data_dir).absolute()))
+    model = build_model(config)
+    if data is None and resolve_data_dir(config.data_dir) is None:
+        log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
+            f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
+    data = data or load_datasets(config.dataset, config.data_dir)
+    config.validate(len(data.train))
+    data_seconds = time.perf_counter() - started
+    log(describe_run(config, data, model))
+    if stop:
+        raise Stopped(f"jaxlin: stopped by {stop.name} before training started; nothing saved", stop.exit_code)
+    if dry_run:
+        log(f"Dry run: settings and data are valid; nothing trained, nothing written to {config.output_dir}.")
+        return None
+    with RunDir(config.output_dir) as run_dir:
+        return _train_in(run_dir, config, data, model, mode, stop, progress, log, eval_steps,
+                         data_seconds, started)
 
 
 def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mode: str, stop: StopRequest,
               progress: bool, log, eval_steps, data_seconds: float, started: float) -> dict | None:
     out = run_dir.path
-    if mode == "new" and run_dir.run_files():
-        raise RunDirError(f"output dir {out} already holds a run ({', '.join(run_dir.run_files())}); "
-                          f"pass --resume to continue it or --overwrite to replace it")
+    run_dir.check_available(mode)
     if mode == "overwrite":
         run_dir.remove_run()
     store = CheckpointStore(out, keep=config.keep_checkpoints) if config.checkpoint_every != 0 else None
     start, records = None, []
     try:
         if mode == "resume":
-            step = store.latest_step() if store else None
-            if step is None:
-                raise ConfigError(f"--resume: no complete checkpoint in {out / CHECKPOINT_DIR}")
+            if store is None:
+                raise ConfigError("--resume: checkpoints are off (--checkpoint-every 0)")
+            step, saved, saved_progress, state = _latest_usable(store, log, model, remove_damaged=True)
             if step == config.num_steps and run_dir.has_finished_run():
                 log(f"The run in {out} already finished at step {step}; raise --num-steps to train on.")
                 return None
-            saved, saved_progress = _checkpoint_record(store, step)
             _check_resumable(saved, config, step, out)
-            start = (store.restore(step, _initial_state(config, model)), saved_progress)
+            start = (state, saved_progress)
             records = run_dir.read_records(step)
             run_dir.unfinish()
             log(f"Resuming {out} from step {step} of {config.num_steps}.")
@@ -255,6 +276,7 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
 
 
 def _initial_state(config: Config, model: Model) -> TrainState:
+    # `config` is the checkpoint's: its optimizer fixes the optimizer state's structure.
     """The structure and dtypes of a fresh train state (what a checkpoint restores into)."""
     from jaxlin.train import make_optimizer
 

@@ -79,6 +79,27 @@ def _strict(value):
     return value
 
 
+RECORD_FIELDS = {"step": (int,), "test_accuracy": (float, int, type(None)), "train_loss": (float, int, type(None)),
+                 "elapsed_seconds": (float, int)}
+
+
+def _parse_record(line: str) -> dict | None:
+    """One evaluation record as `append_record` writes it, or None for anything else."""
+    def refuse(constant):
+        raise ValueError(constant)
+
+    try:
+        record = json.loads(line, parse_constant=refuse)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or set(record) != set(RECORD_FIELDS):
+        return None
+    for name, types in RECORD_FIELDS.items():
+        if isinstance(record[name], bool) or not isinstance(record[name], types):
+            return None
+    return record if record["step"] >= 0 else None
+
+
 class RunDir:
     """An output directory held by this process. Use as a context manager."""
 
@@ -93,10 +114,19 @@ class RunDir:
     def __exit__(self, *exc) -> None:
         self.unlock()
 
-    def lock(self) -> None:
-        """Takes the directory's lock at once, or fails naming the process that holds it."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    def _open_lock_file(self, create: bool) -> int | None:
+        flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if create else 0)  # never write through a symlink
+        try:
+            return os.open(self.path / LOCK_FILE, flags, 0o644)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        except OSError as err:
+            raise RunDirError(f"output dir {self.path}: cannot use its lock file {LOCK_FILE} "
+                              f"({err.strerror or err})") from err
+
+    def _try_lock(self, fd: int) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -105,6 +135,27 @@ class RunDir:
             raise RunDirError(
                 f"output dir {self.path} is in use by another jaxlin run (PID {holder}); "
                 f"wait for it to end or choose another --output-dir") from None
+
+    def check_available(self, mode: str) -> None:
+        """Fails at once, before any data is loaded, when the directory is in use by another run or
+        holds a run that `mode` may not touch. (`lock` holds the lock; this only looks.)"""
+        if not self.path.is_dir():
+            return
+        if self._lock_fd is None:
+            fd = self._open_lock_file(create=False)
+            if fd is not None:
+                self._try_lock(fd)
+                os.close(fd)  # released: the run takes it for good once its data is loaded
+        found = self.run_files()
+        if mode == "new" and found:
+            raise RunDirError(f"output dir {self.path} already holds a run ({', '.join(found)}); "
+                              f"pass --resume to continue it or --overwrite to replace it")
+
+    def lock(self) -> None:
+        """Takes the directory's lock at once, or fails naming the process that holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = self._open_lock_file(create=True)
+        self._try_lock(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -117,8 +168,14 @@ class RunDir:
             self._lock_fd = None
 
     def run_files(self) -> list[str]:
-        """The names of a previous run's outputs found here."""
-        return [name for name in RUN_FILES if (self.path / name).exists()]
+        """The names of a previous run's outputs found here (an empty file or directory, which a run
+        that failed before its first record leaves, does not count)."""
+        found = []
+        for name in RUN_FILES:
+            path = self.path / name
+            if path.is_symlink() or (path.is_file() and path.stat().st_size) or (path.is_dir() and any(path.iterdir())):
+                found.append(name)
+        return found
 
     def has_finished_run(self) -> bool:
         return (self.path / METRICS_FILE).is_file()
@@ -137,7 +194,9 @@ class RunDir:
         (self.path / METRICS_FILE).unlink(missing_ok=True)
 
     def append_record(self, record: dict) -> None:
-        with open(self.path / RECORDS_FILE, "a") as handle:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        fd = os.open(self.path / RECORDS_FILE, flags, 0o644)
+        with os.fdopen(fd, "w") as handle:
             handle.write(to_json(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -148,14 +207,11 @@ class RunDir:
         path = self.path / RECORDS_FILE
         if not path.exists():
             return []
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
         kept = []
         for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= up_to_step:
+            record = _parse_record(line)
+            if record is not None and record["step"] <= up_to_step and (not kept or record["step"] > kept[-1]["step"]):
                 kept.append(record)
         if len(kept) != len(lines):
             from jaxlin.checkpoint import atomic_write

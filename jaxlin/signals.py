@@ -42,7 +42,7 @@ class StopRequest:
             for other in STOP_SIGNALS:
                 signal.signal(other, signal.SIG_DFL)
             self._log(f"jaxlin: {signal.Signals(signum).name}: stopping after the current chunk "
-                      f"to save a checkpoint (send it again to exit at once)")
+                      f"(send it again to exit at once)")
 
     def __enter__(self) -> StopRequest:
         for signum in STOP_SIGNALS:

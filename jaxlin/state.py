@@ -17,6 +17,7 @@ pay for it.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,6 +33,12 @@ class TrainState(NamedTuple):
     params: Any
     opt_state: Any
     step: int
+
+
+def _first_line(err: Exception, limit: int = 200) -> str:
+    """orbax and tensorstore errors can run to kilobytes of spec: one line of it is enough."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _host_copy(tree):
@@ -68,6 +75,15 @@ class CheckpointStore:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """The saved steps, newest first."""
+        return sorted(self._manager.all_steps(), reverse=True)
+
+    def remove(self, step: int) -> None:
+        """Removes a damaged checkpoint (which orbax may not be able to read, so not through orbax)."""
+        shutil.rmtree(self.directory / str(step), ignore_errors=True)
+        self._manager.reload()
+
     def save(self, state: TrainState, record: dict) -> None:
         """Starts writing `state` and `record` (a JSON-able dict); `wait` or `close` finishes it."""
         ocp = self._ocp
@@ -77,7 +93,13 @@ class CheckpointStore:
 
     def read_record(self, step: int) -> dict:
         ocp = self._ocp
-        restored = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
+        except Exception as err:  # orbax and tensorstore raise many types for a damaged file
+            raise CheckpointError(f"{self.directory / str(step)}: cannot read the run record ({_first_line(err)})") \
+                from err
+        if not isinstance(restored.record, dict):
+            raise CheckpointError(f"{self.directory / str(step)}: the run record is not a JSON object")
         return restored.record
 
     def restore(self, step: int, like: TrainState) -> TrainState:
@@ -87,8 +109,9 @@ class CheckpointStore:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target)))
-        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
-            raise CheckpointError(f"{self.directory}/{step}: cannot restore the train state ({err})") from err
+        except Exception as err:
+            raise CheckpointError(f"{self.directory / str(step)}: cannot restore the train state "
+                                  f"({_first_line(err)})") from err
         tree = restored.state
         return TrainState(tree["params"], tree["opt_state"], int(tree["step"]))
 

@@ -193,6 +193,7 @@ def test_a_second_run_into_a_busy_directory_exits_at_once(tiny_data_dir, tmp_pat
     second = Run(tiny_data_dir, out, "--num-steps", "40", "--seed", "1", "--overwrite", logs=tmp_path)
     assert second.wait(timeout=60) == 2
     assert f"output dir {out} is in use by another jaxlin run (PID {first.process.pid})" in second.stderr
+    assert "Data:" not in second.stdout  # refused before loading any data
     assert first.process.poll() is None  # undisturbed
     first.process.send_signal(signal.SIGTERM)
     assert first.wait() == 143
@@ -285,3 +286,25 @@ def test_resume_refuses_what_would_not_continue_the_same_run(tiny_data_dir, tmp_
         assert refused.wait() == 2 and message in refused.stderr, refused.stderr
     done = Run(tiny_data_dir, out, "--resume", logs=tmp_path)
     assert done.wait() == 0 and "already finished at step 60" in done.stdout
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5, 3.0])
+def test_ctrl_c_at_any_moment_stops_the_run(tiny_data_dir, tmp_path, delay):
+    """During imports, data loading, compilation or training: never lost, never a traceback."""
+    run = Run(tiny_data_dir, tmp_path / "run", "--num-steps", str(10**6), "--batch-size", "2")
+    time.sleep(delay)
+    run.process.send_signal(signal.SIGINT)
+    assert run.wait() == 130, run.stderr
+    assert "Traceback" not in run.stderr and "stopped by SIGINT" in run.stderr
+    assert "after 1000000 steps" not in run.stdout
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused(tiny_data_dir, tmp_path):
+    out, victim = tmp_path / "run", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("important")
+    (out / ".jaxlin.lock").symlink_to(victim)
+    run = Run(tiny_data_dir, out, "--num-steps", "10", logs=tmp_path)
+    assert run.wait() == 2
+    assert f"output dir {out}: cannot use its lock file .jaxlin.lock" in run.stderr
+    assert victim.read_text() == "important"

@@ -40,3 +40,52 @@ def test_a_resume_measures_an_evaluation_whose_record_was_lost(tiny_data_dir, tm
     strip = lambda records: [{k: v for k, v in r.items() if k != "elapsed_seconds"} for r in records]
     assert strip(again["evaluations"]) == strip(first["evaluations"])
     assert [json.loads(line)["step"] for line in records_path.read_text().splitlines()] == [0, 20, 40]
+
+
+def test_hand_edited_records_are_dropped_on_resume(tiny_data_dir, tmp_path):
+    config = _config(tmp_path, tiny_data_dir)
+    train_and_evaluate(config, progress=False, log=lambda line: None)
+    records_path = tmp_path / "run" / "metrics.jsonl"
+    good = records_path.read_bytes()
+    records_path.write_bytes(good + b'{"step": 5}\n\xff\xfe\x00garbage\n{"step": 10, "test_accuracy": NaN, '
+                             b'"train_loss": 1.0, "elapsed_seconds": 1}\n' + good.splitlines(keepends=True)[0]
+                             + b'{"step": true, "test_accuracy": 1, "train_loss": 1, "elapsed_seconds": 1}\n')
+    (tmp_path / "run" / "metrics.json").unlink()
+    again = train_and_evaluate(config.replace(num_steps=60), progress=False, log=lambda line: None, mode="resume",
+                               explicit={"num_steps"})
+    assert [e["step"] for e in again["evaluations"]] == [0, 20, 40, 60]
+    assert [json.loads(line)["step"] for line in records_path.read_text().splitlines()] == [0, 20, 40, 60]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_data_dir, tmp_path):
+    config = _config(tmp_path, tiny_data_dir)
+    first = train_and_evaluate(config, progress=False, log=lambda line: None)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (checkpoints / "50").mkdir()  # newer than the last one, and empty
+    lines = []
+    again = train_and_evaluate(config.replace(num_steps=60), progress=False, log=lines.append, mode="resume",
+                               explicit={"num_steps"})
+    assert any(line.startswith("jaxlin: checkpoint 50 is damaged, removed it") for line in lines)
+    assert again["resumed_from_step"] == 40 and not (checkpoints / "50").exists()
+    assert again["evaluations"][:3] == first["evaluations"]
+
+
+def test_the_resume_command_is_quoted_for_the_shell():
+    from pathlib import Path
+
+    from jaxlin.run import resume_command
+
+    assert resume_command(Path("my run")) == "jaxlin train --resume --output-dir 'my run'"
+    assert resume_command(Path("plain")) == "jaxlin train --resume --output-dir plain"
+
+
+def test_a_dry_run_checks_the_output_directory(tiny_data_dir, tmp_path):
+    import pytest
+
+    from jaxlin.rundir import RunDirError
+
+    config = _config(tmp_path, tiny_data_dir)
+    train_and_evaluate(config, progress=False, log=lambda line: None)
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train_and_evaluate(config, dry_run=True, log=lambda line: None)
+    assert train_and_evaluate(config, dry_run=True, log=lambda line: None, mode="overwrite") is None

@@ -162,3 +162,15 @@ def test_the_fused_chunk_refuses_an_order_shorter_than_its_steps(tiny_data):
         make_fused_train(model.apply, opt)(params, opt.init(params), jnp.asarray(tiny_data.train.images_uint8),
                                            jnp.asarray(tiny_data.train.labels), three_batches, 0,
                                            batch_size=32, num_steps=6)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"seed": -1}, r"seed must be in \[0, 2\*\*63\), got -1"),
+    ({"seed": 2**63}, r"seed must be in \[0, 2\*\*63\)"),
+    ({"unroll": 65}, "unroll must be at most 64"),
+    ({"model": "mlp", "hidden_sizes": (999_999_999,)}, r"hidden sizes \[999999999\] make 794,999,999,215 params; at most 268,435,456"),
+    ({"checkpoint_every": -1}, "checkpoint every must be >= 0"),
+])
+def test_config_refuses_settings_that_cannot_run(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        Config().replace(**changes).validate()
