@@ -168,7 +168,8 @@ def test_the_fused_chunk_refuses_an_order_shorter_than_its_steps(tiny_data):
     ({"seed": -1}, r"seed must be in \[0, 2\*\*63\), got -1"),
     ({"seed": 2**63}, r"seed must be in \[0, 2\*\*63\)"),
     ({"unroll": 65}, "unroll must be at most 64"),
-    ({"model": "mlp", "hidden_sizes": (999_999_999,)}, r"hidden sizes \[999999999\] make 794,999,999,215 params; at most 268,435,456"),
+    ({"model": "mlp", "hidden_sizes": (999_999_999,)},
+     r"hidden sizes \[999999999\] make 794,999,999,215 params; at most 268,435,456"),
     ({"checkpoint_every": -1}, "checkpoint every must be >= 0"),
 ])
 def test_config_refuses_settings_that_cannot_run(changes, message):
