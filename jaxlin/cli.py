@@ -105,12 +105,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _download_parser(subparsers) -> None:
+    from jaxlin.config import DATASETS
+
+    p = subparsers.add_parser(
+        "download", help="fetch and verify a data set ahead of time, or verify a directory",
+        description="Download the four IDX files of a data set from public mirrors ($JAXLIN_MIRRORS replaces "
+                    "them), verify each by the sha256 of its uncompressed content, and keep them in jaxlin's "
+                    "cache ($JAXLIN_CACHE_DIR, else $XDG_CACHE_HOME/jaxlin, else ~/.cache/jaxlin) or --dir.")
+    p.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset, help="default: %(default)s")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--dir", type=_non_empty, help="download into DIR instead of the cache")
+    target.add_argument("--verify", type=_non_empty, metavar="DIR",
+                        help="check the files already in DIR; download nothing")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _download(args: argparse.Namespace) -> None:
+    from jaxlin import download
+
+    if args.verify:
+        for line in download.verify(args.verify, args.dataset):
+            print(line)
+        print(f"All four {args.dataset} files in {args.verify} verify.")
+        return
+    directory = download.download(args.dataset, args.dir, progress=not args.no_progress)
+    print(f"{args.dataset}: the four IDX files are in {directory}, verified.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="jaxlin", description="The TensorFlow MNIST linear-model tutorial in JAX: train, evaluate.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate}")
+        prog="jaxlin", description="The TensorFlow MNIST linear-model tutorial in JAX: train, evaluate, download.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,download}")
     _train_parser(subparsers)
     _evaluate_parser(subparsers)
+    _download_parser(subparsers)
     return parser
 
 
@@ -134,9 +163,13 @@ def _run(args: argparse.Namespace, stop: StopRequest | None) -> None:
         run.train_and_evaluate(config, progress=not args.no_progress, dry_run=args.dry_run, mode=mode,
                                explicit=given_settings(args), stop=stop)
         return
-    settings = {name: getattr(args, name, getattr(DEFAULTS, name)) for name in ("dataset", "data_dir", "device")}
+    if args.command == "download":
+        _download(args)
+        return
+    settings = {name: getattr(args, name, getattr(DEFAULTS, name))
+                for name in ("dataset", "data_dir", "device", "source")}
     metrics = run.evaluate_saved(args.params, settings["dataset"], settings["data_dir"], args.model,
-                                 settings["device"])
+                                 settings["device"], settings["source"])
     if args.json:
         print(json.dumps(metrics, indent=2))
         return
@@ -163,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
     from jaxlin.checkpoint import CheckpointError
     from jaxlin.data import DataError
+    from jaxlin.download import DownloadError
     from jaxlin.models import ModelError
     from jaxlin.run import Stopped
     from jaxlin.rundir import RunDirError
@@ -175,7 +209,8 @@ def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
     except Stopped as stopped:
         print(stopped, file=sys.stderr)
         return stopped.exit_code
-    except (ConfigError, DataError, ModelError, CheckpointError, RunDirError, DivergenceError) as err:
+    except (ConfigError, DataError, DownloadError, ModelError, CheckpointError, RunDirError,
+            DivergenceError) as err:
         print(f"jaxlin: error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, DivergenceError) else 3
     except OSError as err:  # e.g. the output directory filled up or vanished while writing

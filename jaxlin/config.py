@@ -15,6 +15,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 LOOPS = ("fused", "per-step")
 DEVICES = ("auto", "cpu", "gpu")
 DATASETS = ("mnist", "fashion_mnist")
+SOURCES = ("auto", "tfds")
 MODELS = ("linear", "mlp")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 
@@ -48,7 +49,11 @@ class Config:
     dataset: str = setting("mnist", "data set", choices=DATASETS, commands=("train", "evaluate"))
     data_dir: str | None = setting(
         None, "directory with the four IDX files (.gz or not); default: $JAXLIN_DATA_DIR, "
-              "else tensorflow-datasets", commands=("train", "evaluate"), metavar="DIR")
+              "else --source", commands=("train", "evaluate"), metavar="DIR")
+    source: str = setting(
+        "auto", "where data comes from when no data dir is set: auto (jaxlin's cache, filled from public "
+                "mirrors on first use) or tfds (tensorflow-datasets)", choices=SOURCES,
+        commands=("train", "evaluate"))
     model: str = setting("linear", "model", choices=MODELS)
     hidden_sizes: tuple[int, ...] = setting((256,), "MLP hidden layer sizes", metavar="N[,N...]")
     activation: str = setting("relu", "MLP activation", choices=ACTIVATIONS)
@@ -74,7 +79,7 @@ class Config:
 
     def validate(self, num_train_examples: int | None = None) -> Config:
         """Raises ConfigError naming the first bad setting; returns self."""
-        for name in ("dataset", "model", "activation", "optimizer", "loop", "device"):
+        for name in ("dataset", "source", "model", "activation", "optimizer", "loop", "device"):
             choices = CONFIG_FIELDS[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")

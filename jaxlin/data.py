@@ -1,8 +1,9 @@
 """MNIST-format data: a validating IDX reader, the tutorial's splits, and sources.
 
-Two sources give the same arrays: a directory of the original IDX files (the
-`--data-dir` flag or the ``JAXLIN_DATA_DIR`` environment variable), else
-tensorflow-datasets, imported lazily because it is an optional extra.
+The arrays come from a directory of the original IDX files: the `--data-dir` flag,
+else the ``JAXLIN_DATA_DIR`` environment variable, else jaxlin's download cache
+(filled from public mirrors on first use, see `download`). tensorflow-datasets is
+another source on request, imported lazily because it is an optional extra.
 """
 
 from __future__ import annotations
@@ -185,11 +186,9 @@ def load_tfds(name: str = "mnist", tfds_dir: str | None = None) -> Datasets:
 
 def _no_data_message(name: str, reason: str) -> str:
     return (
-        f"no {name} data available: {reason}.\n"
-        f"Either point jaxlin at a directory holding the four IDX files "
-        f"({', '.join(s + '.gz' for s in IDX_FILES.values())}) with --data-dir DIR or "
-        f"{DATA_DIR_ENV}=DIR, or install the tfds extra (pip install 'jaxlin[tfds]') "
-        f"and allow one download."
+        f"no {name} data available: {reason}. Point jaxlin at a directory holding the four IDX files "
+        f"({', '.join(s + '.gz' for s in IDX_FILES.values())}) with --data-dir DIR or {DATA_DIR_ENV}=DIR, "
+        f"or fetch them ahead with `jaxlin download --dataset {name}` where there is a network"
     )
 
 
@@ -200,11 +199,23 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str | None:
     return os.environ.get(DATA_DIR_ENV) or None
 
 
-def load_datasets(name: str = "mnist", data_dir: str | os.PathLike | None = None) -> Datasets:
-    """Loads `name` from IDX files when a data directory is set, else via tfds."""
+def load_datasets(name: str = "mnist", data_dir: str | os.PathLike | None = None, source: str = "auto",
+                  progress: bool = True, log=None) -> Datasets:
+    """Loads `name` from the first of: `data_dir`, $JAXLIN_DATA_DIR, the download cache, a download
+    from the mirrors (see `download`); or through tensorflow-datasets when `source` is "tfds"."""
+    from jaxlin import download
+
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     directory = resolve_data_dir(data_dir)
     if directory is not None:
         return load_idx_dir(directory, name)
-    return load_tfds(name)
+    if source == "tfds":
+        return load_tfds(name)
+    cached = download.cached_files(name)
+    if cached is None:
+        try:
+            cached = download.download(name, progress=progress, log=log or (lambda line: None))
+        except download.DownloadError as err:
+            raise DataError(_no_data_message(name, str(err))) from err
+    return load_idx_dir(cached, name)

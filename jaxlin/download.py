@@ -26,6 +26,7 @@ import zlib
 from pathlib import Path
 
 from jaxlin.config import DATASETS
+from jaxlin.data import IDX_FILES
 
 MIRRORS_ENV = "JAXLIN_MIRRORS"
 CACHE_ENV = "JAXLIN_CACHE_DIR"
@@ -46,23 +47,23 @@ _IMAGES_TRAIN, _LABELS_TRAIN = 47_040_016, 60_008
 _IMAGES_TEST, _LABELS_TEST = 7_840_016, 10_008
 FILES = {
     "mnist": (
-        RemoteFile("train-images-idx3-ubyte", _IMAGES_TRAIN,
+        RemoteFile(IDX_FILES["train_images"], _IMAGES_TRAIN,
                    "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-        RemoteFile("train-labels-idx1-ubyte", _LABELS_TRAIN,
+        RemoteFile(IDX_FILES["train_labels"], _LABELS_TRAIN,
                    "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-        RemoteFile("t10k-images-idx3-ubyte", _IMAGES_TEST,
+        RemoteFile(IDX_FILES["test_images"], _IMAGES_TEST,
                    "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-        RemoteFile("t10k-labels-idx1-ubyte", _LABELS_TEST,
+        RemoteFile(IDX_FILES["test_labels"], _LABELS_TEST,
                    "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
     ),
     "fashion_mnist": (
-        RemoteFile("train-images-idx3-ubyte", _IMAGES_TRAIN,
+        RemoteFile(IDX_FILES["train_images"], _IMAGES_TRAIN,
                    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-        RemoteFile("train-labels-idx1-ubyte", _LABELS_TRAIN,
+        RemoteFile(IDX_FILES["train_labels"], _LABELS_TRAIN,
                    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
-        RemoteFile("t10k-images-idx3-ubyte", _IMAGES_TEST,
+        RemoteFile(IDX_FILES["test_images"], _IMAGES_TEST,
                    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-        RemoteFile("t10k-labels-idx1-ubyte", _LABELS_TEST,
+        RemoteFile(IDX_FILES["test_labels"], _LABELS_TEST,
                    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
     ),
 }

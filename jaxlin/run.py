@@ -13,6 +13,7 @@ import importlib.metadata
 import platform
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -199,10 +200,10 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
     if config.data_dir:  # a resumed run may start elsewhere
         config = config.replace(data_dir=str(Path(config.data_dir).absolute()))
     model = build_model(config)
-    if data is None and resolve_data_dir(config.data_dir) is None:
+    if data is None and resolve_data_dir(config.data_dir) is None and config.source == "tfds":
         log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
             f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
-    data = data or load_datasets(config.dataset, config.data_dir)
+    data = data or load_datasets(config.dataset, config.data_dir, config.source, progress=progress, log=log)
     config.validate(len(data.train))
     data_seconds = time.perf_counter() - started
     log(describe_run(config, data, model))
@@ -297,13 +298,13 @@ def _stopped_message(stop: StopRequest, result: FitResult, hooks: _RunHooks, out
 
 
 def evaluate_saved(params_path: str, dataset: str = "mnist", data_dir: str | None = None,
-                   model_name: str | None = None, device: str = "auto") -> dict:
+                   model_name: str | None = None, device: str = "auto", source: str = "auto") -> dict:
     """The `jaxlin evaluate` job: test-set metrics of a saved params file."""
     params, model = checkpoint.load_params(params_path)
     if model_name is not None and model.name != model_name:
         raise checkpoint.CheckpointError(
             f"{params_path}: params are for model {model.describe()}, not {model_name}")
-    data = load_datasets(dataset, data_dir)
+    data = load_datasets(dataset, data_dir, source, log=lambda line: print(line, file=sys.stderr))
     with jax.default_device(resolve_device(device)):
         test = evaluate(model.apply, params, data.test)
     return {

@@ -13,6 +13,18 @@ import numpy as np
 import pytest
 
 from jaxlin.data import DATA_DIR_ENV, IDX_FILES
+from jaxlin.download import CACHE_ENV, MIRRORS_ENV
+
+# Port 9 (discard) on the loopback: nothing listens, so a connection is refused at once.
+CLOSED_LOOPBACK_MIRROR = "http://127.0.0.1:9/"
+
+
+@pytest.fixture(autouse=True)
+def no_public_mirrors(monkeypatch, tmp_path_factory):
+    """No test may reach the built-in public mirrors, nor read or fill the user's cache: every test
+    sees a closed loopback mirror and an empty cache of its own unless it sets others."""
+    monkeypatch.setenv(MIRRORS_ENV, CLOSED_LOOPBACK_MIRROR)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -139,13 +139,14 @@ def test_unknown_dataset():
         load_datasets("cifar", "/nonexistent")
 
 
-def test_no_files_and_no_tfds_says_both_ways(monkeypatch):
+def test_tfds_source_without_tfds_is_a_clear_error(monkeypatch):
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
     with pytest.raises(DataError) as info:
-        load_datasets("mnist")
+        load_datasets("mnist", source="tfds")
     message = str(info.value)
-    assert "--data-dir" in message and DATA_DIR_ENV in message and "jaxlin[tfds]" in message
+    assert "tensorflow-datasets is not installed" in message
+    assert "--data-dir" in message and DATA_DIR_ENV in message and "jaxlin download" in message
 
 
 def test_tfds_source_with_mock_data():

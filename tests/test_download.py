@@ -1,0 +1,178 @@
+"""Downloads from mirrors on 127.0.0.1 only: good, corrupt, missing, hanging and refusing ones."""
+
+import gzip
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from jaxlin import download
+from jaxlin.cli import main
+from jaxlin.data import DATA_DIR_ENV, DataError, load_datasets
+from jaxlin.download import CACHE_ENV, FILES, MIRRORS_ENV, DownloadError
+
+LABELS = FILES["mnist"][3]  # t10k-labels: small, and a real file with a published digest
+
+
+class Mirror:
+    """An HTTP server on 127.0.0.1 in a thread; `kind` says what it serves for every file."""
+
+    def __init__(self, source: Path | None, kind: str = "good"):
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                mirror.requests.append(self.path)
+                name = self.path.rsplit("/", 1)[-1]
+                if kind == "404" or source is None or not (source / name).is_file():
+                    self.send_error(404)
+                    return
+                body = (source / name).read_bytes()
+                if kind == "corrupt":
+                    body = gzip.compress(gzip.decompress(body)[:-1] + b"\x01")
+                elif kind == "recompressed":
+                    body = gzip.compress(gzip.decompress(body), compresslevel=1)
+                elif kind == "bomb":
+                    body = gzip.compress(bytes(100 * (1 << 20)), compresslevel=9)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.requests: list[str] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mirrors(mnist_dir):
+    started = []
+
+    def start(kind="good"):
+        started.append(Mirror(mnist_dir, kind))
+        return started[-1]
+
+    yield start
+    for mirror in started:
+        mirror.close()
+
+
+@pytest.fixture
+def hanging_url():
+    """A socket that accepts connections (the kernel's backlog) but never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    sock.close()
+
+
+@pytest.fixture
+def refusing_url():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(autouse=True)
+def short_timeout(monkeypatch):
+    monkeypatch.setattr(download, "TIMEOUT_SECONDS", 0.5)
+
+
+def test_bad_mirrors_are_skipped_until_one_verifies(mirrors, hanging_url, refusing_url, tmp_path, monkeypatch):
+    good = mirrors("good")
+    bad = [refusing_url, hanging_url, mirrors("404").url, mirrors("corrupt").url]
+    monkeypatch.setenv(MIRRORS_ENV, ",".join([*bad, good.url]))
+    path = download.fetch_file("mnist", LABELS, tmp_path / "cache", progress=False)
+    assert path == tmp_path / "cache" / "t10k-labels-idx1-ubyte.gz"
+    assert download._check_content(path, LABELS) is None
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [path.name]  # no partial files
+    assert good.requests == ["/t10k-labels-idx1-ubyte.gz"]
+
+
+def test_every_mirror_failing_names_each_problem_and_leaves_nothing(mirrors, hanging_url, refusing_url,
+                                                                    tmp_path, monkeypatch):
+    monkeypatch.setenv(MIRRORS_ENV, ",".join([refusing_url, hanging_url, mirrors("404").url,
+                                              mirrors("corrupt").url, mirrors("bomb").url]))
+    with pytest.raises(DownloadError) as info:
+        download.fetch_file("mnist", LABELS, tmp_path / "cache", progress=False)
+    message = str(info.value)
+    assert message.startswith("could not download t10k-labels-idx1-ubyte.gz: ")
+    assert "Connection refused" in message and "timed out" in message and "HTTP 404" in message
+    assert "sha256 " in message and "is not the published" in message
+    assert "holds more than 10008 bytes, expected 10008" in message  # the bomb, cut off early
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_recompressed_or_uncompressed_copy_verifies(mirrors, tmp_path, mnist_dir, monkeypatch):
+    monkeypatch.setenv(MIRRORS_ENV, mirrors("recompressed").url)
+    path = download.fetch_file("mnist", LABELS, tmp_path / "a", progress=False)
+    assert path.read_bytes() != (mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    raw = tmp_path / "b" / "t10k-labels-idx1-ubyte"
+    raw.parent.mkdir()
+    raw.write_bytes(gzip.decompress((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    assert download._check_content(raw, LABELS) is None
+
+
+def test_download_and_verify_commands(mirrors, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(MIRRORS_ENV, mirrors("good").url)
+    target = tmp_path / "mnist"
+    assert main(["download", "--dir", str(target), "--no-progress"]) == 0
+    assert "the four IDX files are in" in capsys.readouterr().out
+    assert main(["download", "--verify", str(target)]) == 0
+    assert "All four mnist files" in capsys.readouterr().out
+    labels = target / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-1]))
+    (target / "train-labels-idx1-ubyte.gz").unlink()
+    assert main(["download", "--verify", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "t10k-labels-idx1-ubyte.gz: holds only 10007 bytes" in err
+    assert "train-labels-idx1-ubyte.gz: missing" in err
+
+
+def test_no_network_is_a_clear_error_naming_every_way(refusing_url, tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(MIRRORS_ENV, refusing_url)
+    with pytest.raises(DataError) as info:
+        load_datasets("mnist")
+    message = str(info.value)
+    assert "\n" not in message and "Connection refused" in message
+    for way in ("--data-dir", DATA_DIR_ENV, "jaxlin download --dataset mnist"):
+        assert way in message
+    assert not any(Path(os.environ[CACHE_ENV]).rglob("*.gz"))
+
+
+def test_train_downloads_into_an_empty_cache_then_uses_it(mirrors, tmp_path):
+    """The whole `jaxlin train`, in its own process, with no data dir: a download, then the cache."""
+    good = mirrors("good")
+    env = {**os.environ, MIRRORS_ENV: good.url, CACHE_ENV: str(tmp_path / "cache")}
+    env.pop(DATA_DIR_ENV, None)
+    exe = Path(sys.executable).with_name("jaxlin")
+    command = [str(exe), "train", "--num-steps", "20", "--eval-every", "10", "--no-progress"]
+    first = subprocess.run([*command, "--output-dir", str(tmp_path / "one")], env=env, capture_output=True,
+                           text=True, timeout=300, check=False)
+    assert first.returncode == 0, first.stderr
+    assert "Downloading mnist train-images-idx3-ubyte.gz" in first.stdout
+    assert f"Data: mnist from {tmp_path / 'cache' / 'mnist'}" in first.stdout
+    assert len(good.requests) == 4
+    assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(
+        f.stem + ".gz" for f in FILES["mnist"])
+    second = subprocess.run([*command, "--output-dir", str(tmp_path / "two")], env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert second.returncode == 0, second.stderr
+    assert "Downloading" not in second.stdout and len(good.requests) == 4  # no request at all
