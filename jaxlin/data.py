@@ -9,7 +9,9 @@ another source on request, imported lazily because it is an optional extra.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -48,9 +50,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
+    @functools.cached_property
     def images(self) -> np.ndarray:
-        """float32 images in [0, 1], shape (n, 784)."""
+        """float32 images in [0, 1], shape (n, 784); computed once."""
         return self.images_uint8.astype(np.float32) / 255.0
 
     @property
@@ -68,50 +70,75 @@ class Datasets:
     source: str = ""
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({err})") from err
+# The largest body jaxlin reads from one IDX file (8 GiB; MNIST's largest is 47 MB): a header
+# promising more is refused before anything is decompressed.
+MAX_IDX_BYTES = 1 << 33
+_BLOCK = 1 << 20
 
 
-def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> np.ndarray:
+def _read_up_to(stream, limit: int) -> bytes:
+    """At most `limit` bytes of `stream`, read in blocks: a gzip bomb expands no further."""
+    chunks, size = [], 0
+    while size < limit:
+        block = stream.read(min(_BLOCK, limit - size))
+        if not block:
+            break
+        chunks.append(block)
+        size += len(block)
+    return b"".join(chunks)
+
+
+def read_idx(path: str | os.PathLike, expected_ndim: int | None = None,
+             item_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Reads one IDX file of unsigned bytes (gzip-compressed or not), validated.
 
     The header is a big-endian magic number (0, 0, type, ndim) followed by ndim
-    uint32 dimensions; the payload must hold exactly the product of them.
+    uint32 dimensions; the payload must hold exactly the product of them. The header
+    is checked (sizes in Python integers, against `expected_ndim` and `item_shape`)
+    before the body is read, and no more than the promised bytes + 1 are ever
+    decompressed.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"{path}: file too short for an IDX header ({len(data)} bytes)")
-    zero0, zero1, type_code, ndim = data[:4]
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if compressed else raw
+            return _read_idx_stream(path, stream, expected_ndim, item_shape)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({err})") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
+
+
+def _read_idx_stream(path: Path, stream, expected_ndim, item_shape) -> np.ndarray:
+    magic = _read_up_to(stream, 4)
+    if len(magic) < 4:
+        raise DataError(f"{path}: file too short for an IDX header ({len(magic)} bytes)")
+    zero0, zero1, type_code, ndim = magic
     if zero0 or zero1 or type_code != _IDX_UBYTE or ndim == 0:
         raise DataError(
-            f"{path}: bad IDX magic number 0x{data[:4].hex()} "
+            f"{path}: bad IDX magic number 0x{magic.hex()} "
             f"(expected 0x000008NN: unsigned bytes with NN dimensions)"
         )
     if expected_ndim is not None and ndim != expected_ndim:
         raise DataError(f"{path}: has {ndim} dimensions, expected {expected_ndim}")
-    header_size = 4 + 4 * ndim
-    if len(data) < header_size:
+    dims = _read_up_to(stream, 4 * ndim)
+    if len(dims) < 4 * ndim:
         raise DataError(f"{path}: truncated IDX header")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64))
-    actual = len(data) - header_size
-    if actual != expected:
-        problem = "truncated" if actual < expected else "has trailing bytes"
-        raise DataError(
-            f"{path}: {problem}: header {shape} promises {expected} bytes of data, "
-            f"file holds {actual}"
-        )
-    return np.frombuffer(data, np.uint8, offset=header_size).reshape(shape)
+    shape = tuple(int.from_bytes(dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
+    if item_shape is not None and shape[1:] != tuple(item_shape):
+        raise DataError(f"{path}: items are {shape[1:]}, expected {tuple(item_shape)}")
+    expected = math.prod(shape)  # a Python integer: cannot wrap around
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"{path}: header {shape} promises {expected} bytes, more than the {MAX_IDX_BYTES} "
+                        f"jaxlin reads from one file")
+    body = _read_up_to(stream, expected + 1)
+    if len(body) != expected:
+        problem = "truncated" if len(body) < expected else "has trailing bytes"
+        held = f"file holds {len(body)}" if len(body) < expected else "file holds more"
+        raise DataError(f"{path}: {problem}: header {shape} promises {expected} bytes of data, {held}")
+    return np.frombuffer(body, np.uint8).reshape(shape)
 
 
 def _find_idx_file(data_dir: Path, stem: str) -> Path:
@@ -149,9 +176,12 @@ def load_idx_dir(data_dir: str | os.PathLike, name: str = "mnist") -> Datasets:
         raise DataError(f"data directory {data_dir} {problem}")
     arrays = {}
     for key, stem in IDX_FILES.items():
-        arrays[key] = read_idx(_find_idx_file(data_dir, stem), 3 if "images" in key else 1)
+        images = "images" in key
+        arrays[key] = read_idx(_find_idx_file(data_dir, stem), 3 if images else 1, IMAGE_SHAPE if images else ())
     train = _check_pair(arrays["train_images"], arrays["train_labels"], f"{data_dir} (train)")
     test = _check_pair(arrays["test_images"], arrays["test_labels"], f"{data_dir} (t10k)")
+    if not len(test):
+        raise DataError(f"{data_dir} (t10k): the test split holds no images")
     train, validation = split_train(train)
     return Datasets(train, validation, test, name=name, source=str(data_dir))
 

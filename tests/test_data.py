@@ -110,7 +110,7 @@ def test_load_idx_dir_count_mismatch(tmp_path):
 def test_load_idx_dir_wrong_image_size(tmp_path):
     directory = write_dataset(tmp_path / "d", 5100, 20)
     write_idx(directory / "t10k-images-idx3-ubyte.gz", np.zeros((20, 14, 14), np.uint8))
-    with pytest.raises(DataError, match=r"images are \(14, 14\)"):
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: items are \(14, 14\)"):
         load_idx_dir(directory)
 
 
@@ -189,3 +189,50 @@ def test_real_mnist_statistics(mnist):
     assert (mnist.test.labels == 0).sum() == 980  # why the untrained model scores 9.8%
     images = mnist.test.images
     assert images.dtype == np.float32 and images.min() == 0.0 and images.max() == 1.0
+
+
+def test_a_header_whose_sizes_overflow_64_bits_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge"
+    path.write_bytes(bytes([0, 0, 8, 3]) + np.array([2**32 - 1] * 3, ">u4").tobytes() + b"\0" * 100)
+    with pytest.raises(DataError, match=r"promises 79228162458924105385300197375 bytes, more than"):
+        read_idx(path)
+
+
+def test_a_gzip_bomb_is_cut_off_after_the_promised_bytes(tmp_path):
+    import gzip
+    import tracemalloc
+
+    path = tmp_path / "bomb.gz"
+    header = bytes([0, 0, 8, 3]) + np.array([10, 28, 28], ">u4").tobytes()
+    with gzip.open(path, "wb", compresslevel=1) as handle:
+        handle.write(header)
+        for _ in range(200):
+            handle.write(bytes(1 << 20))  # 200 MB of zeros, about 200 KB compressed
+    tracemalloc.start()
+    with pytest.raises(DataError, match=r"has trailing bytes: header \(10, 28, 28\) promises 7840 bytes"):
+        read_idx(path, 3, (28, 28))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 20 * (1 << 20)
+
+
+def test_images_of_the_wrong_size_are_refused_from_the_header(tmp_path):
+    path = write_idx(tmp_path / "small", np.zeros((5, 14, 14), np.uint8))
+    with pytest.raises(DataError, match=r"items are \(14, 14\), expected \(28, 28\)"):
+        read_idx(path, 3, (28, 28))
+
+
+def test_an_empty_test_split_is_refused(tmp_path):
+    directory = write_dataset(tmp_path / "data", 5100, 0)
+    with pytest.raises(DataError, match=r"\(t10k\): the test split holds no images"):
+        load_idx_dir(directory)
+
+
+def test_a_data_dir_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="data directory .*file is not a directory"):
+        load_idx_dir(tmp_path / "file")
+
+
+def test_float_images_are_computed_once(tiny_data):
+    assert tiny_data.train.images is tiny_data.train.images
