@@ -1,8 +1,10 @@
 """Saving and loading trained params as a plain `.npz` (no pickle).
 
-Each array is stored under ``layers/<i>/<name>``; a ``__model__`` entry holds a
-JSON description of the model, so a file can be checked against the model it
-is loaded for before any of its numbers are used.
+Any params pytree is stored leaf by leaf under the names of its key paths
+(``layers/0/w`` for a dense stack, ``layers/conv1/w`` for the CNN); a ``__model__``
+entry holds the model's JSON description. Loading rebuilds the expected tree from
+that model (`jax.eval_shape` of its `init`) and checks every array against it before
+any of its numbers are used.
 """
 
 from __future__ import annotations
@@ -12,27 +14,34 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import jax
 import numpy as np
 
-from jaxlin.models import Model, get_model
+from jaxlin.models import Model, model_from_spec
 
 MODEL_KEY = "__model__"
+PREFIX = "layers"
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 class CheckpointError(ValueError):
     """A params file that cannot be read or does not fit the model."""
 
 
-def model_spec(model: Model) -> dict:
-    return {"name": model.name, "layer_sizes": list(model.layer_sizes), "activation": model.activation}
+def _key_name(entry) -> str:
+    for attribute in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey
+        if hasattr(entry, attribute):
+            return str(getattr(entry, attribute))
+    return str(entry)
 
 
-def model_from_spec(spec: dict) -> Model:
-    sizes = spec["layer_sizes"]
-    activation = spec["activation"] if spec["name"] == "mlp" else "relu"
-    return get_model(spec["name"], hidden_sizes=sizes[1:-1], activation=activation,
-                     input_size=sizes[0], num_classes=sizes[-1])
+def leaf_names(tree) -> list[tuple[str, Any]]:
+    """(name, leaf) for every leaf of a params pytree, named by its key path: ``layers/0/w``,
+    ``layers/conv1/b``."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [("/".join([PREFIX, *(_key_name(k) for k in path)]), leaf) for path, leaf in leaves]
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -52,56 +61,56 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise
 
 
-def save_params(path: str | os.PathLike, params: list, model: Model) -> None:
-    arrays = {f"layers/{i}/{name}": np.asarray(value, np.float32)
-              for i, layer in enumerate(params) for name, value in layer.items()}
-    arrays[MODEL_KEY] = np.array(json.dumps(model_spec(model)))
+def save_params(path: str | os.PathLike, params, model: Model) -> None:
+    arrays = {name: np.asarray(value, np.float32) for name, value in leaf_names(params)}
+    arrays[MODEL_KEY] = np.array(json.dumps(model.spec))
     atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
     except FileNotFoundError as err:
         raise CheckpointError(f"{path}: no such params file") from err
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the params file ({err.strerror or err})") from err
+    if magic != _ZIP_MAGIC:
+        raise CheckpointError(f"{path}: not a params file (an .npz written by `jaxlin train`)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise CheckpointError(f"{path}: not a readable params file ({err})") from err
 
 
-def load_params(path: str | os.PathLike, model: Model | None = None) -> tuple[list, Model]:
-    """Loads params; checks them against `model` (or the model the file names)."""
+def load_params(path: str | os.PathLike, model: Model | None = None, input_size: int = 784,
+                num_classes: int = 10) -> tuple[Any, Model]:
+    """Loads params; checks them against `model` (or the model the file names, which must fit
+    inputs of `input_size` values and `num_classes` classes)."""
     path = Path(path)
     arrays = _read_npz(path)
+    if MODEL_KEY not in arrays:
+        raise CheckpointError(f"{path}: no model description in the params file")
     try:
-        saved_model = model_from_spec(json.loads(str(arrays.pop(MODEL_KEY))))
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: no valid model description in the params file ({err})") from err
+        saved_model = model_from_spec(json.loads(str(arrays.pop(MODEL_KEY))), input_size, num_classes)
+    except ValueError as err:  # JSON errors and ModelError
+        raise CheckpointError(f"{path}: {err}") from err
     model = model or saved_model
-    if model_spec(model) != model_spec(saved_model):
+    if model.spec != saved_model.spec:
         raise CheckpointError(
             f"{path}: params are for model {saved_model.describe()}, not {model.describe()}")
-    params = _unflatten(arrays, len(model.layer_sizes) - 1, path)
-    _check_shapes(params, model, path)
-    return params, model
-
-
-def _unflatten(arrays: dict, num_layers: int, path: Path) -> list:
-    expected = {f"layers/{i}/{name}" for i in range(num_layers) for name in ("w", "b")}
-    if set(arrays) != expected:
-        raise CheckpointError(f"{path}: expected arrays {sorted(expected)}, found {sorted(arrays)}")
-    return [{name: arrays[f"layers/{i}/{name}"] for name in ("w", "b")} for i in range(num_layers)]
-
-
-def _check_shapes(params: list, model: Model, path: Path) -> None:
-    sizes = model.layer_sizes
-    for i, layer in enumerate(params):
-        want = {"w": (sizes[i], sizes[i + 1]), "b": (sizes[i + 1],)}
-        for name, shape in want.items():
-            value = layer[name]
-            if value.shape != shape or value.dtype != np.float32:
-                raise CheckpointError(
-                    f"{path}: layers/{i}/{name} is {value.dtype}{list(value.shape)}, "
-                    f"expected float32{list(shape)} for {model.describe()}")
-            if not np.all(np.isfinite(value)):
-                raise CheckpointError(f"{path}: layers/{i}/{name} holds non-finite values")
+    expected = jax.eval_shape(model.init, jax.random.key(0))
+    names = leaf_names(expected)
+    if set(arrays) != {name for name, _ in names}:
+        raise CheckpointError(f"{path}: expected arrays {sorted(n for n, _ in names)}, found {sorted(arrays)}")
+    for name, shape in names:
+        value = arrays[name]
+        if value.shape != shape.shape or value.dtype != np.float32:
+            raise CheckpointError(
+                f"{path}: {name} is {value.dtype}{list(value.shape)}, "
+                f"expected float32{list(shape.shape)} for {model.describe()}")
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(f"{path}: {name} holds non-finite values")
+    leaves = [arrays[name] for name, _ in names]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(expected), leaves), model

@@ -16,7 +16,7 @@ LOOPS = ("fused", "per-step")
 DEVICES = ("auto", "cpu", "gpu")
 DATASETS = ("mnist", "fashion_mnist")
 SOURCES = ("auto", "tfds")
-MODELS = ("linear", "mlp")
+MODELS = ("linear", "mlp", "cnn")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 
 # Settings that a resumed run may change: they do not change what the steps compute.

@@ -1,17 +1,20 @@
 """Pure functional models: `init(key) -> params` and `apply(params, images) -> logits`.
 
-Params are a list of dense layers, each a dict ``{"w": (fan_in, fan_out), "b":
-(fan_out,)}``, so the linear model and an MLP differ only in layer sizes and
-initialisation; nothing downstream needs to know which one it has.
+The linear model and the MLP are a list of dense layers, each a dict ``{"w":
+(fan_in, fan_out), "b": (fan_out,)}``, differing only in sizes and initialisation;
+the CNN is a dict of named layers. Nothing downstream needs to know which one it
+has: params are any pytree, and a `Model` says what else is needed.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Any, NamedTuple
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlin.config import MODELS
 
@@ -29,15 +32,38 @@ class ModelError(ValueError):
 
 
 class Model(NamedTuple):
+    """A model as jaxlin uses it: pure `init`/`apply` and a JSON-able description (`spec`).
+
+    Nothing outside this module looks inside the params: the params file stores any
+    pytree by its key paths, evaluation only calls `apply`, and the figures ask
+    `first_dense_weights`.
+    """
+
     name: str
-    layer_sizes: tuple[int, ...]  # input, hidden..., output
+    layer_sizes: tuple[int, ...]  # input, hidden..., output (the cnn: input, output)
     activation: str
-    init: Callable[[jax.Array], list]
-    apply: Callable[[list, jax.Array], jax.Array]
+    init: Callable[[jax.Array], Any]
+    apply: Callable[[Any, jax.Array], jax.Array]
+    eval_batch_size: int = 10_000  # images per compiled evaluation batch (bounds activation memory)
+
+    @property
+    def spec(self) -> dict:
+        return {"name": self.name, "layer_sizes": list(self.layer_sizes), "activation": self.activation}
 
     def describe(self) -> str:
+        if self.name == "cnn":
+            return f"cnn {self.layer_sizes[0]}-conv32-conv64-256-{self.layer_sizes[-1]}"
         sizes = "-".join(str(s) for s in self.layer_sizes)
         return f"{self.name} {sizes}" + (f" ({self.activation})" if self.name == "mlp" else "")
+
+    def first_dense_weights(self, params) -> tuple[np.ndarray, list[str]] | None:
+        """The first layer's weights as images with their titles, when that layer is dense."""
+        if self.name == "cnn":
+            return None
+        weights = np.asarray(params[0]["w"])
+        titles = ([f"Weights: {d}" for d in range(weights.shape[1])] if self.name == "linear"
+                  else [f"Hidden unit {i}" for i in range(weights.shape[1])])
+        return weights, titles
 
 
 def _zeros_init(key, layer_sizes):
@@ -48,14 +74,15 @@ def _zeros_init(key, layer_sizes):
     ]
 
 
-def _he_init(key, layer_sizes):
+def _he_normal(key, shape, fan_in):
     # He-normal suits ReLU; with zeros the hidden units of an MLP would never differ.
+    return jax.random.normal(key, shape, jnp.float32) * jnp.sqrt(2.0 / fan_in)
+
+
+def _he_init(key, layer_sizes):
     keys = jax.random.split(key, len(layer_sizes) - 1)
     return [
-        {
-            "w": jax.random.normal(k, (fan_in, fan_out), jnp.float32) * jnp.sqrt(2.0 / fan_in),
-            "b": jnp.zeros((fan_out,), jnp.float32),
-        }
+        {"w": _he_normal(k, (fan_in, fan_out), fan_in), "b": jnp.zeros((fan_out,), jnp.float32)}
         for k, fan_in, fan_out in zip(keys, layer_sizes[:-1], layer_sizes[1:])
     ]
 
@@ -68,6 +95,35 @@ def dense_apply(params, images, activation=jax.nn.relu):
     return x @ params[-1]["w"] + params[-1]["b"]
 
 
+# The classic MNIST CNN: two 3x3 convolutions (32, 64 channels), each followed by 2x2 max
+# pooling, a dense layer of 256, the output layer.
+CNN_CHANNELS, CNN_DENSE = (32, 64), 256
+
+
+def _cnn_init(key, image_side: int, num_classes: int):
+    keys = jax.random.split(key, 4)
+    c1, c2 = CNN_CHANNELS
+    flat = (image_side // 4) ** 2 * c2
+    return {
+        "conv1": {"w": _he_normal(keys[0], (3, 3, 1, c1), 9), "b": jnp.zeros((c1,), jnp.float32)},
+        "conv2": {"w": _he_normal(keys[1], (3, 3, c1, c2), 9 * c1), "b": jnp.zeros((c2,), jnp.float32)},
+        "dense": {"w": _he_normal(keys[2], (flat, CNN_DENSE), flat), "b": jnp.zeros((CNN_DENSE,), jnp.float32)},
+        "out": {"w": _he_normal(keys[3], (CNN_DENSE, num_classes), CNN_DENSE),
+                "b": jnp.zeros((num_classes,), jnp.float32)},
+    }
+
+
+def _cnn_apply(params, images, image_side: int):
+    x = images.reshape(-1, image_side, image_side, 1)
+    for name in ("conv1", "conv2"):
+        x = jax.lax.conv_general_dilated(x, params[name]["w"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = jax.nn.relu(x + params[name]["b"])
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    x = jax.nn.relu(x.reshape(x.shape[0], -1) @ params["dense"]["w"] + params["dense"]["b"])
+    return x @ params["out"]["w"] + params["out"]["b"]
+
+
 def get_model(
     name: str,
     hidden_sizes: Sequence[int] = (256,),
@@ -75,7 +131,7 @@ def get_model(
     input_size: int = 784,
     num_classes: int = 10,
 ) -> Model:
-    """The model called `name`: "linear" (the tutorial, zeros) or "mlp"."""
+    """The model called `name`: "linear" (the tutorial, zeros), "mlp" or "cnn"."""
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if activation not in ACTIVATIONS:
@@ -83,9 +139,15 @@ def get_model(
     hidden = tuple(int(h) for h in hidden_sizes) if name == "mlp" else ()
     if name == "mlp" and not hidden:
         raise ModelError("an mlp needs at least one hidden layer")
-    if any(h < 1 for h in hidden):
-        raise ModelError(f"hidden sizes must be at least 1, got {list(hidden)}")
+    if any(h < 1 for h in hidden) or input_size < 1 or num_classes < 1:
+        raise ModelError(f"layer sizes must be at least 1, got {[input_size, *hidden, num_classes]}")
     layer_sizes = (input_size, *hidden, num_classes)
+    if name == "cnn":
+        side = math.isqrt(input_size)
+        if side * side != input_size or side % 4:
+            raise ModelError(f"the cnn needs square images with a side divisible by 4, not {input_size} values")
+        return Model("cnn", layer_sizes, "relu", init=lambda key: _cnn_init(key, side, num_classes),
+                     apply=lambda params, images: _cnn_apply(params, images, side), eval_batch_size=1000)
     init_fn = _zeros_init if name == "linear" else _he_init
     act = ACTIVATIONS[activation]
     return Model(
@@ -95,3 +157,21 @@ def get_model(
         init=lambda key: init_fn(key, layer_sizes),
         apply=lambda params, images: dense_apply(params, images, act),
     )
+
+
+def model_from_spec(spec, input_size: int = 784, num_classes: int = 10) -> Model:
+    """The model a params file describes, checked against the data it is meant for."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ModelError("the model description is not an object with a name")
+    sizes = spec.get("layer_sizes")
+    if not isinstance(sizes, list) or len(sizes) < 2 or not all(type(s) is int and s >= 1 for s in sizes):
+        raise ModelError(f"the model description has no valid layer sizes ({sizes!r})")
+    if spec["name"] in ("linear", "cnn") and len(sizes) != 2:
+        raise ModelError(f"a {spec['name']} model has no hidden layers, the description lists {sizes}")
+    if sizes[0] != input_size:
+        raise ModelError(f"the params take inputs of {sizes[0]} values; these images have {input_size}")
+    if sizes[-1] != num_classes:
+        raise ModelError(f"the params predict {sizes[-1]} classes; this data set has {num_classes}")
+    activation = spec.get("activation", "relu") if spec["name"] == "mlp" else "relu"
+    return get_model(spec["name"], hidden_sizes=sizes[1:-1], activation=activation,
+                     input_size=input_size, num_classes=num_classes)

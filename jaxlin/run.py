@@ -96,10 +96,9 @@ def _write_figures(directory: Path, data: Datasets, model: Model, params, final:
     plots.plot_images(images[:9], labels[:9], predictions[:9], directory / "example_images.png",
                       title="First test images")
     plots.plot_misclassified(images, labels, predictions, directory / "misclassified.png")
-    first_weights = params[0]["w"]
-    titles = ([f"Weights: {d}" for d in range(first_weights.shape[1])] if model.name == "linear"
-              else [f"Hidden unit {i}" for i in range(first_weights.shape[1])])
-    plots.plot_weights(first_weights, directory / "weights.png", titles)
+    weights = model.first_dense_weights(params)
+    if weights is not None:
+        plots.plot_weights(weights[0], directory / "weights.png", weights[1])
     plots.plot_confusion_matrix(np.asarray(final["confusion_matrix"]), directory / "confusion_matrix.png")
     plots.plot_learning_curve(evaluations, directory / "learning_curve.png")
 
@@ -271,6 +270,8 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
 
     names = run_dir.publish(write)
     log(f"Wrote {', '.join(names)} to {out}")
+    if model.first_dense_weights(result.params) is None:
+        log(f"(No weights figure: the first layer of the {model.name} is not dense.)")
     if stop:  # a signal while the outputs were written: they are complete, say so and exit as asked
         raise Stopped(f"jaxlin: {stop.name} after the last step; the finished run is in {out}", stop.exit_code)
     return metrics
@@ -306,7 +307,7 @@ def evaluate_saved(params_path: str, dataset: str = "mnist", data_dir: str | Non
             f"{params_path}: params are for model {model.describe()}, not {model_name}")
     data = load_datasets(dataset, data_dir, source, log=lambda line: print(line, file=sys.stderr))
     with jax.default_device(resolve_device(device)):
-        test = evaluate(model.apply, params, data.test)
+        test = evaluate(model.apply, params, data.test, batch_size=model.eval_batch_size)
     return {
         "params": str(params_path),
         "model": model.describe(),

@@ -174,7 +174,8 @@ class Trainer:
         # The per-step path feeds float batches from the host, as the tutorial did.
         self.host_train_images = data.train.images if config.loop == "per-step" else None
         self.host_train_labels = data.train.labels
-        self.evaluator = Evaluator(model.apply, data.test.images_uint8, data.test.labels, device=device)
+        self.evaluator = Evaluator(model.apply, data.test.images_uint8, data.test.labels,
+                                   batch_size=model.eval_batch_size, device=device)
         self.sampler = EpochSampler(self.sample_key, len(data.train), config.batch_size)
         self._init_key = init_key
         self._fused = make_fused_train(model.apply, self.optimizer, config.unroll)

@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     print_data(data)
     config = Config(data_dir=args.data_dir, output_dir=args.output_dir, num_steps=args.num_steps)
     eval_steps = sorted({s for s in TUTORIAL_EVAL_STEPS if s <= args.num_steps} | {args.num_steps})
-    metrics = train_and_evaluate(config, progress=False, eval_steps=eval_steps, log=lambda _: None, data=data)
+    metrics = train_and_evaluate(config, progress=False, eval_steps=eval_steps, log=lambda _: None, data=data,
+                                 mode="overwrite")
     for evaluation in metrics["evaluations"]:
         step = evaluation["step"]
         when = "before training" if step == 0 else f"after {step} step{'s' if step > 1 else ''}"

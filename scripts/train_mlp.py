@@ -21,7 +21,7 @@ MLP_CONFIG = Config(model="mlp", hidden_sizes=(256,), activation="relu", optimiz
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=None, help="IDX directory (default: $JAXLIN_DATA_DIR, else tfds)")
+    parser.add_argument("--data-dir", default=None, help="IDX directory (default: $JAXLIN_DATA_DIR, else the cache)")
     parser.add_argument("--output-dir", default=MLP_CONFIG.output_dir, help="default: %(default)s")
     parser.add_argument("--hidden-sizes", type=_hidden_sizes, default=MLP_CONFIG.hidden_sizes,
                         metavar="N[,N...]", help="default: 256")
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = MLP_CONFIG.replace(data_dir=args.data_dir, output_dir=args.output_dir,
                                 hidden_sizes=args.hidden_sizes, num_steps=args.num_steps)
-    train_and_evaluate(config.validate(), progress=not args.no_progress)
+    train_and_evaluate(config.validate(), progress=not args.no_progress, mode="overwrite")
     return 0
 
 

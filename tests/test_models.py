@@ -40,11 +40,33 @@ def test_mlp_init_depends_on_key():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"name": "cnn"}, "unknown model 'cnn'"),
+    ({"name": "resnet"}, "unknown model 'resnet'"),
+    ({"name": "cnn", "input_size": 100}, "the cnn needs square images with a side divisible by 4"),
     ({"name": "mlp", "activation": "swishy"}, "unknown activation 'swishy'"),
-    ({"name": "mlp", "hidden_sizes": (16, 0)}, r"hidden sizes must be at least 1, got \[16, 0\]"),
+    ({"name": "mlp", "hidden_sizes": (16, 0)}, r"layer sizes must be at least 1, got \[784, 16, 0, 10\]"),
     ({"name": "mlp", "hidden_sizes": ()}, "at least one hidden layer"),
 ])
 def test_bad_model_settings(kwargs, message):
     with pytest.raises(ModelError, match=message):
         get_model(**kwargs)
+
+
+def test_config_offers_the_activations_defined_here():
+    from jaxlin.config import ACTIVATIONS as NAMES
+    from jaxlin.models import ACTIVATIONS
+
+    assert tuple(ACTIVATIONS) == NAMES
+
+
+def test_the_cnn_maps_images_to_logits_and_has_no_dense_first_layer():
+    model = get_model("cnn")
+    params = model.init(jax.random.key(0))
+    assert params["conv1"]["w"].shape == (3, 3, 1, 32) and params["conv2"]["w"].shape == (3, 3, 32, 64)
+    assert params["dense"]["w"].shape == (7 * 7 * 64, 256) and params["out"]["w"].shape == (256, 10)
+    images = np.random.default_rng(0).random((3, 784)).astype(np.float32)
+    logits = model.apply(params, images)
+    assert logits.shape == (3, 10) and np.all(np.isfinite(logits))
+    assert model.first_dense_weights(params) is None
+    linear = get_model("linear")
+    weights, titles = linear.first_dense_weights(linear.init(jax.random.key(0)))
+    assert weights.shape == (784, 10) and titles[3] == "Weights: 3"
