@@ -121,6 +121,35 @@ def _download_parser(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
+def _predict_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="classify image files of digits with saved params",
+        description="Classify PNG/JPEG images of single digits: each is made into an MNIST image (grayscale, "
+                    "white on black, cropped, scaled into 20x20, centred by mass in 28x28) and classified.")
+    p.add_argument("params", help="path to a params.npz written by `jaxlin train`")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--top", type=int, default=3, help="how many probabilities to show (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from jaxlin.predict import predict_files
+
+    if not 1 <= args.top <= 10:
+        raise ConfigError(f"--top must be in 1..10, got {args.top}")
+    results = predict_files(args.params, args.images)
+    if args.json:
+        print(json.dumps([{"path": r.path, "label": r.label, "probabilities": r.probabilities, "error": r.error}
+                          for r in results], indent=2))
+    for result in results:
+        if result.error:
+            print(f"jaxlin: error: {result.error}", file=sys.stderr)
+        elif not args.json:
+            top = ", ".join(f"{label}: {p:.1%}" for label, p in result.top(args.top))
+            print(f"{result.path}: {result.label}  ({top})")
+    return 2 if any(r.error for r in results) else 0
+
+
 def _download(args: argparse.Namespace) -> None:
     from jaxlin import download
 
@@ -135,11 +164,13 @@ def _download(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="jaxlin", description="The TensorFlow MNIST linear-model tutorial in JAX: train, evaluate, download.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,download}")
+        prog="jaxlin",
+        description="The TensorFlow MNIST linear-model tutorial in JAX: train, evaluate, download, predict.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,download,predict}")
     _train_parser(subparsers)
     _evaluate_parser(subparsers)
     _download_parser(subparsers)
+    _predict_parser(subparsers)
     return parser
 
 
@@ -152,7 +183,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**{name: getattr(args, name) for name in given_settings(args)})
 
 
-def _run(args: argparse.Namespace, stop: StopRequest | None) -> None:
+def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
     from jaxlin import run
 
     if args.command == "train":
@@ -162,21 +193,24 @@ def _run(args: argparse.Namespace, stop: StopRequest | None) -> None:
         mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
         run.train_and_evaluate(config, progress=not args.no_progress, dry_run=args.dry_run, mode=mode,
                                explicit=given_settings(args), stop=stop)
-        return
+        return 0
     if args.command == "download":
         _download(args)
-        return
+        return 0
+    if args.command == "predict":
+        return _predict(args)
     settings = {name: getattr(args, name, getattr(DEFAULTS, name))
                 for name in ("dataset", "data_dir", "device", "source")}
     metrics = run.evaluate_saved(args.params, settings["dataset"], settings["data_dir"], args.model,
                                  settings["device"], settings["source"])
     if args.json:
         print(json.dumps(metrics, indent=2))
-        return
+        return 0
     print(f"Params: {metrics['params']} ({metrics['model']})")
     print(run.accuracy_line(metrics["test_accuracy"]) + f" of {metrics['num_examples']} images")
     per_class = "  ".join(f"{d}: {a:.1%}" for d, a in enumerate(metrics["per_class_accuracy"]))
     print(f"Per class: {per_class}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +232,7 @@ def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
     from jaxlin.data import DataError
     from jaxlin.download import DownloadError
     from jaxlin.models import ModelError
+    from jaxlin.predict import ImageError
     from jaxlin.run import Stopped
     from jaxlin.rundir import RunDirError
     from jaxlin.train import DivergenceError
@@ -205,11 +240,11 @@ def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
     if stop:
         return _interrupted(stop)
     try:
-        _run(args, stop)
+        code = _run(args, stop)
     except Stopped as stopped:
         print(stopped, file=sys.stderr)
         return stopped.exit_code
-    except (ConfigError, DataError, DownloadError, ModelError, CheckpointError, RunDirError,
+    except (ConfigError, DataError, DownloadError, ModelError, CheckpointError, RunDirError, ImageError,
             DivergenceError) as err:
         print(f"jaxlin: error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, DivergenceError) else 3
@@ -218,7 +253,7 @@ def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
         return 2
     if stop:  # a signal that came after the job had nothing left to stop
         return _interrupted(stop)
-    return 0
+    return code
 
 
 def _interrupted(stop: StopRequest) -> int:

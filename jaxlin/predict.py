@@ -1,0 +1,110 @@
+"""Classifying image files with saved params: `jaxlin predict PARAMS IMAGE...`.
+
+A photo or scan of a digit is turned into an MNIST image the way MNIST itself
+was made: grayscale, white digit on black (inverted when the background is
+light), cropped to the digit, scaled to fit a 20x20 box with its aspect ratio
+kept, and placed in 28x28 with its centre of mass at the centre.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from jaxlin.data import IMAGE_SHAPE
+
+BOX = 20  # MNIST's digits fit a 20x20 box inside the 28x28 image
+_INK_THRESHOLD = 0.2  # of the brightest pixel: what counts as part of the digit when cropping
+
+
+class ImageError(ValueError):
+    """A file that is not an image jaxlin can classify."""
+
+
+@dataclasses.dataclass
+class Prediction:
+    path: str
+    label: int | None = None
+    probabilities: list[float] | None = None
+    error: str | None = None
+
+    def top(self, k: int) -> list[tuple[int, float]]:
+        order = np.argsort(self.probabilities)[::-1][:k]
+        return [(int(c), float(self.probabilities[c])) for c in order]
+
+
+def load_image(path: str | Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("L")
+    except FileNotFoundError as err:
+        raise ImageError(f"{path}: no such file") from err
+    except IsADirectoryError as err:
+        raise ImageError(f"{path}: is a directory") from err
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(f"{path}: not an image that can be read ({err})") from err
+
+
+def to_mnist(gray) -> np.ndarray:
+    """A grayscale PIL image as an MNIST image: uint8 (28, 28), white digit on black."""
+    from PIL import Image
+
+    pixels = np.asarray(gray, np.float32)
+    if pixels.size == 0:
+        raise ImageError("the image is empty")
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if np.median(border) > 127:  # a dark digit on a light background
+        pixels, border = 255.0 - pixels, 255.0 - border
+    pixels = np.clip(pixels - np.median(border), 0, None)  # the background to black
+    if pixels.max() <= 0:
+        raise ImageError("the image is blank: no digit found")
+    rows, cols = np.nonzero(pixels > _INK_THRESHOLD * pixels.max())
+    crop = pixels[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = BOX / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    glyph = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), np.float32)
+    glyph = np.clip(glyph, 0, None)
+    glyph *= 255.0 / glyph.max()
+    height, width = IMAGE_SHAPE
+    canvas = np.zeros(IMAGE_SHAPE, np.float32)
+    total = glyph.sum()
+    centre_row = (np.arange(glyph.shape[0]) @ glyph.sum(axis=1)) / total
+    centre_col = (np.arange(glyph.shape[1]) @ glyph.sum(axis=0)) / total
+    # MNIST put the centre of mass at pixel (14, 14) of 0..27.
+    top = int(round(height / 2 - centre_row))
+    left = int(round(width / 2 - centre_col))
+    top = min(max(top, 0), height - glyph.shape[0])
+    left = min(max(left, 0), width - glyph.shape[1])
+    canvas[top:top + glyph.shape[0], left:left + glyph.shape[1]] = glyph
+    return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+
+
+def predict_files(params_path: str, paths: list[str]) -> list[Prediction]:
+    """One Prediction per path; a file that cannot be read gets an error and the others go on."""
+    import jax
+
+    from jaxlin import checkpoint
+    from jaxlin.evaluate import to_float_images
+
+    params, model = checkpoint.load_params(params_path)
+    results, images = [], []
+    for path in paths:
+        try:
+            images.append(to_mnist(load_image(path)).reshape(-1))
+            results.append(Prediction(str(path)))
+        except ImageError as err:
+            message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+            results.append(Prediction(str(path), error=message))
+    if images:
+        probabilities = np.asarray(jax.jit(lambda p, x: jax.nn.softmax(model.apply(p, to_float_images(x))))(
+            params, np.stack(images)))
+        readable = [r for r in results if r.error is None]
+        for result, row in zip(readable, probabilities):
+            result.label = int(np.argmax(row))
+            result.probabilities = [float(p) for p in row]
+    return results

@@ -1,0 +1,99 @@
+"""`jaxlin predict`: image files made into MNIST images and classified like the originals."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxlin.checkpoint import save_params
+from jaxlin.cli import main
+from jaxlin.config import Config
+from jaxlin.evaluate import Evaluator
+from jaxlin.models import get_model
+from jaxlin.predict import ImageError, to_mnist
+from jaxlin.train import fit
+
+NUM_DIGITS = 30
+
+
+@pytest.fixture(scope="module")
+def trained(mnist, tmp_path_factory):
+    model = get_model("linear")
+    result = fit(Config(num_steps=300, eval_every=300), mnist, model, progress=False)
+    path = tmp_path_factory.mktemp("params") / "params.npz"
+    save_params(path, result.params, model)
+    return path, result.params, model
+
+
+def _as_scan(image_uint8: np.ndarray, path, scale: int = 4, margin=(70, 40)) -> None:
+    """A test digit as a user would photograph it: large, black on white, off-centre in a wide margin."""
+    digit = Image.fromarray(255 - image_uint8.reshape(28, 28)).resize((28 * scale, 28 * scale),
+                                                                      Image.Resampling.BICUBIC)
+    canvas = Image.new("L", (28 * scale + 2 * margin[0], 28 * scale + 2 * margin[1] + 30), 255)
+    canvas.paste(digit, margin)
+    canvas.convert("RGB").save(path)
+
+
+def test_large_black_on_white_digits_are_classified_like_the_originals(mnist, trained, tmp_path, capsys):
+    params_path, params, model = trained
+    originals = mnist.test.images_uint8[:NUM_DIGITS]
+    expected = Evaluator(model.apply, originals, mnist.test.labels[:NUM_DIGITS])(params)["predictions"]
+    paths = []
+    for i, image in enumerate(originals):
+        paths.append(tmp_path / f"digit{i}.png")
+        _as_scan(image, paths[-1])
+    assert main(["predict", str(params_path), *map(str, paths), "--json"]) == 0
+    predicted = [r["label"] for r in json.loads(capsys.readouterr().out)]
+    agree = np.mean(np.array(predicted) == expected)
+    assert agree >= 0.9, (predicted, expected.tolist())
+
+
+def test_preprocessing_recovers_an_mnist_digit(mnist, tmp_path):
+    original = mnist.test.images_uint8[0].reshape(28, 28)
+    _as_scan(original.reshape(-1), tmp_path / "d.png")
+    made = to_mnist(Image.open(tmp_path / "d.png").convert("L")).astype(np.float32)
+    assert made.shape == (28, 28) and made.max() == 255
+    correlation = np.corrcoef(made.ravel(), original.ravel().astype(np.float32))[0, 1]
+    assert correlation > 0.8
+    rows, cols = np.nonzero(made > 50)
+    assert rows.max() - rows.min() <= 20 and cols.max() - cols.min() <= 20  # fits MNIST's 20x20 box
+
+
+def test_bad_files_are_named_and_the_others_still_classified(trained, mnist, tmp_path, capsys):
+    params_path = trained[0]
+    good = tmp_path / "seven.png"
+    _as_scan(mnist.test.images_uint8[0], good)
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    Image.new("L", (40, 40), 255).save(tmp_path / "blank.png")
+    bad = [tmp_path / "text.png", tmp_path / "empty.jpg", tmp_path / "blank.png", tmp_path / "absent.png",
+           tmp_path]
+    assert main(["predict", str(params_path), *map(str, bad[:2]), str(good), *map(str, bad[2:])]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{good}: 7  (7: ")
+    lines = err.strip().splitlines()
+    assert len(lines) == 5 and all(line.startswith("jaxlin: error: ") for line in lines)
+    assert "text.png: not an image that can be read" in lines[0] and "empty.jpg: not an image" in lines[1]
+    assert "blank.png: the image is blank" in lines[2] and "absent.png: no such file" in lines[3]
+    assert lines[4].endswith(f"{tmp_path}: is a directory")
+
+
+def test_predict_needs_a_params_file(tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "none.npz"), str(tmp_path / "x.png")]) == 2
+    assert "no such params file" in capsys.readouterr().err
+
+
+def test_an_empty_image_is_an_error():
+    with pytest.raises(ImageError, match="empty"):
+        to_mnist(Image.new("L", (0, 0)))
+
+
+def test_models_other_than_linear_predict_too(tmp_path, mnist, capsys):
+    model = get_model("cnn")
+    save_params(tmp_path / "cnn.npz", model.init(jax.random.key(0)), model)
+    _as_scan(mnist.test.images_uint8[1], tmp_path / "two.png")
+    assert main(["predict", str(tmp_path / "cnn.npz"), str(tmp_path / "two.png"), "--top", "2"]) == 0
+    assert capsys.readouterr().out.count("%") == 2
