@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench import report, runner
 from bench.worker import CONTENDERS
+from jaxlin.config import MODELS
 from jaxlin.data import DATA_DIR_ENV, DataError, load_idx_dir
 
 
@@ -33,8 +34,8 @@ def _parse_cases(parser, text: str) -> list[tuple[str, int, int]]:
             case = (model, int(batch_size), int(num_steps))
         except ValueError:
             parser.error(f"--cases: expected MODEL:BATCH:STEPS, got {item!r}")
-        if model not in ("linear", "mlp") or case[1] < 1 or case[2] < 1:
-            parser.error(f"--cases: bad case {item!r} (model linear or mlp, batch and steps >= 1)")
+        if model not in MODELS or case[1] < 1 or case[2] < 1:
+            parser.error(f"--cases: bad case {item!r} (model {', '.join(MODELS)}; batch and steps >= 1)")
         cases.append(case)
     return cases
 

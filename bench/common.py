@@ -21,12 +21,21 @@ NUM_CLASSES = 10
 LEARNING_RATE = 0.5
 
 
+# Models whose starting params every framework builds alike (below). Other jaxlin models (the
+# cnn) are benchmarked by the jaxlin contenders only, from jaxlin's own `init`.
+SHARED_MODELS = ("linear", "mlp")
+
+
+def runs_model(contender: str, model: str) -> bool:
+    return model in SHARED_MODELS or contender.startswith("jaxlin")
+
+
 def layer_sizes(model: str) -> list[int]:
     return [784, NUM_CLASSES] if model == "linear" else [784, HIDDEN_SIZE, NUM_CLASSES]
 
 
 def learning_rate(model: str) -> float:
-    # The tutorial's 0.5 for the linear model; plain SGD at 0.1 keeps the ReLU MLP stable.
+    # The tutorial's 0.5 for the linear model; plain SGD at 0.1 keeps the ReLU networks stable.
     return LEARNING_RATE if model == "linear" else 0.1
 
 

@@ -11,14 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.common import NextBatch, initial_params, learning_rate, thread_settings, timed, train_until
+from bench.common import SHARED_MODELS, NextBatch, initial_params, learning_rate, thread_settings, timed, train_until
 from jaxlin.evaluate import make_accuracy_fn
 from jaxlin.models import get_model
 from jaxlin.sampler import EpochSampler, shuffled_epoch
 from jaxlin.train import fused_train_chunk, make_fused_train, make_train_step
 
 
-def _jax_params(model: str, seed: int = 0) -> list[dict]:
+def _jax_params(model: str, seed: int = 0):
+    """The shared starting point (see bench.common), or jaxlin's own init for the other models."""
+    if model not in SHARED_MODELS:
+        return get_model(model).init(jax.random.key(seed))
     return [{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in initial_params(model, seed)]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jaxlin.config import MODELS
+
 LABELS = {
     "tf_reference": "TF reference (v1 graph, feed_dict)",
     "tf2_function": "TF2 tf.function loop",
@@ -57,10 +59,15 @@ def targets(results: dict) -> dict:
     return out
 
 
+def _case_order(case: tuple[str, int]) -> tuple[int, int]:
+    model, batch_size = case
+    return (MODELS.index(model) if model in MODELS else len(MODELS), batch_size)
+
+
 def table(results: dict) -> str:
     lines = []
     rows = _main_rows(results)
-    cases = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda c: (c[0] != "linear", c[1]))
+    cases = sorted({(r["model"], r["batch_size"]) for r in rows}, key=_case_order)
     for model, batch_size in cases:
         case = [r for r in rows if (r["model"], r["batch_size"]) == (model, batch_size)]
         floor = next((r["median_us_per_step"] for r in case if r["contender"] == "numpy_floor"), None)
@@ -140,7 +147,7 @@ def chart(results: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
     rows = _main_rows(results)
-    cases = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda c: (c[0] != "linear", c[1]))
+    cases = sorted({(r["model"], r["batch_size"]) for r in rows}, key=_case_order)
     tta = sorted(results.get("time_to_accuracy", []), key=lambda r: r["median_wall_seconds"])
     panels = len(cases) + (1 if tta else 0)
     columns = min(panels, 4)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import TARGET_ACCURACY, shared_order
+from bench.common import TARGET_ACCURACY, runs_model, shared_order
 from bench.worker import CONTENDERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +44,11 @@ class Plan:
 
 FULL = Plan(repeats=5,
             cases=[("linear", 100, 1000), ("linear", 1000, 200), ("linear", 10000, 20),
-                   ("mlp", 100, 500), ("mlp", 1000, 100), ("mlp", 10000, 10)],
+                   ("mlp", 100, 500), ("mlp", 1000, 100), ("mlp", 10000, 10), ("cnn", 100, 20)],
             sweep=[(k, u) for k in (100, 1000) for u in (1, 2, 4, 8)], sweep_steps=1000,
             num_models=[1, 8, 64, 256], vmap_steps=1000,
             tta_repeats=3, tta_eval_every=50, tta_max_steps=5000, tta_target=TARGET_ACCURACY)
-QUICK = Plan(repeats=2, cases=[("linear", 100, 20), ("mlp", 100, 10)],
+QUICK = Plan(repeats=2, cases=[("linear", 100, 20), ("mlp", 100, 10), ("cnn", 100, 2)],
              sweep=[(10, 1), (10, 2)], sweep_steps=20, num_models=[1, 4], vmap_steps=20,
              tta_repeats=1, tta_eval_every=20, tta_max_steps=100, tta_target=0.5)
 
@@ -162,7 +162,8 @@ def throughput(workers: dict, plan: Plan, log) -> list[dict]:
     for model, batch_size, num_steps in plan.cases:
         log(f"throughput: {model}, batch {batch_size}, {num_steps} steps x {plan.repeats} repeats")
         args = {"model": model, "batch_size": batch_size, "num_steps": num_steps}
-        setups = [(name, f"{model}-b{batch_size}", args) for name in MAIN_CONTENDERS if name in workers]
+        setups = [(name, f"{model}-b{batch_size}", args) for name in MAIN_CONTENDERS
+                  if name in workers and runs_model(name, model)]
         rows += interleaved(workers, setups, plan.repeats, log)
     if "jaxlin_fused" in workers and plan.sweep:
         log(f"fused sweep: linear, batch 100, {plan.sweep_steps} steps")

@@ -1,8 +1,8 @@
 """Evaluation: one path from params to predictions, accuracy, per-class accuracy and confusion matrix.
 
 `Evaluator` holds a split on the device, padded to whole batches, and predicts
-every example in one compiled call (a `lax.map` over the batches, so memory is
-bounded by one batch); the padding is cut off on the host, never counted.
+every example in one compiled call (one batch after another, so memory is bounded
+by one batch); the padding is cut off on the host, never counted.
 Everything else is counted from those predictions, so the accuracy in the
 progress bar, in `metrics.jsonl` and in the confusion matrix cannot disagree.
 """
@@ -25,13 +25,21 @@ def to_float_images(images_uint8: jax.Array) -> jax.Array:
     return images_uint8.astype(jnp.float32) / 255.0
 
 
+# Up to this many batches are unrolled rather than looped with `lax.map`: XLA's CPU backend runs
+# convolutions inside a loop several times slower (measured: bench/NOTES.md).
+MAX_UNROLLED_BATCHES = 16
+
+
 def make_predict_fn(apply_fn: Callable) -> Callable:
     """jitted (params, uint8 batches (num_batches, batch, features)) -> class ids (num_batches * batch,)."""
 
+    def classify(params, batch):
+        return jnp.argmax(apply_fn(params, to_float_images(batch)), axis=-1)
+
     def predict(params, batches):
-        classes = jax.lax.map(lambda batch: jnp.argmax(apply_fn(params, to_float_images(batch)), axis=-1),
-                              batches)
-        return classes.reshape(-1)
+        if batches.shape[0] <= MAX_UNROLLED_BATCHES:
+            return jnp.concatenate([classify(params, batch) for batch in batches])
+        return jax.lax.map(lambda batch: classify(params, batch), batches).reshape(-1)
 
     return jax.jit(predict)
 

@@ -15,8 +15,10 @@ import sys
 from jaxlin.config import Config
 from jaxlin.run import train_and_evaluate
 
-CNN_CONFIG = Config(model="cnn", optimizer="adam", learning_rate=1e-3, batch_size=100, num_steps=3000,
-                    eval_every=500, output_dir="cnn-run")
+# Chunks of 10 fully unrolled steps: XLA's CPU backend runs convolutions inside a loop (the fused
+# chunk's `lax.scan`) several times slower than unrolled ones (bench/NOTES.md).
+CNN_CONFIG = Config(model="cnn", optimizer="adam", learning_rate=1e-3, batch_size=100, num_steps=2000,
+                    eval_every=500, steps_per_call=10, unroll=10, output_dir="cnn-run")
 
 
 def main(argv=None) -> int:

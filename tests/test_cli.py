@@ -145,7 +145,7 @@ def test_evaluate_rejects_bad_params(tiny_data_dir, saved_linear, tmp_path, caps
     np.savez(wrong, **{"layers/0/w": np.zeros((784, 3), np.float32), "layers/0/b": np.zeros(10, np.float32),
                        "__model__": np.array(json.dumps({"name": "linear", "layer_sizes": [784, 10],
                                                          "activation": "none"}))})
-    cases = [(junk, [], "not a readable params file"),
+    cases = [(junk, [], "not a params file (an .npz written by `jaxlin train`)"),
              (tmp_path / "absent.npz", [], "no such params file"),
              (wrong, [], "layers/0/w is float32[784, 3], expected float32[784, 10]"),
              (saved_linear, ["--model", "mlp"], "params are for model linear 784-10, not mlp")]
@@ -234,3 +234,20 @@ def test_divergence_keeps_the_record_and_writes_no_outputs(tiny_data_dir, tmp_pa
     assert not (out / "metrics.json").exists() and not (out / "params.npz").exists()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 0
+
+
+def test_the_cnn_trains_evaluates_saves_and_reloads_through_the_same_code(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "cnn"
+    assert main(["train", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--model", "cnn",
+                 "--optimizer", "adam", "--learning-rate", "0.001", "--num-steps", "6", "--eval-every", "3",
+                 "--batch-size", "20", "--steps-per-call", "3", "--unroll", "3", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "Model: cnn 784-conv32-conv64-256-10" in stdout
+    assert "(No weights figure: the first layer of the cnn is not dense.)" in stdout
+    assert {p.name for p in out.iterdir()} >= (FIGURES - {"weights.png"}) | {"params.npz", "metrics.json"}
+    assert not (out / "weights.png").exists()
+    final = json.loads((out / "metrics.json").read_text())["final_test_accuracy"]
+    assert main(["evaluate", str(out / "params.npz"), "--data-dir", str(tiny_data_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] == final
+    assert main(["train", "--resume", "--output-dir", str(out), "--num-steps", "9", "--no-progress"]) == 0
+    assert "Resuming" in capsys.readouterr().out
