@@ -10,6 +10,7 @@ any of its numbers are used.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -19,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxlin.config import MAX_PARAMS
 from jaxlin.models import Model, model_from_spec
 
 MODEL_KEY = "__model__"
@@ -78,10 +80,27 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if magic != _ZIP_MAGIC:
         raise CheckpointError(f"{path}: not a params file (an .npz written by `jaxlin train`)")
     try:
+        _check_array_headers(path)
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
+    except CheckpointError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise CheckpointError(f"{path}: not a readable params file ({err})") from err
+
+
+def _check_array_headers(path: Path) -> None:
+    """Refuses an array too large for any model before a byte of it is decompressed."""
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            with archive.open(member) as handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(handle)
+            if math.prod(shape) > MAX_PARAMS:
+                raise CheckpointError(f"{path}: {member.removesuffix('.npy')} holds {math.prod(shape):,} values, "
+                                      f"more than any model here ({MAX_PARAMS:,})")
 
 
 def load_params(path: str | os.PathLike, model: Model | None = None, input_size: int = 784,

@@ -15,7 +15,7 @@ import sys
 import typing
 
 from jaxlin.config import CONFIG_FIELDS, Config, ConfigError
-from jaxlin.signals import StopRequest
+from jaxlin.signals import StopNow, StopRequest
 
 DEFAULTS = Config()
 
@@ -241,6 +241,9 @@ def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
         return _interrupted(stop)
     try:
         code = _run(args, stop)
+    except StopNow as now:
+        print(f"jaxlin: stopped by {now} before training started; nothing saved", file=sys.stderr)
+        return 128 + now.signum
     except Stopped as stopped:
         print(stopped, file=sys.stderr)
         return stopped.exit_code

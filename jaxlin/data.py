@@ -74,6 +74,7 @@ class Datasets:
 # promising more is refused before anything is decompressed.
 MAX_IDX_BYTES = 1 << 33
 _BLOCK = 1 << 20
+_MAX_DEFLATE_RATIO = 1032
 
 
 def _read_up_to(stream, limit: int) -> bytes:
@@ -104,14 +105,18 @@ def read_idx(path: str | os.PathLike, expected_ndim: int | None = None,
             compressed = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
-            return _read_idx_stream(path, stream, expected_ndim, item_shape)
+            # What the file can hold at most: deflate expands at most ~1032:1.
+            capacity = os.fstat(raw.fileno()).st_size * (_MAX_DEFLATE_RATIO if compressed else 1)
+            return _read_idx_stream(path, stream, expected_ndim, item_shape, capacity)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise DataError(f"{path}: corrupt or truncated gzip data ({err})") from err
+    except MemoryError as err:
+        raise DataError(f"{path}: not enough memory to read it") from err
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
 
 
-def _read_idx_stream(path: Path, stream, expected_ndim, item_shape) -> np.ndarray:
+def _read_idx_stream(path: Path, stream, expected_ndim, item_shape, capacity: int) -> np.ndarray:
     magic = _read_up_to(stream, 4)
     if len(magic) < 4:
         raise DataError(f"{path}: file too short for an IDX header ({len(magic)} bytes)")
@@ -133,12 +138,21 @@ def _read_idx_stream(path: Path, stream, expected_ndim, item_shape) -> np.ndarra
     if expected > MAX_IDX_BYTES:
         raise DataError(f"{path}: header {shape} promises {expected} bytes, more than the {MAX_IDX_BYTES} "
                         f"jaxlin reads from one file")
-    body = _read_up_to(stream, expected + 1)
-    if len(body) != expected:
-        problem = "truncated" if len(body) < expected else "has trailing bytes"
-        held = f"file holds {len(body)}" if len(body) < expected else "file holds more"
+    if expected > capacity:
+        raise DataError(f"{path}: truncated: header {shape} promises {expected} bytes of data, more than a "
+                        f"file of its size can hold")
+    body = bytearray(expected + 1)  # one buffer: the peak is what the header promises
+    view, size = memoryview(body), 0
+    while size <= expected:
+        count = stream.readinto(view[size:size + _BLOCK])
+        if not count:
+            break
+        size += count
+    if size != expected:
+        problem = "truncated" if size < expected else "has trailing bytes"
+        held = f"file holds {size}" if size < expected else "file holds more"
         raise DataError(f"{path}: {problem}: header {shape} promises {expected} bytes of data, {held}")
-    return np.frombuffer(body, np.uint8).reshape(shape)
+    return np.frombuffer(body, np.uint8, count=expected).reshape(shape)
 
 
 def _find_idx_file(data_dir: Path, stem: str) -> Path:
@@ -248,4 +262,8 @@ def load_datasets(name: str = "mnist", data_dir: str | os.PathLike | None = None
             cached = download.download(name, progress=progress, log=log or (lambda line: None))
         except download.DownloadError as err:
             raise DataError(_no_data_message(name, str(err))) from err
-    return load_idx_dir(cached, name)
+    try:
+        return load_idx_dir(cached, name)
+    except DataError as err:
+        raise DataError(f"{err} (in jaxlin's cache: `jaxlin download --dataset {name}` replaces a file "
+                        f"that does not verify)") from err

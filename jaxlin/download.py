@@ -13,11 +13,14 @@ users point it at their own, and the tests at servers on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import http.client
 import os
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -32,7 +35,10 @@ MIRRORS_ENV = "JAXLIN_MIRRORS"
 CACHE_ENV = "JAXLIN_CACHE_DIR"
 # Seconds to connect and between reads: a mirror that stalls is left for the next one.
 TIMEOUT_SECONDS = 3.0
+# A mirror that drips (under 10 kB/s once 10 s have passed) is left too.
+MIN_BYTES_PER_SECOND, MIN_SPEED_AFTER_SECONDS = 10_000, 10.0
 _READ_BLOCK = 1 << 16
+LOCK_FILE = ".download.lock"
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -140,41 +146,62 @@ def _check_content(path: Path, expected: RemoteFile) -> str | None:
     return None
 
 
-def _fetch(url: str, destination, progress: bool, description: str) -> None:
+class _MirrorProblem(Exception):
+    """This mirror will not do: try the next."""
+
+
+def _fetch(url: str, destination, progress: bool, remote: RemoteFile) -> None:
+    """Streams `url` into `destination`, giving up on a mirror that sends more than the file can
+    be (even stored uncompressed) or that falls below a minimum speed (a drip never ends)."""
     from tqdm.auto import tqdm
 
+    limit = remote.size + remote.size // 100 + (1 << 16)
     request = urllib.request.Request(url, headers={"User-Agent": "jaxlin"})
     with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
         total = response.headers.get("Content-Length")
+        started, received = time.monotonic(), 0
         with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
-                  desc=description, disable=not progress, leave=False) as bar:
+                  desc=remote.stem, disable=not progress, leave=False) as bar:
             while block := response.read(_READ_BLOCK):
+                received += len(block)
+                if received > limit:
+                    raise _MirrorProblem(f"sent more than {limit} bytes, more than the file can be")
+                elapsed = time.monotonic() - started
+                if elapsed > MIN_SPEED_AFTER_SECONDS and received / elapsed < MIN_BYTES_PER_SECOND:
+                    raise _MirrorProblem(f"too slow ({received / elapsed:.0f} bytes/s after {elapsed:.0f} s)")
                 destination.write(block)
                 bar.update(len(block))
+
+
+def _first_line(value) -> str:
+    return (str(value).strip().splitlines() or [""])[0]
 
 
 def fetch_file(dataset: str, remote: RemoteFile, directory: Path, progress: bool = True) -> Path:
     """A verified copy of `remote` in `directory`, from the first mirror that gives one."""
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / (remote.stem + ".gz")
     problems = []
     for base in mirrors(dataset):
         url = base.rstrip("/") + "/" + remote.stem + ".gz"
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{remote.stem}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:
-                _fetch(url, handle, progress, remote.stem)
+                _fetch(url, handle, progress, remote)
             problem = _check_content(Path(tmp), remote)
             if problem is None:
+                with open(tmp, "rb") as handle:  # a mirror may serve the file uncompressed
+                    name = remote.stem + (".gz" if handle.read(2) == _GZIP_MAGIC else "")
+                for stale in (directory / remote.stem, directory / (remote.stem + ".gz")):
+                    stale.unlink(missing_ok=True)  # a damaged copy under the other name
                 os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-                return target
+                os.replace(tmp, directory / name)
+                return directory / name
             problems.append(f"{url}: {problem}")
         except urllib.error.HTTPError as err:
-            problems.append(f"{url}: HTTP {err.code} {err.reason}")
-        except (OSError, http.client.HTTPException, ValueError) as err:  # URLError and timeouts are OSErrors
+            problems.append(f"{url}: HTTP {err.code} {_first_line(err.reason)}")
+        except (_MirrorProblem, OSError, http.client.HTTPException, ValueError) as err:  # URLError: an OSError
             reason = getattr(err, "reason", None) or err or type(err).__name__
-            problems.append(f"{url}: {reason}")
+            problems.append(f"{url}: {_first_line(reason)}")
         finally:
             Path(tmp).unlink(missing_ok=True)
     if not problems:
@@ -191,25 +218,42 @@ def download(dataset: str = "mnist", directory: str | os.PathLike | None = None,
     target = Path(directory) if directory is not None else dataset_cache(dataset)
     if target.exists() and not target.is_dir():
         raise DownloadError(f"{target} exists and is not a directory")
-    _remove_stale_parts(target)
-    for remote in FILES[dataset]:
-        if any((target / (remote.stem + suffix)).is_file() for suffix in (".gz", "")):
-            continue
-        log(f"Downloading {dataset} {remote.stem}.gz into {target}")
-        fetch_file(dataset, remote, target, progress)
+    created = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with _locked(target):
+            for stale in target.glob(".*.part"):  # left by a killed download; none is in progress
+                stale.unlink(missing_ok=True)
+            for remote in FILES[dataset]:
+                found = _local_copy(target, remote)
+                if found is not None and _check_content(found, remote) is None:
+                    continue
+                log(f"Downloading {dataset} {remote.stem}.gz into {target}"
+                    + (f" (replacing a copy that does not verify: {found.name})" if found else ""))
+                fetch_file(dataset, remote, target, progress)
+    except OSError as err:
+        raise DownloadError(f"cannot write the data into {target}: {err.strerror or err}") from err
+    except BaseException:
+        if created and target.is_dir() and not any(p.name != LOCK_FILE for p in target.iterdir()):
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     return target
 
 
-def _remove_stale_parts(directory: Path, age_seconds: float = 3600) -> None:
-    """Removes partial downloads that a killed process left (old enough not to be another's)."""
-    if not directory.is_dir():
-        return
-    for stale in directory.glob(".*.part"):
-        try:
-            if time.time() - stale.stat().st_mtime > age_seconds:
-                stale.unlink()
-        except OSError:
-            pass
+def _local_copy(directory: Path, remote: RemoteFile) -> Path | None:
+    return next((directory / (remote.stem + suffix) for suffix in (".gz", "")
+                 if (directory / (remote.stem + suffix)).is_file()), None)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """One download into a directory at a time: a second one waits, then finds the files there."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def verify(directory: str | os.PathLike, dataset: str = "mnist") -> list[str]:
@@ -220,8 +264,7 @@ def verify(directory: str | os.PathLike, dataset: str = "mnist") -> list[str]:
         raise DownloadError(f"{directory} is not a directory")
     lines, bad = [], []
     for remote in FILES[dataset]:
-        found = next((directory / (remote.stem + s) for s in (".gz", "") if (directory / (remote.stem + s)).is_file()),
-                     None)
+        found = _local_copy(directory, remote)
         if found is None:
             bad.append(f"{directory / remote.stem}.gz: missing")
             continue

@@ -17,6 +17,7 @@ from jaxlin.data import IMAGE_SHAPE
 
 BOX = 20  # MNIST's digits fit a 20x20 box inside the 28x28 image
 _INK_THRESHOLD = 0.2  # of the brightest pixel: what counts as part of the digit when cropping
+MIN_DIGIT_PIXELS = 3  # a speck is not a digit
 
 
 class ImageError(ValueError):
@@ -35,23 +36,46 @@ class Prediction:
         return [(int(c), float(self.probabilities[c])) for c in order]
 
 
-def load_image(path: str | Path):
+def load_image(path: str | Path) -> np.ndarray:
+    """The image as float32 gray levels in [0, 255]: transparency over white, 16-bit scaled."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("L")
+        with warnings.catch_warnings():
+            # Pillow only warns between its two size limits; such an image costs gigabytes.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return _gray_levels(image)
     except FileNotFoundError as err:
         raise ImageError(f"{path}: no such file") from err
     except IsADirectoryError as err:
         raise ImageError(f"{path}: is a directory") from err
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise ImageError(f"{path}: the image is too large to read ({err})") from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ImageError(f"{path}: not an image that can be read ({err})") from err
 
 
+def _gray_levels(image) -> np.ndarray:
+    from PIL import Image
+
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float: scale, do not clip
+        pixels = np.asarray(image, np.float64)
+        low, high = float(pixels.min()), float(pixels.max())
+        return (np.zeros_like(pixels) if high == low else (pixels - low) * (255.0 / (high - low))).astype(np.float32)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Strokes drawn on a transparent background: lay them over white.
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    return np.asarray(image.convert("L"), np.float32)
+
+
 def to_mnist(gray) -> np.ndarray:
-    """A grayscale PIL image as an MNIST image: uint8 (28, 28), white digit on black."""
+    """Gray levels (an array or a grayscale PIL image) as an MNIST image: uint8 (28, 28), white digit
+    on black."""
     from PIL import Image
 
     pixels = np.asarray(gray, np.float32)
@@ -64,6 +88,8 @@ def to_mnist(gray) -> np.ndarray:
     if pixels.max() <= 0:
         raise ImageError("the image is blank: no digit found")
     rows, cols = np.nonzero(pixels > _INK_THRESHOLD * pixels.max())
+    if max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 < MIN_DIGIT_PIXELS:
+        raise ImageError(f"no digit found: the only marks span fewer than {MIN_DIGIT_PIXELS} pixels")
     crop = pixels[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     scale = BOX / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))

@@ -206,11 +206,12 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
     config.validate(len(data.train))
     data_seconds = time.perf_counter() - started
     log(describe_run(config, data, model))
-    if stop:
-        raise Stopped(f"jaxlin: stopped by {stop.name} before training started; nothing saved", stop.exit_code)
     if dry_run:
         log(f"Dry run: settings and data are valid; nothing trained, nothing written to {config.output_dir}.")
         return None
+    stop.defer()
+    if stop:  # a StopNow that something on the way swallowed
+        raise Stopped(f"jaxlin: stopped by {stop.name} before training started; nothing saved", stop.exit_code)
     with RunDir(config.output_dir) as run_dir:
         return _train_in(run_dir, config, data, model, mode, stop, progress, log, eval_steps,
                          data_seconds, started)

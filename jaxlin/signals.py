@@ -1,12 +1,16 @@
 """Stopping on SIGINT and SIGTERM between compiled chunks, not inside them.
 
-A compiled chunk cannot be interrupted, and a Python exception raised in the
-middle of the host loop could leave a half-written record. So the first
-signal only sets a flag that the training loop checks after each chunk: it
+Before training starts (imports, a download, loading the data) the first signal
+stops the run at once: the handler raises `StopNow`, and the code on the way
+out removes what it was writing (a partial download, say). Once training starts
+(`defer`), a compiled chunk cannot be interrupted, and an exception in the
+middle of the host loop could leave a half-written record. So from then on the
+first signal only sets a flag that the training loop checks after each chunk: it
 then checkpoints and the run exits with 128 + the signal's number (130 for
 Ctrl-C, 143 for SIGTERM from `timeout`, Slurm or `docker stop`). The handler
 also restores the signal's default action, so a second signal ends the process
-at once, even while a chunk is running.
+at once, even while a chunk is running. The flag is set in both modes, so a
+`StopNow` that some library swallows is still seen where training starts.
 """
 
 from __future__ import annotations
@@ -17,11 +21,21 @@ import sys
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class StopNow(KeyboardInterrupt):
+    """A stop requested before training started: nothing is lost by stopping at once."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class StopRequest:
-    """Context manager: while active, SIGINT/SIGTERM request a stop instead of killing the process."""
+    """Context manager: while active, SIGINT/SIGTERM stop the run at once (`StopNow`) until `defer`
+    is called, then at the next chunk boundary."""
 
     def __init__(self, log=None):
         self.signum: int | None = None
+        self.deferred = False
         self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self._previous: dict[int, object] = {}
 
@@ -36,13 +50,20 @@ class StopRequest:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
+    def defer(self) -> None:
+        """From now on a signal waits for the end of the current chunk."""
+        self.deferred = True
+
     def _handle(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
-            for other in STOP_SIGNALS:
-                signal.signal(other, signal.SIG_DFL)
-            self._log(f"jaxlin: {signal.Signals(signum).name}: stopping after the current chunk "
-                      f"(send it again to exit at once)")
+        if self.signum is not None:
+            return
+        self.signum = signum
+        if not self.deferred:
+            raise StopNow(signum)
+        for other in STOP_SIGNALS:
+            signal.signal(other, signal.SIG_DFL)
+        self._log(f"jaxlin: {signal.Signals(signum).name}: stopping after the current chunk "
+                  f"(send it again to exit at once)")
 
     def __enter__(self) -> StopRequest:
         for signum in STOP_SIGNALS:

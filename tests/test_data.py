@@ -236,3 +236,14 @@ def test_a_data_dir_that_is_a_file(tmp_path):
 
 def test_float_images_are_computed_once(tiny_data):
     assert tiny_data.train.images is tiny_data.train.images
+
+
+def test_a_header_promising_more_than_the_file_can_hold_is_refused_before_reading(tmp_path):
+    raw = tmp_path / "raw"
+    raw.write_bytes(bytes([0, 0, 8, 3]) + np.array([100_000, 28, 28], ">u4").tobytes() + bytes(1000))
+    with pytest.raises(DataError, match="more than a file of its size can hold"):
+        read_idx(raw)
+    packed = tmp_path / "packed.gz"
+    packed.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + np.array([10_000_000, 28, 28], ">u4").tobytes()))
+    with pytest.raises(DataError, match="more than a file of its size can hold"):
+        read_idx(packed)

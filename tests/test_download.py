@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,20 @@ class Mirror:
                     body = gzip.compress(gzip.decompress(body), compresslevel=1)
                 elif kind == "bomb":
                     body = gzip.compress(bytes(100 * (1 << 20)), compresslevel=9)
+                elif kind == "uncompressed":
+                    body = gzip.decompress(body)
+                elif kind in ("endless", "drip"):
+                    self.send_response(200)
+                    self.end_headers()
+                    try:
+                        for _ in range(100_000 if kind == "endless" else 60):
+                            self.wfile.write(bytes(1 << 16) if kind == "endless" else b"\0")
+                            self.wfile.flush()
+                            if kind == "drip":
+                                time.sleep(0.2)
+                    except OSError:  # the client gave up
+                        pass
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -115,7 +130,7 @@ def test_every_mirror_failing_names_each_problem_and_leaves_nothing(mirrors, han
     assert message.startswith("could not download t10k-labels-idx1-ubyte.gz: ")
     assert "Connection refused" in message and "timed out" in message and "HTTP 404" in message
     assert "sha256 " in message and "is not the published" in message
-    assert "holds more than 10008 bytes, expected 10008" in message  # the bomb, cut off early
+    assert f"sent more than {10008 + 100 + 65536} bytes" in message  # the bomb, cut off while downloading
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -170,9 +185,65 @@ def test_train_downloads_into_an_empty_cache_then_uses_it(mirrors, tmp_path):
     assert "Downloading mnist train-images-idx3-ubyte.gz" in first.stdout
     assert f"Data: mnist from {tmp_path / 'cache' / 'mnist'}" in first.stdout
     assert len(good.requests) == 4
-    assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(
+    assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir() if not p.name.startswith(".")) == sorted(
         f.stem + ".gz" for f in FILES["mnist"])
     second = subprocess.run([*command, "--output-dir", str(tmp_path / "two")], env=env, capture_output=True,
                             text=True, timeout=300, check=False)
     assert second.returncode == 0, second.stderr
     assert "Downloading" not in second.stdout and len(good.requests) == 4  # no request at all
+
+
+def test_endless_and_dripping_mirrors_are_left_for_the_next(mirrors, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "MIN_SPEED_AFTER_SECONDS", 1.0)
+    good = mirrors("good")
+    monkeypatch.setenv(MIRRORS_ENV, ",".join([mirrors("endless").url, mirrors("drip").url, good.url]))
+    with pytest.raises(DownloadError) as info:  # without the good one: both problems named
+        monkeypatch.setenv(MIRRORS_ENV, ",".join(os.environ[MIRRORS_ENV].split(",")[:2]))
+        download.fetch_file("mnist", LABELS, tmp_path / "a", progress=False)
+    message = str(info.value)
+    assert f"sent more than {10008 + 100 + 65536} bytes, more than the file can be" in message
+    assert "too slow (" in message
+    monkeypatch.setenv(MIRRORS_ENV, ",".join([mirrors("endless").url, good.url]))
+    assert download.fetch_file("mnist", LABELS, tmp_path / "b", progress=False).is_file()
+
+
+def test_download_replaces_a_damaged_copy_and_stores_uncompressed_files_by_their_name(mirrors, tmp_path,
+                                                                                        monkeypatch, capsys):
+    monkeypatch.setenv(MIRRORS_ENV, mirrors("uncompressed").url)
+    target = tmp_path / "mnist"
+    assert main(["download", "--dir", str(target), "--no-progress"]) == 0
+    assert sorted(p.name for p in target.iterdir() if not p.name.startswith(".")) == sorted(
+        f.stem for f in FILES["mnist"])  # no `.gz` on files that are not gzip
+    (target / "t10k-labels-idx1-ubyte").write_bytes(b"damaged")
+    (target / ".t10k-labels-idx1-ubyte.x.part").write_bytes(b"left by a killed download")
+    capsys.readouterr()
+    assert main(["download", "--dir", str(target), "--no-progress"]) == 0
+    assert "replacing a copy that does not verify: t10k-labels-idx1-ubyte" in capsys.readouterr().out
+    assert download.verify(target) and not list(target.glob("*.part"))
+
+
+def test_a_signal_during_the_download_stops_at_once_and_leaves_no_partial_file(mirrors, tmp_path):
+    import signal
+
+    env = {**os.environ, MIRRORS_ENV: mirrors("drip").url, CACHE_ENV: str(tmp_path / "cache"),
+           "PYTHONUNBUFFERED": "1"}
+    env.pop(DATA_DIR_ENV, None)
+    exe = Path(sys.executable).with_name("jaxlin")
+    run = subprocess.Popen([str(exe), "train", "--output-dir", str(tmp_path / "out"), "--no-progress"],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "cache").rglob(".*.part")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=10)
+    assert run.returncode == 143, err
+    assert "stopped by SIGTERM before training started; nothing saved" in err and "Traceback" not in err
+    assert not list((tmp_path / "cache").rglob("*.part")) and not (tmp_path / "out").exists()
+
+
+def test_verifying_a_gzip_bomb_stops_one_byte_past_the_promised_size(tmp_path):
+    bomb = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as handle:
+        for _ in range(100):
+            handle.write(bytes(1 << 20))
+    assert download._check_content(bomb, LABELS) == "holds more than 10008 bytes, expected 10008"

@@ -97,3 +97,30 @@ def test_models_other_than_linear_predict_too(tmp_path, mnist, capsys):
     _as_scan(mnist.test.images_uint8[1], tmp_path / "two.png")
     assert main(["predict", str(tmp_path / "cnn.npz"), str(tmp_path / "two.png"), "--top", "2"]) == 0
     assert capsys.readouterr().out.count("%") == 2
+
+
+def test_sixteen_bit_and_transparent_images(trained, mnist, tmp_path, capsys):
+    digit = np.asarray(Image.fromarray(mnist.test.images_uint8[1].reshape(28, 28)).resize((112, 112)))
+    sixteen = np.full((200, 200), 65535, np.uint16)
+    sixteen[40:152, 40:152] = 65535 - digit.astype(np.uint16) * 257
+    Image.fromarray(sixteen).save(tmp_path / "sixteen.png")
+    strokes = np.zeros((200, 200, 4), np.uint8)
+    strokes[40:152, 40:152, 3] = digit  # black strokes, drawn only in the alpha channel
+    Image.fromarray(strokes, "RGBA").save(tmp_path / "strokes.png")
+    speck = np.full((200, 200), 255, np.uint8)
+    speck[100, 100] = 0
+    Image.fromarray(speck).save(tmp_path / "speck.png")
+    paths = [tmp_path / "sixteen.png", tmp_path / "strokes.png", tmp_path / "speck.png"]
+    assert main(["predict", str(trained[0]), *map(str, paths), "--json"]) == 2
+    results = json.loads(capsys.readouterr().out)
+    assert [r["label"] for r in results[:2]] == [2, 2]
+    assert "no digit found" in results[2]["error"]
+
+
+def test_a_params_file_with_a_huge_array_is_refused_from_its_header(tmp_path, capsys):
+    spec = json.dumps({"name": "linear", "layer_sizes": [784, 10], "activation": "none"})
+    np.savez_compressed(tmp_path / "bomb.npz", **{"layers/0/w": np.zeros((784, 400_000), np.float32)},
+                        __model__=np.array(spec))
+    (tmp_path / "x.png").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "bomb.npz"), str(tmp_path / "x.png")]) == 2
+    assert "layers/0/w holds 313,600,000 values, more than any model here" in capsys.readouterr().err
