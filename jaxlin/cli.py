@@ -224,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     # From here on SIGINT/SIGTERM only request a stop, which training honours where it is safe:
     # a KeyboardInterrupt raised inside JAX's import or a garbage-collector callback could be lost.
     with StopRequest() as stop:
-        return _main(args, stop)
+        try:
+            return _main(args, stop)
+        except StopNow as now:  # during imports, a download or loading the data
+            print(f"jaxlin: stopped by {now} before training started; nothing saved", file=sys.stderr)
+            return 128 + now.signum
 
 
 def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
@@ -241,9 +245,6 @@ def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
         return _interrupted(stop)
     try:
         code = _run(args, stop)
-    except StopNow as now:
-        print(f"jaxlin: stopped by {now} before training started; nothing saved", file=sys.stderr)
-        return 128 + now.signum
     except Stopped as stopped:
         print(stopped, file=sys.stderr)
         return stopped.exit_code
