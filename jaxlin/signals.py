@@ -65,7 +65,15 @@ class StopRequest:
         self._log(f"jaxlin: {signal.Signals(signum).name}: stopping after the current chunk "
                   f"(send it again to exit at once)")
 
+    def _unraisable(self, unraisable) -> None:
+        # A StopNow raised inside a callback that cannot raise (JAX's garbage-collector hook) is
+        # dropped by Python; the flag is set all the same, so say nothing.
+        if not isinstance(unraisable.exc_value, StopNow):
+            self._previous_unraisable(unraisable)
+
     def __enter__(self) -> StopRequest:
+        self._previous_unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -73,3 +81,4 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = self._previous_unraisable

@@ -288,7 +288,7 @@ def test_resume_refuses_what_would_not_continue_the_same_run(tiny_data_dir, tmp_
     assert done.wait() == 0 and "already finished at step 60" in done.stdout
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5, 3.0])
+@pytest.mark.parametrize("delay", [0.2, 0.3, 0.45, 0.6, 0.8, 1.5, 3.0])
 def test_ctrl_c_at_any_moment_stops_the_run(tiny_data_dir, tmp_path, delay):
     """During imports, data loading, compilation or training: never lost, never a traceback."""
     run = Run(tiny_data_dir, tmp_path / "run", "--num-steps", str(10**6), "--batch-size", "2")
