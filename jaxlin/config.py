@@ -20,7 +20,7 @@ MODELS = ("linear", "mlp", "cnn")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 
 # Settings that a resumed run may change: they do not change what the steps compute.
-RESUMABLE_CHANGES = frozenset({"num_steps", "output_dir", "data_dir", "keep_checkpoints"})
+RESUMABLE_CHANGES = frozenset({"num_steps", "output_dir", "data_dir", "keep_checkpoints", "devices"})
 # The sampler folds each epoch's number into a 32-bit PRNG key; the fused loop indexes
 # the epoch order with int32.
 MAX_EPOCHS = 2**32 - 2
@@ -74,6 +74,8 @@ class Config:
                                  "per-step: one call per host-fed batch", choices=LOOPS)
     device: str = setting("auto", "where to compute; auto: JAX's first device", choices=DEVICES,
                           commands=("train", "evaluate"))
+    devices: str = setting("1", "how many of --device's devices train data-parallel (a number, or all); "
+                                "the batch size must divide by it", metavar="N|all")
     output_dir: str = setting("jaxlin-run", "directory for checkpoints, records, metrics, figures, params",
                               metavar="DIR")
 
@@ -100,6 +102,8 @@ class Config:
         for name in ("eval_every", "steps_per_call", "unroll", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if not (self.devices == "all" or (str(self.devices).isdigit() and int(self.devices) >= 1)):
+            raise ConfigError(f"devices must be a number >= 1 or all, got {self.devices!r}")
         if self.checkpoint_every is not None and self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint every must be >= 0 (0: never), got {self.checkpoint_every}")
         if self.model == "mlp" and (not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes)):

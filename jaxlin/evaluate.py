@@ -59,16 +59,23 @@ class Evaluator:
     """Test metrics of params on one split, computed on `device` (default: JAX's default device)."""
 
     def __init__(self, apply_fn: Callable, images_uint8, labels, batch_size: int = EVAL_BATCH_SIZE,
-                 device: jax.Device | None = None, predict_fn: Callable | None = None):
+                 placement=None, predict_fn: Callable | None = None):
+        """`placement` (see `parallel`): where to evaluate; over several devices each batch is
+        sharded along its examples."""
+        from jaxlin.parallel import resolve_placement
+
+        placement = placement or resolve_placement()
         self.num_examples = len(labels)
         self.labels = np.asarray(labels)
         batch_size = max(1, min(batch_size, self.num_examples))
+        # Whole batches per device: round the batch up to a multiple of the device count.
+        batch_size = -(-batch_size // placement.num_devices) * placement.num_devices
         num_batches = -(-self.num_examples // batch_size)
         images = np.asarray(images_uint8)
         padded = np.zeros((num_batches * batch_size, *images.shape[1:]), images.dtype)
         padded[:self.num_examples] = images
         batches = padded.reshape(num_batches, batch_size, *images.shape[1:])
-        self._batches = jax.device_put(batches, device) if device is not None else jnp.asarray(batches)
+        self._batches = placement.put(batches, placement.batch_sharding(axis=1))
         self._predict = predict_fn or make_predict_fn(apply_fn)
 
     def predictions(self, params) -> np.ndarray:
@@ -98,7 +105,6 @@ def make_accuracy_fn(apply_fn: Callable, images_uint8, labels) -> Callable:
     return Evaluator(apply_fn, images_uint8, labels).accuracy
 
 
-def evaluate(apply_fn: Callable, params, split: Split, batch_size: int = EVAL_BATCH_SIZE,
-             device: jax.Device | None = None) -> dict:
+def evaluate(apply_fn: Callable, params, split: Split, batch_size: int = EVAL_BATCH_SIZE, placement=None) -> dict:
     """Accuracy and its break-down on every example of `split`."""
-    return Evaluator(apply_fn, split.images_uint8, split.labels, batch_size, device)(params)
+    return Evaluator(apply_fn, split.images_uint8, split.labels, batch_size, placement)(params)

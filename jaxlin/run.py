@@ -28,7 +28,8 @@ from jaxlin.models import Model, get_model
 from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, RunDir, check_writable, to_json
 from jaxlin.signals import StopRequest
 from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, TrainState
-from jaxlin.train import FitHooks, FitResult, Progress, fit, resolve_device
+from jaxlin.parallel import resolve_placement
+from jaxlin.train import FitHooks, FitResult, Progress, fit
 
 MODES = ("new", "overwrite", "resume")
 
@@ -82,7 +83,7 @@ def describe_run(config: Config, data: Datasets, model: Model) -> str:
         f"validation {len(data.validation)}, test {len(data.test)}\n"
         f"Model: {model.describe()}; optimizer {opt}; batch {config.batch_size}; "
         f"{config.num_steps} steps; {config.loop} loop; seed {config.seed}; "
-        f"device {resolve_device(config.device)}"
+        f"device {resolve_placement(config.device, config.devices, config.batch_size).describe()}"
     )
 
 
@@ -307,8 +308,8 @@ def evaluate_saved(params_path: str, dataset: str = "mnist", data_dir: str | Non
         raise checkpoint.CheckpointError(
             f"{params_path}: params are for model {model.describe()}, not {model_name}")
     data = load_datasets(dataset, data_dir, source, log=lambda line: print(line, file=sys.stderr))
-    with jax.default_device(resolve_device(device)):
-        test = evaluate(model.apply, params, data.test, batch_size=model.eval_batch_size)
+    test = evaluate(model.apply, params, data.test, batch_size=model.eval_batch_size,
+                    placement=resolve_placement(device))
     return {
         "params": str(params_path),
         "model": model.describe(),

@@ -45,8 +45,9 @@ class EpochSampler:
     `next_batch` did. Each epoch's permutation is made once, on the device.
     """
 
-    def __init__(self, key: jax.Array, num_examples: int, batch_size: int):
-        self.key, self.num_examples, self.batch_size = key, num_examples, batch_size
+    def __init__(self, key: jax.Array, num_examples: int, batch_size: int, place=lambda order: order):
+        """`place` puts each window's order where the compiled chunk reads it (every device of a mesh)."""
+        self.key, self.num_examples, self.batch_size, self.place = key, num_examples, batch_size, place
         self._epochs: dict[int, jax.Array] = {}
         self._orders: dict[tuple[int, int], jax.Array] = {}
 
@@ -66,13 +67,13 @@ class EpochSampler:
         first_epoch, count = first // self.num_examples, self.num_epochs_spanned(num_steps)
         if (first_epoch, count) not in self._orders:
             epochs = [self.permutation(e) for e in range(first_epoch, first_epoch + count)]
-            self._orders = {(first_epoch, count): jnp.concatenate(epochs)}
+            self._orders = {(first_epoch, count): self.place(jnp.concatenate(epochs))}
         return self._orders[first_epoch, count], first - first_epoch * self.num_examples
 
     def warm_up(self, num_steps: int) -> jax.Array:
         """Compiles what windows of `num_steps` need, on a throwaway order; returns it."""
         throwaway = shuffled_epoch(jax.random.fold_in(self.key, 0xFFFFFFFF), self.num_examples)
-        return jax.block_until_ready(jnp.concatenate([throwaway] * self.num_epochs_spanned(num_steps)))
+        return jax.block_until_ready(self.place(jnp.concatenate([throwaway] * self.num_epochs_spanned(num_steps))))
 
     def batch_indices(self, start_step: int, num_steps: int) -> np.ndarray:
         """Host copy of the indices of steps [start_step, start_step + num_steps), shape (num_steps, B)."""

@@ -23,6 +23,7 @@ from jaxlin.config import Config, ConfigError
 from jaxlin.data import Datasets
 from jaxlin.evaluate import Evaluator, to_float_images
 from jaxlin.models import Model
+from jaxlin.parallel import Placement, resolve_placement, to_host
 from jaxlin.sampler import EpochSampler, check_window
 from jaxlin.schedule import StepSchedule, checkpoint_schedule, chunks, eval_schedule
 from jaxlin.state import TrainState
@@ -71,12 +72,15 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation)
     return jax.jit(make_update_fn(apply_fn, optimizer), donate_argnums=(0, 1))
 
 
-def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1) -> Callable:
+def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1,
+                      shard_batch: Callable = lambda indices: indices) -> Callable:
     """The fused path's body, not yet jitted (so it can be vmapped over many models):
 
     (params, opt_state, train_uint8, train_labels, order, offset, batch_size, num_steps)
     -> (params, opt_state, losses[num_steps]), where step i trains on the examples
-    order[offset + i*B : offset + (i+1)*B] (see `EpochSampler.window`).
+    order[offset + i*B : offset + (i+1)*B] (see `EpochSampler.window`). `shard_batch` lays out
+    each step's indices (sharded over a mesh by `Placement.constrain_batch`), so that each
+    device gathers and trains on its part of the batch.
     """
     update = make_update_fn(apply_fn, optimizer)
 
@@ -86,7 +90,7 @@ def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformatio
                              f"of {batch_size}")
 
         def body(carry, step):
-            indices = jax.lax.dynamic_slice(order, (offset + step * batch_size,), (batch_size,))
+            indices = shard_batch(jax.lax.dynamic_slice(order, (offset + step * batch_size,), (batch_size,)))
             # The window lies inside the order (checked above and by the host, `check_window`) and
             # the sampler's indices are in bounds: promising it spares the gather its clamping.
             images = to_float_images(images_uint8.at[indices].get(mode="promise_in_bounds"))
@@ -100,23 +104,18 @@ def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformatio
     return train_chunk
 
 
-def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1) -> Callable:
-    """`fused_train_chunk` jitted, with batch_size and num_steps static and the state donated."""
-    return jax.jit(fused_train_chunk(apply_fn, optimizer, unroll),
-                   static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1))
+def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1,
+                     placement: Placement | None = None) -> Callable:
+    """`fused_train_chunk` jitted, with batch_size and num_steps static and the state donated;
+    over several devices, each step's batch is sharded and the results replicated."""
+    if placement is None or placement.mesh is None:
+        return jax.jit(fused_train_chunk(apply_fn, optimizer, unroll),
+                       static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1))
+    replicated = placement.replicated
+    return jax.jit(fused_train_chunk(apply_fn, optimizer, unroll, placement.constrain_batch),
+                   static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1),
+                   out_shardings=(replicated, replicated, replicated))
 
-
-
-def resolve_device(name: str) -> jax.Device:
-    if name == "auto":
-        return jax.devices()[0]
-    try:
-        return jax.devices(name)[0]
-    except RuntimeError as err:
-        raise ConfigError(
-            f"--device {name}: JAX sees no {name.upper()} here ({err}); "
-            f"for GPUs install jaxlin[gpu] on a machine with CUDA"
-        ) from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,33 +162,33 @@ class Trainer:
     depend on the number of steps; `compile_seconds` sums the time spent compiling.
     """
 
-    def __init__(self, config: Config, data: Datasets, model: Model, device: jax.Device):
-        self.config, self.model, self.device = config, model, device
+    def __init__(self, config: Config, data: Datasets, model: Model, placement: Placement):
+        self.config, self.model, self.placement = config, model, placement
         self.optimizer = make_optimizer(config)
         key = jax.random.key(config.seed)
         init_key, self.sample_key = jax.random.split(key)
-        put = lambda x: jax.device_put(x, device)
-        self.train_images_uint8 = put(data.train.images_uint8)
-        self.train_labels = put(data.train.labels)
+        # The whole uint8 data set on every device: each gathers its part of each batch locally.
+        self.train_images_uint8 = placement.put(data.train.images_uint8)
+        self.train_labels = placement.put(data.train.labels)
         # The per-step path feeds float batches from the host, as the tutorial did.
         self.host_train_images = data.train.images if config.loop == "per-step" else None
         self.host_train_labels = data.train.labels
         self.evaluator = Evaluator(model.apply, data.test.images_uint8, data.test.labels,
-                                   batch_size=model.eval_batch_size, device=device)
-        self.sampler = EpochSampler(self.sample_key, len(data.train), config.batch_size)
+                                   batch_size=model.eval_batch_size, placement=placement)
+        self.sampler = EpochSampler(self.sample_key, len(data.train), config.batch_size, place=placement.put)
         self._init_key = init_key
-        self._fused = make_fused_train(model.apply, self.optimizer, config.unroll)
+        self._fused = make_fused_train(model.apply, self.optimizer, config.unroll, placement)
         self._step = make_train_step(model.apply, self.optimizer)
         self._compiled: dict[int, Callable] = {}
         self.compile_seconds = 0.0
 
     def init_state(self) -> TrainState:
-        params = jax.device_put(self.model.init(self._init_key), self.device)
+        params = self.placement.put(self.model.init(self._init_key))
         return TrainState(params, self.optimizer.init(params), 0)
 
     def place(self, state: TrainState) -> TrainState:
-        """A (restored, host) state on this trainer's device."""
-        params, opt_state = jax.device_put((state.params, state.opt_state), self.device)
+        """A (restored, host) state on this trainer's devices."""
+        params, opt_state = self.placement.put((state.params, state.opt_state))
         return TrainState(params, opt_state, state.step)
 
     def _compiled_chunk(self, state: TrainState, length: int) -> Callable:
@@ -202,9 +201,10 @@ class Trainer:
                     state.params, state.opt_state, self.train_images_uint8, self.train_labels, order, 0,
                     batch_size=batch_size, num_steps=length).compile()
             else:
-                self._compiled[length] = self._step.lower(
-                    state.params, state.opt_state, self.host_train_images[:batch_size],
-                    self.host_train_labels[:batch_size]).compile()
+                images, labels = self.placement.put(
+                    (self.host_train_images[:batch_size], self.host_train_labels[:batch_size]),
+                    self.placement.batch_sharding())
+                self._compiled[length] = self._step.lower(state.params, state.opt_state, images, labels).compile()
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[length]
 
@@ -220,9 +220,11 @@ class Trainer:
             return TrainState(params, opt_state, start_step + num_steps), losses
         step_fn, losses = self._compiled_chunk(state, 1), []
         params, opt_state = state.params, state.opt_state
+        sharded = self.placement.batch_sharding()
         for indices in self.sampler.batch_indices(start_step, num_steps):
-            params, opt_state, loss = step_fn(params, opt_state, self.host_train_images[indices],
-                                              self.host_train_labels[indices])
+            images, labels = self.placement.put((self.host_train_images[indices], self.host_train_labels[indices]),
+                                                sharded)
+            params, opt_state, loss = step_fn(params, opt_state, images, labels)
             losses.append(loss)
         return TrainState(params, opt_state, start_step + num_steps), jnp.stack(losses)
 
@@ -245,11 +247,11 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     """
     config.validate(len(data.train))
     hooks = hooks or FitHooks()
-    device = resolve_device(config.device)
+    placement = resolve_placement(config.device, config.devices, config.batch_size)
     evals = eval_schedule(config.num_steps, config.eval_every, eval_steps)
     saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if hooks.checkpoints else 0, evals)
-    with jax.default_device(device):
-        trainer = Trainer(config, data, model, device)
+    with jax.default_device(placement.devices[0]):
+        trainer = Trainer(config, data, model, placement)
         state, progress_so_far = (trainer.place(start[0]), start[1]) if start else (trainer.init_state(), Progress())
         loop = _TrainLoop(trainer, evals, saves, hooks, progress_so_far, fresh=start is None)
         state = loop.run(state, progress)
@@ -258,7 +260,7 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     timings = {"compile_seconds": trainer.compile_seconds, "train_seconds": loop.train_seconds,
                "eval_seconds": loop.eval_seconds,
                "steps_per_second": loop.steps_trained / loop.train_seconds if loop.train_seconds > 0 else None}
-    return FitResult(jax.device_get(state.params), state, loop.evaluations, timings, str(device),
+    return FitResult(to_host(state.params), state, loop.evaluations, timings, placement.describe(),
                      stopped=stopped, final=final)
 
 
