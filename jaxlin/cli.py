@@ -83,6 +83,16 @@ def _train_parser(subparsers) -> None:
                        help="replace the run already in --output-dir (only jaxlin's own files are removed)")
     p.add_argument("--dry-run", action="store_true",
                    help="check settings and data, print the plan, train and write nothing")
+    hosts = p.add_argument_group(
+        "several processes (hosts)", "join a multi-process run through jax.distributed; process 0 writes the outputs")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", type=_non_empty,
+                       help="address of process 0's coordinator service")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="how many processes take part")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0..N-1")
+    hosts.add_argument("--distributed", action="store_true",
+                       help="join with settings JAX detects (Slurm, Open MPI, ...)")
+    hosts.add_argument("--distributed-timeout", type=int, default=60, metavar="S",
+                       help="seconds to wait for the coordinator and the other processes (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -183,10 +193,24 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**{name: getattr(args, name) for name in given_settings(args)})
 
 
+def _start_distributed(args: argparse.Namespace) -> None:
+    manual = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(value is None for value in manual):
+        return
+    if not args.distributed and any(value is None for value in manual):
+        raise ConfigError("--coordinator, --num-processes and --process-id go together (or use --distributed)")
+    if args.num_processes is not None and not 0 <= (args.process_id or 0) < args.num_processes:
+        raise ConfigError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
+    from jaxlin.parallel import start_distributed
+
+    start_distributed(*manual, timeout_seconds=args.distributed_timeout)
+
+
 def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
     from jaxlin import run
 
     if args.command == "train":
+        _start_distributed(args)
         config = config_from_args(args)
         if not args.resume:
             config.validate()

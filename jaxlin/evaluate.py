@@ -81,7 +81,9 @@ class Evaluator:
     def predictions(self, params) -> np.ndarray:
         if self.num_examples == 0:
             return np.zeros(0, np.int64)
-        return np.asarray(self._predict(params, self._batches))[:self.num_examples]
+        from jaxlin.parallel import to_host
+
+        return to_host(self._predict(params, self._batches))[:self.num_examples]
 
     def __call__(self, params) -> dict:
         """accuracy (None for an empty split), num_examples, per_class_accuracy, confusion_matrix, predictions."""

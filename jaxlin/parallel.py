@@ -36,6 +36,11 @@ class Placement:
         return len(self.devices)
 
     @property
+    def local_device(self) -> jax.Device:
+        """This process's first device of the run: where host-side helpers (the sampler) compute."""
+        return next(d for d in self.devices if d.process_index == jax.process_index())
+
+    @property
     def replicated(self):
         if self.mesh is None:
             return SingleDeviceSharding(self.devices[0])
@@ -48,9 +53,18 @@ class Placement:
         return NamedSharding(self.mesh, PartitionSpec(*([None] * axis), BATCH_AXIS))
 
     def put(self, tree, sharding=None) -> Any:
-        """Host arrays (a pytree) as arrays on this placement, replicated unless `sharding` says."""
+        """Arrays (a pytree) on this placement, replicated unless `sharding` says. Across processes
+        each process gives the same host value and keeps the parts on its own devices (a device
+        array is fetched first: JAX does not move arrays between hosts' device sets)."""
         sharding = sharding or self.replicated
-        return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+        several_hosts = jax.process_count() > 1
+
+        def put_one(x):
+            if several_hosts and isinstance(x, jax.Array) and not x.is_fully_addressable:
+                return x if x.sharding == sharding else jax.device_put(x, sharding)
+            return jax.device_put(np.asarray(x) if several_hosts else x, sharding)
+
+        return jax.tree.map(put_one, tree)
 
     def constrain_batch(self, x: jax.Array, axis: int = 0) -> jax.Array:
         """Inside a traced function: lay `x` out sharded along `axis` (a no-op on one device)."""
@@ -65,9 +79,73 @@ class Placement:
         return f"{self.num_devices} {'/'.join(kinds)} devices (data parallel)"
 
 
+def start_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                      process_id: int | None = None, timeout_seconds: int = 60) -> None:
+    """Joins this process to a multi-process run (`jax.distributed.initialize`) before JAX starts.
+
+    With no arguments JAX detects the cluster (Slurm, Open MPI, ...). On CPUs the processes talk
+    through gloo. A coordinator that cannot be reached is an error after `timeout_seconds`.
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator and process_id:
+        # JAX's client ends the whole process (a C++ check failure) when it cannot register with
+        # the coordinator; find out first, and say so in one line.
+        _wait_for_coordinator(coordinator, timeout_seconds)
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id,
+                                   initialization_timeout=timeout_seconds)
+    except (RuntimeError, ValueError) as err:  # XlaRuntimeError is a RuntimeError
+        where = f"coordinator {coordinator}" if coordinator else "the cluster's coordinator"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise ConfigError(f"cannot join the distributed run through {where} within {timeout_seconds} s: "
+                          f"{first}") from err
+
+
+def _wait_for_coordinator(coordinator: str, timeout_seconds: float) -> None:
+    import socket
+    import time
+
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--coordinator {coordinator}: expected HOST:PORT")
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+                return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"cannot reach the coordinator {coordinator} within {timeout_seconds} s "
+                                  f"({err.strerror or err}); is process 0 running?") from err
+            time.sleep(0.2)
+
+
+def is_primary() -> bool:
+    """Process 0 of a multi-process run (or the only process) writes the run's files."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Waits for every process of a multi-process run to reach this point."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def to_host(tree) -> Any:
-    """numpy copies of device arrays."""
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+    """numpy copies of (global) device arrays, on every process."""
+
+    def fetch(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(fetch, tree)
 
 
 def platform_devices(kind: str) -> list[jax.Device]:

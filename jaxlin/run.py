@@ -25,10 +25,10 @@ from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data import DATA_DIR_ENV, Datasets, load_datasets, resolve_data_dir
 from jaxlin.evaluate import evaluate
 from jaxlin.models import Model, get_model
-from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, RunDir, check_writable, to_json
+from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, FollowerRunDir, RunDir, check_writable, to_json
 from jaxlin.signals import StopRequest
 from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, TrainState
-from jaxlin.parallel import resolve_placement
+from jaxlin.parallel import is_primary, resolve_placement, sync
 from jaxlin.train import FitHooks, FitResult, Progress, fit
 
 MODES = ("new", "overwrite", "resume")
@@ -193,8 +193,12 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
         with StopRequest() as own:
             return train_and_evaluate(config, progress, dry_run, log, eval_steps, data, mode, explicit, own)
     started = time.perf_counter()
-    check_writable(config.output_dir)
-    RunDir(config.output_dir).check_available(mode)
+    primary = is_primary()
+    if not primary:  # process 0 reports; the others only train
+        log = lambda line: None
+    if primary:
+        check_writable(config.output_dir)
+        RunDir(config.output_dir).check_available(mode)
     if mode == "resume":
         config = resumed_config(config, explicit or set())
     if config.data_dir:  # a resumed run may start elsewhere
@@ -213,7 +217,7 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
     stop.defer()
     if stop:  # a StopNow that something on the way swallowed
         raise Stopped(f"jaxlin: stopped by {stop.name} before training started; nothing saved", stop.exit_code)
-    with RunDir(config.output_dir) as run_dir:
+    with (RunDir if primary else FollowerRunDir)(config.output_dir) as run_dir:
         return _train_in(run_dir, config, data, model, mode, stop, progress, log, eval_steps,
                          data_seconds, started)
 
@@ -224,13 +228,14 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
     run_dir.check_available(mode)
     if mode == "overwrite":
         run_dir.remove_run()
+    sync("jaxlin: output directory ready")  # process 0 has locked and cleared it
     store = CheckpointStore(out, keep=config.keep_checkpoints) if config.checkpoint_every != 0 else None
     start, records = None, []
     try:
         if mode == "resume":
             if store is None:
                 raise ConfigError("--resume: checkpoints are off (--checkpoint-every 0)")
-            step, saved, saved_progress, state = _latest_usable(store, log, model, remove_damaged=True)
+            step, saved, saved_progress, state = _latest_usable(store, log, model, remove_damaged=is_primary())
             if step == config.num_steps and run_dir.has_finished_run():
                 log(f"The run in {out} already finished at step {step}; raise --num-steps to train on.")
                 return None
@@ -241,7 +246,8 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
             log(f"Resuming {out} from step {step} of {config.num_steps}.")
         hooks = _RunHooks(run_dir, store, config, stop, log)
         hooks.last_recorded_step = records[-1]["step"] if records else None
-        result = fit(config, data, model, eval_steps=eval_steps, progress=progress, start=start, hooks=hooks)
+        result = fit(config, data, model, eval_steps=eval_steps, progress=progress and is_primary(), start=start,
+                     hooks=hooks)
     finally:
         if store:
             store.close()  # waits for the last save: a checkpoint reported is a checkpoint on disk

@@ -231,3 +231,37 @@ class RunDir:
             return names
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+class FollowerRunDir(RunDir):
+    """The run directory as seen by processes other than 0 of a multi-process run: they read it
+    (records, whether a run finished) and write nothing; process 0 holds the lock and writes."""
+
+    def lock(self) -> None:
+        pass
+
+    def check_available(self, mode: str) -> None:
+        pass
+
+    def remove_run(self) -> None:
+        pass
+
+    def unfinish(self) -> None:
+        pass
+
+    def append_record(self, record: dict) -> None:
+        pass
+
+    def read_records(self, up_to_step: int) -> list[dict]:
+        path = self.path / RECORDS_FILE
+        if not path.exists():
+            return []
+        kept = []
+        for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+            record = _parse_record(line)
+            if record is not None and record["step"] <= up_to_step and (not kept or record["step"] > kept[-1]["step"]):
+                kept.append(record)
+        return kept
+
+    def publish(self, write) -> list[str]:
+        return []

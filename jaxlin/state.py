@@ -44,7 +44,9 @@ def _first_line(err: Exception, limit: int = 200) -> str:
 def _host_copy(tree):
     # A private host copy: the next compiled chunk donates (and so frees) the device buffers
     # while orbax may still be writing in the background.
-    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+    from jaxlin.parallel import to_host
+
+    return jax.tree.map(lambda x: np.array(x, copy=True), to_host(tree))
 
 
 class CheckpointStore:

@@ -250,7 +250,7 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     placement = resolve_placement(config.device, config.devices, config.batch_size)
     evals = eval_schedule(config.num_steps, config.eval_every, eval_steps)
     saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if hooks.checkpoints else 0, evals)
-    with jax.default_device(placement.devices[0]):
+    with jax.default_device(placement.local_device):
         trainer = Trainer(config, data, model, placement)
         state, progress_so_far = (trainer.place(start[0]), start[1]) if start else (trainer.init_state(), Progress())
         loop = _TrainLoop(trainer, evals, saves, hooks, progress_so_far, fresh=start is None)
@@ -313,7 +313,7 @@ class _TrainLoop:
                     break
                 tick, compiled_before = time.perf_counter(), self.trainer.compile_seconds
                 state, losses = self.trainer.run_chunk(state, length)
-                losses = np.asarray(jax.block_until_ready(losses))
+                losses = to_host(losses)
                 self.train_seconds += (time.perf_counter() - tick
                                        - (self.trainer.compile_seconds - compiled_before))
                 self.steps_trained += length

@@ -74,3 +74,58 @@ def test_device_counts_that_cannot_run(mnist_dir, tmp_path, args, message):
     done = _jaxlin("train", *args, "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "out"))
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _two_processes(*args) -> list[subprocess.CompletedProcess]:
+    """`jaxlin train ARGS` as processes 0 and 1 of one run, 2 CPU devices each, coordinator on loopback."""
+    exe = Path(sys.executable).with_name("jaxlin")
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    common = ["train", *args, "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+              "--distributed-timeout", "60"]
+    processes = [subprocess.Popen([str(exe), *common, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+def test_two_processes_match_one_device_write_once_and_resume(mnist_dir, tmp_path):
+    single = {}
+    for steps in (200, 300):
+        out = tmp_path / f"single-{steps}"
+        assert main(["train", "--data-dir", str(mnist_dir), "--output-dir", str(out), "--num-steps", str(steps),
+                     "--no-progress"]) == 0
+        single[steps] = _params(out)
+    out = tmp_path / "two"
+    first = _two_processes("--devices", "all", "--data-dir", str(mnist_dir), "--output-dir", str(out),
+                           "--num-steps", "200", "--no-progress")
+    assert [r.returncode for r in first] == [0, 0], first[0].stderr + first[1].stderr
+    assert "device 4 cpu devices (data parallel)" in first[0].stdout and "Wrote" in first[0].stdout
+    assert "Accuracy" not in first[1].stdout and "Wrote" not in first[1].stdout  # process 1 reports nothing
+    assert not list(tmp_path.glob("two*/.staging-*"))
+    resumed = _two_processes("--resume", "--output-dir", str(out), "--num-steps", "300", "--no-progress")
+    assert [r.returncode for r in resumed] == [0, 0], resumed[0].stderr + resumed[1].stderr
+    assert "Resuming" in resumed[0].stdout
+    params = _params(out)
+    for name, expected in single[300].items():
+        assert np.abs(params[name] - expected).max() <= 1e-5 * np.abs(expected).max(), name
+    records = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records == [0, 100, 200, 300]  # one writer: no line twice
+
+
+def test_a_coordinator_that_is_not_there_is_a_clear_error(mnist_dir, tmp_path):
+    done = _jaxlin("train", "--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "out"), "--coordinator",
+                   f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--process-id", "1",
+                   "--distributed-timeout", "3", devices=2)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "cannot reach the coordinator 127.0.0.1:" in done.stderr and "within 3 s" in done.stderr
