@@ -211,6 +211,8 @@ def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
 
     if args.command == "train":
         _start_distributed(args)
+        if stop is not None:
+            stop.reinstall()
         config = config_from_args(args)
         if not args.resume:
             config.validate()

@@ -125,6 +125,16 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def max_over_processes(value: int) -> int:
+    """The largest of every process's `value`, on every process: a decision all processes of a run
+    must share (to stop after the same chunk). A single process needs no message."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.array([value], np.int32))))
+
+
 def sync(name: str) -> None:
     """Waits for every process of a multi-process run to reach this point."""
     if jax.process_count() > 1:

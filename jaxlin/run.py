@@ -28,7 +28,7 @@ from jaxlin.models import Model, get_model
 from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, FollowerRunDir, RunDir, check_writable, to_json
 from jaxlin.signals import StopRequest
 from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, TrainState
-from jaxlin.parallel import is_primary, resolve_placement, sync
+from jaxlin.parallel import is_primary, max_over_processes, resolve_placement, sync
 from jaxlin.train import FitHooks, FitResult, Progress, fit
 
 MODES = ("new", "overwrite", "resume")
@@ -124,7 +124,13 @@ class _RunHooks(FitHooks):
         self.saved_step = state.step
 
     def should_stop(self) -> bool:
-        return bool(self.stop)
+        # Every process stops after the same chunk, whichever of them got the signal, and says which.
+        # The agreed answer, not the local flag: a signal that lands during the exchange is seen by
+        # every process at the next check.
+        agreed = max_over_processes(self.stop.signum or 0)
+        if agreed and self.stop.signum is None:
+            self.stop.signum = agreed
+        return bool(agreed)
 
 
 def _checkpoint_record(store: CheckpointStore, step: int) -> tuple[Config, Progress]:

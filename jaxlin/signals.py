@@ -78,6 +78,13 @@ class StopRequest:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def reinstall(self) -> None:
+        """Takes the signals back from a library that installed its own handler (JAX's distributed
+        runtime catches SIGTERM for its preemption notifier)."""
+        if self.signum is None:
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self._handle)
+
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)

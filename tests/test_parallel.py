@@ -129,3 +129,27 @@ def test_a_coordinator_that_is_not_there_is_a_clear_error(mnist_dir, tmp_path):
                    "--distributed-timeout", "3", devices=2)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "cannot reach the coordinator 127.0.0.1:" in done.stderr and "within 3 s" in done.stderr
+
+
+def test_a_signal_to_one_process_stops_both_after_the_same_chunk(mnist_dir, tmp_path):
+    import signal
+    import time
+
+    exe = Path(sys.executable).with_name("jaxlin")
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "run"
+    common = ["train", "--devices", "all", "--data-dir", str(mnist_dir), "--output-dir", str(out), "--no-progress",
+              "--num-steps", str(10**6), "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
+    processes = [subprocess.Popen([str(exe), *common, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGTERM)  # as when a scheduler pre-empts one host first
+    results = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [143, 143], results
+    lines = [err.strip().splitlines()[-1] for _, err in results]
+    assert lines[0] == lines[1] and lines[0].startswith("jaxlin: stopped by SIGTERM at step ")
+    step = int(lines[0].split(" at step ")[1].split()[0])
+    assert (out / "checkpoints" / str(step)).is_dir()
