@@ -14,13 +14,14 @@ LABELS = {
     "jaxlin_per_step": "jaxlin per-step",
     "jaxlin_fused": "jaxlin fused",
     "jaxlin_vmap": "jaxlin vmap",
+    "jaxlin_data_parallel": "jaxlin data parallel",
     "numpy_floor": "NumPy/BLAS floor",
 }
 
 
 def _main_rows(results: dict) -> list[dict]:
     return [r for r in results["throughput"] if r.get("status") == "ok" and not r.get("sweep")
-            and r["contender"] != "jaxlin_vmap"]
+            and r["contender"] not in ("jaxlin_vmap", "jaxlin_data_parallel")]
 
 
 def best_fused(results: dict) -> dict | None:
@@ -96,6 +97,18 @@ def _sweep_and_vmap(results: dict) -> list[str]:
                   "| variant | us/step | min-max |", "| --- | ---: | ---: |"]
         lines += [f"| {r['variant']} | {r['median_us_per_step']:.1f} | "
                   f"{r['min_us_per_step']:.0f}-{r['max_us_per_step']:.0f} |" for r in sweep]
+    parallel = [r for r in results["throughput"]
+                if r["contender"] == "jaxlin_data_parallel" and r.get("status") == "ok"]
+    if parallel:
+        kind = results["contenders"].get("jaxlin_data_parallel", {}).get("info", {}).get("device_kind", "")
+        one = next((r["median_us_per_step"] for r in parallel if r["devices"] == 1), None)
+        lines += [f"\njaxlin data parallel (linear, batch 100 split over the devices; {kind})\n",
+                  "| devices | us/step | steps/s | examples/s | speed-up | scaling efficiency |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in parallel:
+            speedup = one / r["median_us_per_step"] if one else float("nan")
+            lines.append(f"| {r['devices']} | {r['median_us_per_step']:,.1f} | {r['steps_per_second']:,.0f} | "
+                         f"{r['examples_per_second']:,.0f} | {speedup:.2f} | {speedup / r['devices']:.0%} |")
     vmap = [r for r in results["throughput"] if r["contender"] == "jaxlin_vmap" and r.get("status") == "ok"]
     if vmap:
         lines += ["\njaxlin, M linear models at once under vmap (batch 100)\n",

@@ -35,6 +35,7 @@ class Plan:
     sweep: list[tuple[int, int]]                   # fused (steps_per_call, unroll) at linear, batch 100
     sweep_steps: int
     num_models: list[int]                          # vmap
+    device_counts: list[int]                       # data parallel (simulated CPU devices on a CPU)
     vmap_steps: int
     tta_repeats: int
     tta_eval_every: int
@@ -46,10 +47,10 @@ FULL = Plan(repeats=5,
             cases=[("linear", 100, 1000), ("linear", 1000, 200), ("linear", 10000, 20),
                    ("mlp", 100, 500), ("mlp", 1000, 100), ("mlp", 10000, 10), ("cnn", 100, 20)],
             sweep=[(k, u) for k in (100, 1000) for u in (1, 2, 4, 8)], sweep_steps=1000,
-            num_models=[1, 8, 64, 256], vmap_steps=1000,
+            num_models=[1, 8, 64, 256], vmap_steps=1000, device_counts=[1, 2, 4],
             tta_repeats=3, tta_eval_every=50, tta_max_steps=5000, tta_target=TARGET_ACCURACY)
 QUICK = Plan(repeats=2, cases=[("linear", 100, 20), ("mlp", 100, 10), ("cnn", 100, 2)],
-             sweep=[(10, 1), (10, 2)], sweep_steps=20, num_models=[1, 4], vmap_steps=20,
+             sweep=[(10, 1), (10, 2)], sweep_steps=20, num_models=[1, 4], vmap_steps=20, device_counts=[1, 2],
              tta_repeats=1, tta_eval_every=20, tta_max_steps=100, tta_target=0.5)
 
 
@@ -94,8 +95,14 @@ class Worker:
         return reply
 
 
+SIMULATED_CPU_DEVICES = 4
+
+
 def worker_env(name: str, native_blas: bool) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    if name == "jaxlin_data_parallel":
+        # On a CPU, simulated devices (a GPU machine's devices are its own; the flag only touches CPUs).
+        env.setdefault("JAX_NUM_CPU_DEVICES", str(SIMULATED_CPU_DEVICES))
     if name == "numpy_floor" and native_blas:
         # This machine pins OpenBLAS to an older kernel (a safety setting); the floor
         # should be what the hardware does, so its process alone uses the native one.
@@ -170,6 +177,13 @@ def throughput(workers: dict, plan: Plan, log) -> list[dict]:
         setups = [("jaxlin_fused", f"K{k}-unroll{u}", {"model": "linear", "batch_size": 100,
                    "num_steps": plan.sweep_steps, "steps_per_call": k, "unroll": u}) for k, u in plan.sweep]
         rows += [dict(r, sweep=True) for r in interleaved(workers, setups, plan.repeats, log)]
+    if "jaxlin_data_parallel" in workers and plan.device_counts:
+        available = workers["jaxlin_data_parallel"].hello.get("devices", 1)
+        counts = [n for n in plan.device_counts if n <= available] or [1]
+        log(f"data parallel: linear, batch 100, {plan.vmap_steps} steps, devices {counts}")
+        setups = [("jaxlin_data_parallel", f"D{n}", {"model": "linear", "batch_size": 100,
+                                                     "num_steps": plan.vmap_steps, "devices": n}) for n in counts]
+        rows += [dict(r, devices=int(r["variant"][1:])) for r in interleaved(workers, setups, plan.repeats, log)]
     if "jaxlin_vmap" in workers and plan.num_models:
         log(f"vmap: linear, batch 100, {plan.vmap_steps} steps")
         setups = [("jaxlin_vmap", f"M{m}", {"model": "linear", "batch_size": 100, "num_steps": plan.vmap_steps,

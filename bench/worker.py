@@ -24,6 +24,7 @@ CONTENDERS = {
     "jaxlin_per_step": ("bench.jax_contenders", "JaxlinPerStep", "jax"),
     "jaxlin_fused": ("bench.jax_contenders", "JaxlinFused", "jax"),
     "jaxlin_vmap": ("bench.jax_contenders", "JaxlinVmap", "jax"),
+    "jaxlin_data_parallel": ("bench.jax_contenders", "JaxlinDataParallel", "jax"),
     "numpy_floor": ("bench.numpy_floor", "NumpyFloor", "numpy"),
 }
 
@@ -71,7 +72,10 @@ def main(argv=None) -> int:
     except ImportError as err:
         print(json.dumps({"skipped": f"{type(err).__name__}: {err}"}), flush=True)
         return 0
-    print(json.dumps({"ready": True, "startup_seconds": time.perf_counter() - START}), flush=True)
+    hello = {"ready": True, "startup_seconds": time.perf_counter() - START}
+    if "jax" in sys.modules:  # how many devices a data-parallel contender may use
+        hello["devices"] = len(sys.modules["jax"].devices())
+    print(json.dumps(hello), flush=True)
     serve(variants)
     return 0
 
