@@ -84,7 +84,8 @@ def start_distributed(coordinator: str | None = None, num_processes: int | None 
     """Joins this process to a multi-process run (`jax.distributed.initialize`) before JAX starts.
 
     With no arguments JAX detects the cluster (Slurm, Open MPI, ...). On CPUs the processes talk
-    through gloo. A coordinator that cannot be reached is an error after `timeout_seconds`.
+    through gloo. A coordinator that cannot be reached is an error after `timeout_seconds`; a peer
+    that dies ends the others after as long.
     """
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator and process_id:
@@ -92,8 +93,11 @@ def start_distributed(coordinator: str | None = None, num_processes: int | None 
         # the coordinator; find out first, and say so in one line.
         _wait_for_coordinator(coordinator, timeout_seconds)
     try:
+        # A peer that stops sending heartbeats for `timeout_seconds` ends the run (JAX's runtime
+        # terminates the other processes, naming the task that died), so nothing hangs.
         jax.distributed.initialize(coordinator, num_processes, process_id,
-                                   initialization_timeout=timeout_seconds)
+                                   initialization_timeout=timeout_seconds,
+                                   heartbeat_timeout_seconds=max(10, timeout_seconds))
     except (RuntimeError, ValueError) as err:  # XlaRuntimeError is a RuntimeError
         where = f"coordinator {coordinator}" if coordinator else "the cluster's coordinator"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]

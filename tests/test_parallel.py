@@ -153,3 +153,26 @@ def test_a_signal_to_one_process_stops_both_after_the_same_chunk(mnist_dir, tmp_
     assert lines[0] == lines[1] and lines[0].startswith("jaxlin: stopped by SIGTERM at step ")
     step = int(lines[0].split(" at step ")[1].split()[0])
     assert (out / "checkpoints" / str(step)).is_dir()
+
+
+def test_when_a_peer_dies_the_other_process_ends_within_the_timeout(mnist_dir, tmp_path):
+    import signal
+    import time
+
+    exe = Path(sys.executable).with_name("jaxlin")
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "run"
+    common = ["train", "--devices", "all", "--data-dir", str(mnist_dir), "--output-dir", str(out), "--no-progress",
+              "--num-steps", str(10**6), "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+              "--distributed-timeout", "10"]
+    processes = [subprocess.Popen([str(exe), *common, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGKILL)
+    processes[1].wait()
+    _, err = processes[0].communicate(timeout=90)  # not a hang: JAX's heartbeat timeout ends it
+    assert processes[0].returncode != 0
+    assert "unhealthy" in err or "Gloo" in err
