@@ -62,7 +62,11 @@ class Placement:
         def put_one(x):
             if several_hosts and isinstance(x, jax.Array) and not x.is_fully_addressable:
                 return x if x.sharding == sharding else jax.device_put(x, sharding)
-            return jax.device_put(np.asarray(x) if several_hosts else x, sharding)
+            try:
+                return jax.device_put(np.asarray(x) if several_hosts else x, sharding)
+            except AssertionError as err:  # JAX compares what the processes pass
+                raise ConfigError("the processes of this run hold different values for the same array; "
+                                  "start every process with the same settings and data") from err
 
         return jax.tree.map(put_one, tree)
 
@@ -139,6 +143,21 @@ def max_over_processes(value: int) -> int:
     return int(np.max(multihost_utils.process_allgather(np.array([value], np.int32))))
 
 
+def check_same_everywhere(settings: str) -> None:
+    """Refuses to start when the processes of a run were given different settings: they would
+    wait for each other's collectives for ever."""
+    if jax.process_count() == 1:
+        return
+    import zlib
+
+    from jax.experimental import multihost_utils
+
+    digests = multihost_utils.process_allgather(np.array([zlib.crc32(settings.encode()) & 0x7FFFFFFF], np.int32))
+    if len(set(np.asarray(digests).ravel().tolist())) > 1:
+        raise ConfigError("the processes of this run were started with different settings; start every "
+                          "process with the same flags (all but --process-id)")
+
+
 def sync(name: str) -> None:
     """Waits for every process of a multi-process run to reach this point."""
     if jax.process_count() > 1:
@@ -194,6 +213,9 @@ def resolve_placement(kind: str = "auto", devices: str | int = 1, batch_size: in
         nearest = " or ".join(str(b) for b in nearest_batch_sizes(batch_size, count))
         raise ConfigError(f"batch size {batch_size} does not divide by {count} devices; "
                           f"the nearest that do: {nearest}")
+    if jax.process_count() > 1 and count != len(available):
+        raise ConfigError(f"--devices {devices}: a run of {jax.process_count()} processes uses every device "
+                          f"of every process ({len(available)}); pass --devices all")
     chosen = tuple(available[:count])
     if count == 1:
         return Placement(chosen)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import platform
 import shlex
 import subprocess
@@ -28,7 +29,7 @@ from jaxlin.models import Model, get_model
 from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, FollowerRunDir, RunDir, check_writable, to_json
 from jaxlin.signals import StopRequest
 from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, TrainState
-from jaxlin.parallel import is_primary, max_over_processes, resolve_placement, sync
+from jaxlin.parallel import check_same_everywhere, is_primary, max_over_processes, resolve_placement, sync
 from jaxlin.train import FitHooks, FitResult, Progress, fit
 
 MODES = ("new", "overwrite", "resume")
@@ -199,6 +200,8 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
         with StopRequest() as own:
             return train_and_evaluate(config, progress, dry_run, log, eval_steps, data, mode, explicit, own)
     started = time.perf_counter()
+    # The data may sit at another path on each host; everything else must agree.
+    check_same_everywhere(json.dumps([config.replace(data_dir=None).to_dict(), mode], sort_keys=True))
     primary = is_primary()
     if not primary:  # process 0 reports; the others only train
         log = lambda line: None

@@ -176,3 +176,16 @@ def test_when_a_peer_dies_the_other_process_ends_within_the_timeout(mnist_dir, t
     _, err = processes[0].communicate(timeout=90)  # not a hang: JAX's heartbeat timeout ends it
     assert processes[0].returncode != 0
     assert "unhealthy" in err or "Gloo" in err
+
+
+def test_processes_started_with_different_settings_refuse_at_once(tmp_path, tiny_data_dir):
+    exe = Path(sys.executable).with_name("jaxlin")
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    common = ["train", "--data-dir", str(tiny_data_dir), "--output-dir", str(tmp_path / "run"), "--no-progress",
+              "--num-steps", "30", "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
+    processes = [subprocess.Popen([str(exe), *common, "--process-id", str(i), "--seed", str(i)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [2, 2]
+    for err in errors:
+        assert "the processes of this run were started with different settings" in err and "Traceback" not in err
