@@ -78,7 +78,7 @@ def _train_parser(subparsers) -> None:
     modes.add_argument("--resume", action="store_true",
                        help="continue the run in --output-dir from its latest checkpoint; settings not "
                             "given come from the checkpoint, and given ones must match it, except "
-                            "--num-steps, --data-dir and --keep-checkpoints")
+                            "--num-steps, --data-dir, --keep-checkpoints and --devices")
     modes.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --output-dir (only jaxlin's own files are removed)")
     p.add_argument("--dry-run", action="store_true",
@@ -199,6 +199,10 @@ def _start_distributed(args: argparse.Namespace) -> None:
         return
     if not args.distributed and any(value is None for value in manual):
         raise ConfigError("--coordinator, --num-processes and --process-id go together (or use --distributed)")
+    if args.num_processes is not None and args.num_processes < 1:
+        raise ConfigError(f"--num-processes must be at least 1, got {args.num_processes}")
+    if args.distributed_timeout < 1:
+        raise ConfigError(f"--distributed-timeout must be at least 1 second, got {args.distributed_timeout}")
     if args.num_processes is not None and not 0 <= (args.process_id or 0) < args.num_processes:
         raise ConfigError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
     from jaxlin.parallel import start_distributed

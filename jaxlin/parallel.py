@@ -92,10 +92,12 @@ def start_distributed(coordinator: str | None = None, num_processes: int | None 
     that dies ends the others after as long.
     """
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if coordinator and process_id:
-        # JAX's client ends the whole process (a C++ check failure) when it cannot register with
-        # the coordinator; find out first, and say so in one line.
-        _wait_for_coordinator(coordinator, timeout_seconds)
+    if coordinator:
+        host, port = _host_port(coordinator)
+        if process_id:
+            # JAX's client ends the whole process (a C++ check failure) when it cannot register with
+            # the coordinator; find out first, and say so in one line.
+            _wait_for_coordinator(host, port, coordinator, timeout_seconds)
     try:
         # A peer that stops sending heartbeats for `timeout_seconds` ends the run (JAX's runtime
         # terminates the other processes, naming the task that died), so nothing hangs.
@@ -109,17 +111,21 @@ def start_distributed(coordinator: str | None = None, num_processes: int | None 
                           f"{first}") from err
 
 
-def _wait_for_coordinator(coordinator: str, timeout_seconds: float) -> None:
+def _host_port(coordinator: str) -> tuple[str, int]:
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--coordinator {coordinator}: expected HOST:PORT with a port in 1..65535")
+    return host.strip("[]"), int(port)
+
+
+def _wait_for_coordinator(host: str, port: int, coordinator: str, timeout_seconds: float) -> None:
     import socket
     import time
 
-    host, _, port = coordinator.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--coordinator {coordinator}: expected HOST:PORT")
     deadline = time.monotonic() + timeout_seconds
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            with socket.create_connection((host, port), timeout=1):
                 return
         except OSError as err:
             if time.monotonic() >= deadline:
