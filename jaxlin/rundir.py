@@ -100,6 +100,16 @@ def _parse_record(line: str) -> dict | None:
     return record if record["step"] >= 0 else None
 
 
+def _valid_records(lines: list[str], up_to_step: int) -> list[dict]:
+    """The records of steps <= `up_to_step`, in increasing step order; anything else dropped."""
+    kept = []
+    for line in lines:
+        record = _parse_record(line)
+        if record is not None and record["step"] <= up_to_step and (not kept or record["step"] > kept[-1]["step"]):
+            kept.append(record)
+    return kept
+
+
 class RunDir:
     """An output directory held by this process. Use as a context manager."""
 
@@ -208,11 +218,7 @@ class RunDir:
         if not path.exists():
             return []
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
-        kept = []
-        for line in lines:
-            record = _parse_record(line)
-            if record is not None and record["step"] <= up_to_step and (not kept or record["step"] > kept[-1]["step"]):
-                kept.append(record)
+        kept = _valid_records(lines, up_to_step)
         if len(kept) != len(lines):
             from jaxlin.checkpoint import atomic_write
 
@@ -256,12 +262,7 @@ class FollowerRunDir(RunDir):
         path = self.path / RECORDS_FILE
         if not path.exists():
             return []
-        kept = []
-        for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-            record = _parse_record(line)
-            if record is not None and record["step"] <= up_to_step and (not kept or record["step"] > kept[-1]["step"]):
-                kept.append(record)
-        return kept
+        return _valid_records(path.read_bytes().decode("utf-8", errors="replace").splitlines(), up_to_step)
 
     def publish(self, write) -> list[str]:
         return []

@@ -3,7 +3,8 @@ import time, jax, jax.numpy as jnp, numpy as np, optax
 from jaxlin.models import get_model
 from jaxlin.train import make_update_fn, make_fused_train
 from jaxlin.data import load_idx_dir
-d = load_idx_dir("/work/shared/data/mnist")
+import os
+d = load_idx_dir(os.environ["JAXLIN_DATA_DIR"])  # the MNIST IDX directory
 m = get_model("cnn"); opt = optax.adam(1e-3)
 X = jnp.asarray(d.train.images_uint8); Y = jnp.asarray(d.train.labels)
 upd = jax.jit(make_update_fn(m.apply, opt))
