@@ -193,10 +193,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**{name: getattr(args, name) for name in given_settings(args)})
 
 
-def _start_distributed(args: argparse.Namespace) -> None:
+def _distributed_flags(args: argparse.Namespace) -> tuple | None:
+    """The validated (coordinator, num_processes, process_id) of a multi-process run, or None."""
+    if args.command != "train":
+        return None
     manual = (args.coordinator, args.num_processes, args.process_id)
     if not args.distributed and all(value is None for value in manual):
-        return
+        return None
     if not args.distributed and any(value is None for value in manual):
         raise ConfigError("--coordinator, --num-processes and --process-id go together (or use --distributed)")
     if args.num_processes is not None and args.num_processes < 1:
@@ -205,9 +208,28 @@ def _start_distributed(args: argparse.Namespace) -> None:
         raise ConfigError(f"--distributed-timeout must be at least 1 second, got {args.distributed_timeout}")
     if args.num_processes is not None and not 0 <= (args.process_id or 0) < args.num_processes:
         raise ConfigError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
+    return manual
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    manual = _distributed_flags(args)
+    if manual is None:
+        return
+    from jaxlin import supervise
     from jaxlin.parallel import start_distributed
 
     start_distributed(*manual, timeout_seconds=args.distributed_timeout)
+    supervise.report_joined()
+
+
+def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
+    """A multi-process `jaxlin train` runs under a parent that reports runtime failures (supervise.py)."""
+    from jaxlin import supervise
+
+    coordinator, num_processes, process_id = _distributed_flags(args)
+    where = f"coordinator {coordinator}" if coordinator else "the cluster's coordinator"
+    process = f"process {process_id} (of {num_processes})" if coordinator else "this process"
+    return supervise.run_supervised(argv, where, process)
 
 
 def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
@@ -244,7 +266,21 @@ def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jaxlin import supervise
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    child = supervise.is_child()
+    if child:
+        supervise.route_runtime_output()
+    else:
+        try:
+            distributed = _distributed_flags(args) is not None
+        except ConfigError as err:
+            print(f"jaxlin: error: {err}", file=sys.stderr)
+            return 2
+        if distributed:
+            return _supervise(args, argv)
     if args.command != "train":
         try:
             return _main(args, None)
@@ -253,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     # From here on SIGINT/SIGTERM only request a stop, which training honours where it is safe:
     # a KeyboardInterrupt raised inside JAX's import or a garbage-collector callback could be lost.
-    with StopRequest() as stop:
+    # Under a supervising parent, the parent turns a second signal into "at once".
+    with StopRequest(repeat_exits=not child) as stop:
         try:
             return _main(args, stop)
         except StopNow as now:  # during imports, a download or loading the data

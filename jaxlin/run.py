@@ -89,7 +89,10 @@ def describe_run(config: Config, data: Datasets, model: Model) -> str:
 
 
 def resume_command(out: Path) -> str:
-    return f"jaxlin train --resume --output-dir {shlex.quote(str(out))}"
+    command = f"jaxlin train --resume --output-dir {shlex.quote(str(out))}"
+    if jax.process_count() > 1:
+        command += " (on every process, with its distributed flags as before)"
+    return command
 
 
 def _write_figures(directory: Path, data: Datasets, model: Model, params, final: dict,

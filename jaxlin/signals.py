@@ -33,8 +33,9 @@ class StopRequest:
     """Context manager: while active, SIGINT/SIGTERM stop the run at once (`StopNow`) until `defer`
     is called, then at the next chunk boundary."""
 
-    def __init__(self, log=None):
+    def __init__(self, log=None, repeat_exits: bool = True):
         self.signum: int | None = None
+        self.repeat_exits = repeat_exits  # False under a parent that owns "a second signal" (supervise.py)
         self.deferred = False
         self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self._previous: dict[int, object] = {}
@@ -60,8 +61,9 @@ class StopRequest:
         self.signum = signum
         if not self.deferred:
             raise StopNow(signum)
-        for other in STOP_SIGNALS:
-            signal.signal(other, signal.SIG_DFL)
+        if self.repeat_exits:
+            for other in STOP_SIGNALS:
+                signal.signal(other, signal.SIG_DFL)
         self._log(f"jaxlin: {signal.Signals(signum).name}: stopping after the current chunk "
                   f"(send it again to exit at once)")
 

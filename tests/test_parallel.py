@@ -112,6 +112,7 @@ def test_two_processes_match_one_device_write_once_and_resume(mnist_dir, tmp_pat
     assert [r.returncode for r in first] == [0, 0], first[0].stderr + first[1].stderr
     assert "device 4 cpu devices (data parallel)" in first[0].stdout and "Wrote" in first[0].stdout
     assert "Accuracy" not in first[1].stdout and "Wrote" not in first[1].stdout  # process 1 reports nothing
+    assert "[Gloo]" not in first[0].stdout + first[1].stdout  # the runtime's chatter goes to its log
     assert not list(tmp_path.glob("two*/.staging-*"))
     resumed = _two_processes("--resume", "--output-dir", str(out), "--num-steps", "300", "--no-progress")
     assert [r.returncode for r in resumed] == [0, 0], resumed[0].stderr + resumed[1].stderr
@@ -171,11 +172,72 @@ def test_when_a_peer_dies_the_other_process_ends_within_the_timeout(mnist_dir, t
     while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2):
         assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
         time.sleep(0.05)
-    processes[1].send_signal(signal.SIGKILL)
+    worker = int(Path(f"/proc/{processes[1].pid}/task/{processes[1].pid}/children").read_text().split()[0])
+    os.kill(worker, signal.SIGKILL)  # the training process itself, not the `jaxlin` parent above it
     processes[1].wait()
     _, err = processes[0].communicate(timeout=90)  # not a hang: JAX's heartbeat timeout ends it
-    assert processes[0].returncode != 0
-    assert "unhealthy" in err or "Gloo" in err
+    assert processes[0].returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("jaxlin: error: process 0 (of 2) of the run through coordinator 127.0.0.1:"), err
+    assert "a peer process died or stopped answering" in last and "Check failure" not in err
+    log = Path(last.rsplit("runtime log: ", 1)[1])
+    assert "unhealthy" in log.read_text() or "Gloo" in log.read_text()
+    log.unlink()
+
+
+
+def test_killing_one_launcher_stops_its_worker_and_the_peer_after_the_same_chunk(mnist_dir, tmp_path):
+    import signal
+    import time
+
+    exe = Path(sys.executable).with_name("jaxlin")
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "run"
+    common = ["train", "--devices", "all", "--data-dir", str(mnist_dir), "--output-dir", str(out), "--no-progress",
+              "--num-steps", str(10**6), "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
+    processes = [subprocess.Popen([str(exe), *common, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.05)
+    worker = int(Path(f"/proc/{processes[1].pid}/task/{processes[1].pid}/children").read_text().split()[0])
+    processes[1].send_signal(signal.SIGKILL)  # the kernel then sends its worker SIGTERM
+    _, err = processes[0].communicate(timeout=120)
+    assert processes[0].returncode == 143, err
+    step = int(err.strip().splitlines()[-1].split(" at step ")[1].split()[0])
+    assert (out / "checkpoints" / str(step)).is_dir()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{worker}").exists() and "zombie" not in Path(f"/proc/{worker}/status").read_text():
+        assert time.monotonic() < deadline, "the orphaned worker kept running"
+        time.sleep(0.1)
+
+def _alone(tmp_path, tiny_data_dir, coordinator: str) -> subprocess.CompletedProcess:
+    return _jaxlin("train", "--data-dir", str(tiny_data_dir), "--output-dir", str(tmp_path / "out"), "--no-progress",
+                   "--coordinator", coordinator, "--num-processes", "2", "--process-id", "0",
+                   "--distributed-timeout", "2", devices=2)
+
+
+def test_process_0_whose_peers_never_come_ends_in_one_line(tmp_path, tiny_data_dir):
+    done = _alone(tmp_path, tiny_data_dir, f"127.0.0.1:{_free_port()}")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "not every process joined in time" in lines[0] and "coordinator 127.0.0.1:" in lines[0]
+    assert not (tmp_path / "out").exists()
+    Path(lines[0].rsplit("runtime log: ", 1)[1]).unlink()
+
+
+def test_a_coordinator_port_in_use_ends_in_one_line(tmp_path, tiny_data_dir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = _alone(tmp_path, tiny_data_dir, f"127.0.0.1:{taken.getsockname()[1]}")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "the coordinator's port is taken" in lines[0]
+    Path(lines[0].rsplit("runtime log: ", 1)[1]).unlink()
 
 
 def test_processes_started_with_different_settings_refuse_at_once(tmp_path, tiny_data_dir):

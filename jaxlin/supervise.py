@@ -1,0 +1,179 @@
+"""The parent of one process of a multi-process run: what the user sees when the runtime fails.
+
+JAX's distributed runtime ends a process from C++ when a peer dies or stops answering, when
+process 0 waits in vain for its peers, or when the coordinator's port is taken: a check
+failure, a stack trace and SIGABRT, with nothing Python can catch. Gloo also prints its
+connection chatter on standard output. So `jaxlin train` with distributed flags runs the
+training in a child process whose runtime output (file descriptors 1 and 2, where C++ writes)
+goes to this parent, while jaxlin's own output (Python's `sys.stdout`/`sys.stderr`: the
+progress bar, records, messages) goes straight to the terminal as before. When the child ends
+abnormally the parent says so in one line naming the coordinator, the runtime's own fatal
+message and a file holding the whole runtime log.
+
+Signals: the parent forwards the first SIGINT/SIGTERM to the child, which stops after the
+current chunk (all processes agree on the step); a second one kills the child at once. The
+child ignores repeats of a signal it already has, so a scheduler that signals every process
+of the job (Slurm does) and the parent's forward do not add up to "twice". If the parent is
+killed, the child gets SIGTERM (Linux) and stops at the next chunk.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+
+RUNTIME_FD_ENV = "JAXLIN_RUNTIME_LOG_FD"
+JOINED = "jaxlin: joined the distributed run"  # the child's word to the parent, on the runtime stream
+_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]*\] ?(.*)$")  # absl: F1201 00:05:20.8 19267 f.cc:80] text
+_KEEP_LINES = 400
+_routed = False  # this process is a supervised child whose descriptors 1 and 2 go to the parent
+
+
+def is_child() -> bool:
+    return RUNTIME_FD_ENV in os.environ
+
+
+def report_joined() -> None:
+    """In the child, once every process has joined: later failures are peers lost, not peers missing."""
+    if _routed:
+        os.write(1, (JOINED + "\n").encode())
+
+
+def route_runtime_output() -> None:
+    """In the child: Python's streams keep the terminal; file descriptors 1 and 2 go to the parent."""
+    global _routed
+    runtime_fd = int(os.environ.pop(RUNTIME_FD_ENV))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.stdout = os.fdopen(os.dup(1), "w", buffering=1, encoding=sys.stdout.encoding, errors="replace")
+    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    os.dup2(runtime_fd, 1)
+    os.dup2(runtime_fd, 2)
+    os.close(runtime_fd)
+    _routed = True
+
+
+class _RuntimeLog:
+    """The child's runtime output: its last lines, and the first error the runtime called fatal."""
+
+    def __init__(self, stream):
+        self.lines: collections.deque[str] = collections.deque(maxlen=_KEEP_LINES)
+        self.fatal: str | None = None
+        self.error: str | None = None
+        self._in_fatal = False
+        self.joined = False
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line == JOINED:
+                self.joined = True
+                continue
+            self.lines.append(line)
+            match = _LOG_LINE.match(line)
+            if self._in_fatal and not match and line.strip() and not line.startswith("***"):
+                self.fatal += " " + line.strip()  # the rest of a multi-line fatal message
+                continue
+            self._in_fatal = False
+            if match and match.group(1) == "F" and self.fatal is None:
+                self.fatal = match.group(2).strip()
+                self._in_fatal = True
+            elif match and match.group(1) == "E" and self.error is None:
+                self.error = match.group(2).strip()
+            elif line.startswith("Fatal Python error:") and self.fatal is None:
+                self.fatal = line
+
+    def reason(self) -> str:
+        """The runtime's own words for the failure, shortened to its status when it has one."""
+        text = self.fatal or self.error or "no message from JAX's runtime"
+        if "absl::Status:" in text:
+            text = text.split("absl::Status:", 1)[1].split(" The tasks have crashed")[0].strip()
+        return text if len(text) <= 300 else text[:297] + "..."
+
+    def finish(self) -> None:
+        self._thread.join(timeout=5)
+
+    def save(self) -> str:
+        handle, path = tempfile.mkstemp(prefix="jaxlin-runtime-", suffix=".log")
+        with os.fdopen(handle, "w") as file:
+            file.write("\n".join(self.lines) + "\n")
+        return path
+
+
+def _ask_kernel_to_signal_child_on_parent_death() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child is simply orphaned
+        pass
+
+
+class _Forwarder:
+    def __init__(self, child: subprocess.Popen):
+        self.child = child
+        self.signum: int | None = None
+        self.killed = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            _send(self.child, signum)
+        else:
+            self.killed = True
+            _send(self.child, signal.SIGKILL)
+
+
+def _send(child: subprocess.Popen, signum: int) -> None:
+    try:
+        child.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def run_supervised(argv: list[str], where: str, process: str) -> int:
+    """Runs `jaxlin ARGV` as a child (see the module docstring) and returns its exit code.
+
+    `where` names the coordinator ("coordinator HOST:PORT") and `process` this process
+    ("process 1 of 2") for the message."""
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, RUNTIME_FD_ENV: str(write_fd)}
+    child = subprocess.Popen([sys.executable, "-m", "jaxlin.cli", *argv], env=env, pass_fds=(write_fd,),
+                             preexec_fn=_ask_kernel_to_signal_child_on_parent_death)
+    os.close(write_fd)
+    log = _RuntimeLog(os.fdopen(read_fd, "rb"))
+    forward = _Forwarder(child)
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    log.finish()
+    if forward.killed:
+        print(f"jaxlin: stopped by {signal.Signals(forward.signum).name} at once (second signal); "
+              f"the last checkpoint is kept", file=sys.stderr)
+        return 128 + forward.signum
+    if code >= 0:
+        return code
+    died = signal.Signals(-code).name
+    reason = log.reason()
+    if "Failed to add port" in reason:
+        hint = "the coordinator's port is taken (another run, or a second process 0?)"
+    elif log.joined:
+        hint = "a peer process died or stopped answering"
+    else:
+        hint = ("not every process joined in time: are they all started, with the same --coordinator and "
+                "--num-processes and distinct --process-id?")
+    print(f"jaxlin: error: {process} of the run through {where} was ended ({died}): {reason}; "
+          f"{hint}; runtime log: {log.save()}", file=sys.stderr)
+    return 1
+
