@@ -96,6 +96,52 @@ def _train_parser(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    return _number_list(text, float)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return _number_list(text, int)
+
+
+def _number_list(text: str, kind) -> tuple:
+    try:
+        values = tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+SWEEP_OUTPUT_DIR = "jaxlin-sweep"
+
+
+def _sweep_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="train many models at once in one compiled program; choose the best by validation",
+        description="Train the cross product of the values given together (jax.vmap over the members inside "
+                    "the fused loop), select the member with the best final validation accuracy, and report "
+                    "its test accuracy. Every `jaxlin train` setting applies to all members.")
+    grid = p.add_argument_group("what the members vary (comma-separated; the cross product is swept)")
+    grid.add_argument("--learning-rates", type=_float_list, metavar="X[,X...]", help="default: --learning-rate")
+    grid.add_argument("--momentums", type=_float_list, metavar="X[,X...]",
+                      help="for --optimizer momentum; default: --momentum")
+    grid.add_argument("--seeds", type=_int_list, metavar="N[,N...]", help="init seeds; default: --seed")
+    grid.add_argument("--data-seeds", type=_int_list, metavar="N[,N...]",
+                      help="give members their own batch orders (slower: each gathers its own batch); "
+                           "default: one order, --data-seed's or else --seed's, shared by all")
+    add_config_flags(p, "train")
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument("--resume", action="store_true",
+                       help="continue the sweep in --output-dir from its latest checkpoint")
+    modes.add_argument("--overwrite", action="store_true", help="replace the sweep already in --output-dir")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check settings and data, print the plan and the memory it needs, train nothing")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(output_dir_default=SWEEP_OUTPUT_DIR)
+
+
 def _evaluate_parser(subparsers) -> None:
     from jaxlin.config import MODELS
 
@@ -176,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jaxlin",
         description="The TensorFlow MNIST linear-model tutorial in JAX: train, evaluate, download, predict.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,download,predict}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,evaluate,download,predict}")
     _train_parser(subparsers)
+    _sweep_parser(subparsers)
     _evaluate_parser(subparsers)
     _download_parser(subparsers)
     _predict_parser(subparsers)
@@ -190,7 +237,10 @@ def given_settings(args: argparse.Namespace) -> set[str]:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(**{name: getattr(args, name) for name in given_settings(args)})
+    config = Config(**{name: getattr(args, name) for name in given_settings(args)})
+    if "output_dir" not in given_settings(args) and hasattr(args, "output_dir_default"):
+        config = config.replace(output_dir=args.output_dir_default)
+    return config
 
 
 def _distributed_flags(args: argparse.Namespace) -> tuple | None:
@@ -232,6 +282,23 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
     return supervise.run_supervised(argv, where, process)
 
 
+def _sweep(args: argparse.Namespace, stop: StopRequest | None) -> int:
+    from jaxlin.sweep import Grid
+    from jaxlin.sweep_run import run_sweep
+
+    config = config_from_args(args)
+    if not args.resume:
+        config.validate()
+    grid = Grid(args.learning_rates, args.momentums, args.seeds, args.data_seeds)
+    mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    summary = run_sweep(config, grid, progress=not args.no_progress, dry_run=args.dry_run, mode=mode,
+                        explicit=given_settings(args), stop=stop)
+    if summary is not None and summary["best"] is None:
+        print("jaxlin: error: every member of the sweep diverged (try smaller learning rates)", file=sys.stderr)
+        return 3
+    return 0
+
+
 def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
     from jaxlin import run
 
@@ -246,6 +313,8 @@ def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
         run.train_and_evaluate(config, progress=not args.no_progress, dry_run=args.dry_run, mode=mode,
                                explicit=given_settings(args), stop=stop)
         return 0
+    if args.command == "sweep":
+        return _sweep(args, stop)
     if args.command == "download":
         _download(args)
         return 0
@@ -281,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if distributed:
             return _supervise(args, argv)
-    if args.command != "train":
+    if args.command not in ("train", "sweep"):
         try:
             return _main(args, None)
         except KeyboardInterrupt:

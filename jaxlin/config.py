@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+from jaxlin.optimizers import REGISTRY as OPTIMIZER_REGISTRY
+
+OPTIMIZERS = tuple(OPTIMIZER_REGISTRY)
 LOOPS = ("fused", "per-step")
 DEVICES = ("auto", "cpu", "gpu")
 DATASETS = ("mnist", "fashion_mnist")
@@ -63,6 +65,7 @@ class Config:
     batch_size: int = setting(100, "examples per step")
     num_steps: int = setting(1000, "training steps", aliases=("--steps",))
     seed: int = setting(0, "seed of the initial params and the batch order")
+    data_seed: int | None = setting(None, "seed of the batch order alone (default: --seed's order)", metavar="N")
     eval_every: int = setting(100, "evaluate test accuracy every N steps")
     checkpoint_every: int | None = setting(
         None, "save the train state every N steps (default: at every evaluation; 0: never)", metavar="N")
@@ -111,8 +114,10 @@ class Config:
         if self.model == "mlp" and self.num_params() > MAX_PARAMS:
             raise ConfigError(f"hidden sizes {list(self.hidden_sizes)} make {self.num_params():,} params; "
                               f"at most {MAX_PARAMS:,}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        for name in ("seed", "data_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_SEED:
+                raise ConfigError(f"{name.replace('_', ' ')} must be in [0, 2**63), got {value}")
         if self.unroll > MAX_UNROLL:
             raise ConfigError(f"unroll must be at most {MAX_UNROLL}, got {self.unroll}")
         if self.steps_per_call * self.batch_size > MAX_WINDOW:
@@ -140,8 +145,10 @@ class Config:
         settings = self.to_dict()
         if self.model != "mlp":
             del settings["hidden_sizes"], settings["activation"]
-        if self.optimizer != "momentum":
+        if "momentum" not in OPTIMIZER_REGISTRY[self.optimizer].hyperparameters:
             del settings["momentum"]
+        if self.data_seed is None:
+            del settings["data_seed"]
         if self.loop != "fused":
             del settings["steps_per_call"], settings["unroll"]
         if "hidden_sizes" in settings:

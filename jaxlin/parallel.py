@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 from jaxlin.config import ConfigError
 
 BATCH_AXIS = "batch"
+MODELS_AXIS = "models"  # a sweep's members are sharded along it (see `sweep`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Placement:
 
     devices: tuple[jax.Device, ...]
     mesh: Mesh | None = None
+    axis: str = BATCH_AXIS  # the mesh's one axis: a batch's examples, or a sweep's members
 
     @property
     def num_devices(self) -> int:
@@ -50,7 +52,7 @@ class Placement:
         """Sharded along `axis` over the mesh (replicated on a single device)."""
         if self.mesh is None:
             return self.replicated
-        return NamedSharding(self.mesh, PartitionSpec(*([None] * axis), BATCH_AXIS))
+        return NamedSharding(self.mesh, PartitionSpec(*([None] * axis), self.axis))
 
     def put(self, tree, sharding=None) -> Any:
         """Arrays (a pytree) on this placement, replicated unless `sharding` says. Across processes
@@ -80,7 +82,8 @@ class Placement:
         if self.mesh is None:
             return str(self.devices[0])
         kinds = sorted({d.platform for d in self.devices})
-        return f"{self.num_devices} {'/'.join(kinds)} devices (data parallel)"
+        how = "data parallel" if self.axis == BATCH_AXIS else "members sharded"
+        return f"{self.num_devices} {'/'.join(kinds)} devices ({how})"
 
 
 def start_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -204,9 +207,10 @@ def nearest_batch_sizes(batch_size: int, num_devices: int) -> list[int]:
     return [b for b in (below, below + num_devices) if b >= 1]
 
 
-def resolve_placement(kind: str = "auto", devices: str | int = 1, batch_size: int | None = None) -> Placement:
-    """The devices a run uses: `devices` of JAX's `kind` devices ("all": every one). The batch
-    size must divide by their number."""
+def resolve_placement(kind: str = "auto", devices: str | int = 1, batch_size: int | None = None,
+                      axis: str = BATCH_AXIS) -> Placement:
+    """The devices a run uses: `devices` of JAX's `kind` devices ("all": every one), on a mesh along
+    `axis`. The batch size, when given, must divide by their number."""
     available = platform_devices(kind)
     if str(devices) == "all":
         count = len(available)
@@ -225,4 +229,4 @@ def resolve_placement(kind: str = "auto", devices: str | int = 1, batch_size: in
     chosen = tuple(available[:count])
     if count == 1:
         return Placement(chosen)
-    return Placement(chosen, Mesh(np.array(chosen), (BATCH_AXIS,)))
+    return Placement(chosen, Mesh(np.array(chosen), (axis,)), axis)

@@ -85,14 +85,67 @@ def plot_confusion_matrix(confusion: np.ndarray, path: str | os.PathLike) -> Fig
     return _save(fig, path)
 
 
-def plot_learning_curve(evaluations: Sequence[dict], path: str | os.PathLike) -> Figure:
+def plot_learning_curve(evaluations: Sequence[dict], path: str | os.PathLike, key: str = "test_accuracy") -> Figure:
+    """Accuracy (`key` of each record: test, or validation for a sweep's best member) against step."""
     steps = [e["step"] for e in evaluations]
-    accuracies = [100 * e["test_accuracy"] for e in evaluations]
+    accuracies = [100 * e[key] for e in evaluations]
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.plot(steps, accuracies, marker="o", markersize=3)
     ax.set_xlabel("Training step")
-    ax.set_ylabel("Test accuracy (%)")
+    ax.set_ylabel(f"{key.split('_')[0].capitalize()} accuracy (%)")
     ax.set_title(f"Learning curve (final {accuracies[-1]:.1f}%)" if accuracies else "Learning curve")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_sweep(members: Sequence[dict], steps: Sequence[int], curves: np.ndarray, best: int | None,
+               path: str | os.PathLike) -> Figure:
+    """Left: final validation accuracy against learning rate, a line per seed (and momentum), diverged
+    members marked with an x at the bottom. Right: every member's validation curve, the best in bold.
+
+    members: dicts with learning_rate, seed, data_seed, momentum (or None), diverged_at_step (or None),
+    validation_accuracy; curves: (num_members, len(steps)) validation accuracies (NaN where unknown).
+    """
+    fig = Figure(figsize=(11, 4.2))
+    left, right = fig.subplots(1, 2)
+    groups: dict[tuple, list[int]] = {}
+    for i, member in enumerate(members):
+        groups.setdefault((member["seed"], member["data_seed"], member.get("momentum")), []).append(i)
+    floor = min([100 * m["validation_accuracy"] for m in members
+                 if m["validation_accuracy"] is not None and m["diverged_at_step"] is None] or [0])
+    for (seed, data_seed, momentum), indices in groups.items():
+        indices = sorted(indices, key=lambda i: members[i]["learning_rate"])
+        parts = [f"seed {seed}" if len({m["seed"] for m in members}) > 1 else "",
+                 f"data seed {data_seed}" if len({m["data_seed"] for m in members}) > 1 else "",
+                 f"momentum {momentum}" if len({m.get("momentum") for m in members}) > 1 else ""]
+        label = ", ".join(p for p in parts if p) or "all members"
+        ok = [i for i in indices if members[i]["diverged_at_step"] is None]
+        (line,) = left.plot([members[i]["learning_rate"] for i in ok],
+                            [100 * members[i]["validation_accuracy"] for i in ok], marker="o", label=label)
+        bad = [i for i in indices if members[i]["diverged_at_step"] is not None]
+        if bad:
+            left.scatter([members[i]["learning_rate"] for i in bad], [floor] * len(bad), marker="x", s=60,
+                         color=line.get_color(), label="diverged" if (seed, data_seed, momentum) == next(iter(groups))
+                         else None)
+    if best is not None:
+        left.scatter([members[best]["learning_rate"]], [100 * members[best]["validation_accuracy"]], s=160,
+                     facecolors="none", edgecolors="black", label="best (validation)")
+    left.set_xscale("log")
+    left.set_xlabel("Learning rate")
+    left.set_ylabel("Final validation accuracy (%)")
+    left.set_title("Validation accuracy by learning rate")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    for i, curve in enumerate(np.asarray(curves, float)):
+        right.plot(steps, 100 * curve, linewidth=2.2 if i == best else 0.8, alpha=1 if i == best else 0.5,
+                   color="black" if i == best else None)
+    trained = np.asarray(curves, float)[:, 1:]
+    if trained.size and np.isfinite(trained).any():  # the curves after step 0, not the 10% they start from
+        right.set_ylim(max(0.0, 100 * np.nanpercentile(trained, 5) - 2), 100 * np.nanmax(trained) + 1)
+    right.set_xlabel("Training step")
+    right.set_ylabel("Validation accuracy (%)")
+    right.set_title("Learning curves (best in black)")
+    right.grid(alpha=0.3)
+    fig.tight_layout()
     return _save(fig, path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxlin import checkpoint, plots
+from jaxlin import checkpoint, optimizers, plots
 from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data import DATA_DIR_ENV, Datasets, load_datasets, resolve_data_dir
 from jaxlin.evaluate import evaluate
@@ -78,12 +78,13 @@ def build_model(config: Config) -> Model:
 
 
 def describe_run(config: Config, data: Datasets, model: Model) -> str:
-    opt = f"{config.optimizer}(learning_rate={config.learning_rate})"
+    opt = optimizers.describe(config.optimizer, config)
+    seeds = f"seed {config.seed}" + (f", data seed {config.data_seed}" if config.data_seed is not None else "")
     return (
         f"Data: {data.name} from {data.source}: train {len(data.train)}, "
         f"validation {len(data.validation)}, test {len(data.test)}\n"
         f"Model: {model.describe()}; optimizer {opt}; batch {config.batch_size}; "
-        f"{config.num_steps} steps; {config.loop} loop; seed {config.seed}; "
+        f"{config.num_steps} steps; {config.loop} loop; {seeds}; "
         f"device {resolve_placement(config.device, config.devices, config.batch_size).describe()}"
     )
 
@@ -95,8 +96,9 @@ def resume_command(out: Path) -> str:
     return command
 
 
-def _write_figures(directory: Path, data: Datasets, model: Model, params, final: dict,
-                   evaluations: list[dict]) -> None:
+def write_figures(directory: Path, data: Datasets, model: Model, params, final: dict,
+                  evaluations: list[dict], curve_key: str = "test_accuracy") -> None:
+    """The tutorial's figures of a trained model; the learning curve plots `curve_key` of each record."""
     images, labels, predictions = data.test.images_uint8, data.test.labels, final["predictions"]
     plots.plot_images(images[:9], labels[:9], predictions[:9], directory / "example_images.png",
                       title="First test images")
@@ -105,7 +107,7 @@ def _write_figures(directory: Path, data: Datasets, model: Model, params, final:
     if weights is not None:
         plots.plot_weights(weights[0], directory / "weights.png", weights[1])
     plots.plot_confusion_matrix(np.asarray(final["confusion_matrix"]), directory / "confusion_matrix.png")
-    plots.plot_learning_curve(evaluations, directory / "learning_curve.png")
+    plots.plot_learning_curve(evaluations, directory / "learning_curve.png", curve_key)
 
 
 class _RunHooks(FitHooks):
@@ -284,7 +286,7 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
     }
 
     def write(staging: Path) -> None:
-        _write_figures(staging, data, model, result.params, final, evaluations)
+        write_figures(staging, data, model, result.params, final, evaluations)
         checkpoint.save_params(staging / PARAMS_FILE, result.params, model)
         (staging / METRICS_FILE).write_text(to_json(metrics, indent=2) + "\n")
 

@@ -17,6 +17,7 @@ directories, which a killed run leaves, are cleaned up by the next one.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -83,7 +84,19 @@ RECORD_FIELDS = {"step": (int,), "test_accuracy": (float, int, type(None)), "tra
                  "elapsed_seconds": (float, int)}
 
 
-def _parse_record(line: str) -> dict | None:
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What a kind of run keeps in its directory: `jaxlin train`'s, or a sweep's (see `sweep`)."""
+
+    run_files: tuple[str, ...]  # the only names `--overwrite` removes
+    finished_file: str  # written last: its presence marks a complete run
+    record_fields: dict  # each metrics.jsonl record: exactly these fields, of these types
+
+
+TRAIN_LAYOUT = Layout(RUN_FILES, METRICS_FILE, RECORD_FIELDS)
+
+
+def _parse_record(line: str, fields: dict = RECORD_FIELDS) -> dict | None:
     """One evaluation record as `append_record` writes it, or None for anything else."""
     def refuse(constant):
         raise ValueError(constant)
@@ -92,19 +105,19 @@ def _parse_record(line: str) -> dict | None:
         record = json.loads(line, parse_constant=refuse)
     except ValueError:
         return None
-    if not isinstance(record, dict) or set(record) != set(RECORD_FIELDS):
+    if not isinstance(record, dict) or set(record) != set(fields):
         return None
-    for name, types in RECORD_FIELDS.items():
+    for name, types in fields.items():
         if isinstance(record[name], bool) or not isinstance(record[name], types):
             return None
     return record if record["step"] >= 0 else None
 
 
-def _valid_records(lines: list[str], up_to_step: int) -> list[dict]:
+def _valid_records(lines: list[str], up_to_step: int, fields: dict = RECORD_FIELDS) -> list[dict]:
     """The records of steps <= `up_to_step`, in increasing step order; anything else dropped."""
     kept = []
     for line in lines:
-        record = _parse_record(line)
+        record = _parse_record(line, fields)
         if record is not None and record["step"] <= up_to_step and (not kept or record["step"] > kept[-1]["step"]):
             kept.append(record)
     return kept
@@ -113,8 +126,9 @@ def _valid_records(lines: list[str], up_to_step: int) -> list[dict]:
 class RunDir:
     """An output directory held by this process. Use as a context manager."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, layout: Layout = TRAIN_LAYOUT):
         self.path = Path(path)
+        self.layout = layout
         self._lock_fd: int | None = None
 
     def __enter__(self) -> RunDir:
@@ -181,14 +195,14 @@ class RunDir:
         """The names of a previous run's outputs found here (an empty file or directory, which a run
         that failed before its first record leaves, does not count)."""
         found = []
-        for name in RUN_FILES:
+        for name in self.layout.run_files:
             path = self.path / name
             if path.is_symlink() or (path.is_file() and path.stat().st_size) or (path.is_dir() and any(path.iterdir())):
                 found.append(name)
         return found
 
     def has_finished_run(self) -> bool:
-        return (self.path / METRICS_FILE).is_file()
+        return (self.path / self.layout.finished_file).is_file()
 
     def remove_run(self) -> None:
         """Removes a previous run's outputs (`--overwrite`); other files stay."""
@@ -201,7 +215,7 @@ class RunDir:
 
     def unfinish(self) -> None:
         """A resumed run is not finished until it writes `metrics.json` again."""
-        (self.path / METRICS_FILE).unlink(missing_ok=True)
+        (self.path / self.layout.finished_file).unlink(missing_ok=True)
 
     def append_record(self, record: dict) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
@@ -218,7 +232,7 @@ class RunDir:
         if not path.exists():
             return []
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
-        kept = _valid_records(lines, up_to_step)
+        kept = _valid_records(lines, up_to_step, self.layout.record_fields)
         if len(kept) != len(lines):
             from jaxlin.checkpoint import atomic_write
 
@@ -226,14 +240,18 @@ class RunDir:
         return kept
 
     def publish(self, write: Callable[[Path], None]) -> list[str]:
-        """Calls write(staging_dir), then moves what it wrote into the directory, `metrics.json`
-        last; on any failure nothing is moved and the staging directory is removed."""
+        """Calls write(staging_dir), then moves what it wrote into the directory, the finished file
+        (`metrics.json`) last; on any failure nothing is moved and the staging directory is removed.
+        A directory it wrote replaces one of the same name."""
         staging = Path(tempfile.mkdtemp(dir=self.path, prefix=STAGING_PREFIX))
         try:
             write(staging)
             names = sorted(p.name for p in staging.iterdir())
-            for name in sorted(names, key=lambda n: n == METRICS_FILE):
-                (staging / name).replace(self.path / name)
+            for name in sorted(names, key=lambda n: n == self.layout.finished_file):
+                target = self.path / name
+                if (staging / name).is_dir() and target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                (staging / name).replace(target)
             return names
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -262,7 +280,8 @@ class FollowerRunDir(RunDir):
         path = self.path / RECORDS_FILE
         if not path.exists():
             return []
-        return _valid_records(path.read_bytes().decode("utf-8", errors="replace").splitlines(), up_to_step)
+        return _valid_records(path.read_bytes().decode("utf-8", errors="replace").splitlines(), up_to_step,
+                              self.layout.record_fields)
 
     def publish(self, write) -> list[str]:
         return []

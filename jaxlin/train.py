@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlin.config import Config, ConfigError
+from jaxlin import optimizers
+from jaxlin.config import Config
 from jaxlin.data import Datasets
 from jaxlin.evaluate import Evaluator, to_float_images
 from jaxlin.models import Model
@@ -42,13 +43,17 @@ class DivergenceError(RuntimeError):
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-    if config.optimizer == "sgd":
-        return optax.sgd(config.learning_rate)
-    if config.optimizer == "momentum":
-        return optax.sgd(config.learning_rate, momentum=config.momentum)
-    if config.optimizer == "adam":
-        return optax.adam(config.learning_rate)
-    raise ConfigError(f"unknown optimizer {config.optimizer!r}")
+    """The optimizer `config` names, with its hyperparameters (see `optimizers.REGISTRY`)."""
+    return optimizers.make_optimizer(config.optimizer, **optimizers.hyperparameters(config.optimizer, config))
+
+
+def run_keys(seed: int, data_seed: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """(init key, batch-order key) of a run: both from `seed`, or the order from `data_seed`'s,
+    so that members of a sweep that share a batch order each match a `jaxlin train` run."""
+    init_key, sample_key = jax.random.split(jax.random.key(seed))
+    if data_seed is not None:
+        sample_key = jax.random.split(jax.random.key(data_seed))[1]
+    return init_key, sample_key
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -165,8 +170,7 @@ class Trainer:
     def __init__(self, config: Config, data: Datasets, model: Model, placement: Placement):
         self.config, self.model, self.placement = config, model, placement
         self.optimizer = make_optimizer(config)
-        key = jax.random.key(config.seed)
-        init_key, self.sample_key = jax.random.split(key)
+        init_key, self.sample_key = run_keys(config.seed, config.data_seed)
         # The whole uint8 data set on every device: each gathers its part of each batch locally.
         self.train_images_uint8 = placement.put(data.train.images_uint8)
         self.train_labels = placement.put(data.train.labels)

@@ -1,0 +1,327 @@
+"""`jaxlin sweep`: many models trained together in one compiled program.
+
+A model of 7,850 parameters cannot fill an accelerator, nor two CPU cores; what users of
+small models run is many of them (a learning-rate search, seeds for error bars). The
+members of a sweep (the cross product of the learning rates, momentums, seeds and data
+seeds given) are `jax.vmap`ped over their params and optimizer states inside the same
+fused `lax.scan` loop `jaxlin train` uses. Each member's hyperparameters live in its
+optimizer state (`optax.inject_hyperparams`, see `optimizers`), so one compiled program
+serves every learning rate.
+
+When the members share the batch order (one data seed: the default) each step's batch is
+gathered once and is not mapped, so the members' products become one wide matmul
+`x @ [W_1 ... W_M]`: this is what makes a sweep fast. `--data-seeds` gives members their
+own batch orders (each gathers its own batch; measurably slower).
+
+A member whose loss becomes non-finite is frozen from that step (its updates masked) and
+reported with the step; the others are unaffected. Selection reads only the 5,000
+validation images: the best member is the one with the highest final validation accuracy
+(lowest index on ties) among those that did not diverge, and its test accuracy is the
+sweep's result. With `--devices N` the members are sharded over N devices along a
+"models" mesh axis (the data replicated); a sweep whose member count does not divide is
+padded with copies of its first member, which are dropped from every output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import os
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlin import optimizers
+from jaxlin.config import Config, ConfigError, resume_conflicts
+from jaxlin.data import Datasets
+from jaxlin.evaluate import Evaluator, make_predict_fn, to_float_images
+from jaxlin.models import Model
+from jaxlin.parallel import Placement, to_host
+from jaxlin.rundir import RECORDS_FILE, Layout
+from jaxlin.sampler import EpochSampler, check_window
+from jaxlin.state import CHECKPOINT_DIR, TrainState
+from jaxlin.train import make_update_fn, run_keys
+
+SWEEP_FILE, SWEEP_FIGURE, BEST_DIR = "sweep.json", "sweep.png", "best"
+SWEEP_RECORD_FIELDS = {"step": (int,), "validation_accuracy": (list,), "train_loss": (list,),
+                       "elapsed_seconds": (float, int)}
+SWEEP_LAYOUT = Layout((SWEEP_FILE, RECORDS_FILE, SWEEP_FIGURE, BEST_DIR, CHECKPOINT_DIR), SWEEP_FILE,
+                      SWEEP_RECORD_FIELDS)
+# Of the device's (or, on a CPU, the host's) memory, what a sweep may plan to hold.
+MEMORY_FRACTION = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The values a sweep crosses; None: the base config's one value (momentums: only for optimizers
+    that take one; data seeds: one shared batch order, --data-seed's or else --seed's)."""
+
+    learning_rates: tuple[float, ...] | None = None
+    momentums: tuple[float, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    data_seeds: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if v is not None else None) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Grid:
+        return cls(**{k: (tuple(v) if v is not None else None) for k, v in values.items()})
+
+    def members(self, base: Config) -> list[Config]:
+        """Each member as the `jaxlin train` config that trains it alone, in the grid's order."""
+        takes = optimizers.spec(base.optimizer).hyperparameters
+        if self.momentums is not None and "momentum" not in takes:
+            raise ConfigError(f"--momentums: the {base.optimizer} optimizer takes no momentum "
+                              f"(use --optimizer momentum)")
+        shared_data_seed = base.data_seed if base.data_seed is not None else base.seed
+        axes = {"learning_rate": self.learning_rates or (base.learning_rate,),
+                "momentum": self.momentums or (base.momentum,),
+                "seed": self.seeds or (base.seed,),
+                "data_seed": self.data_seeds or (shared_data_seed,)}
+        for name, values in axes.items():
+            if len(set(values)) != len(values):
+                raise ConfigError(f"--{name.replace('_', '-')}s lists a value twice: {list(values)}")
+        members = [base.replace(**dict(zip(axes, values))) for values in itertools.product(*axes.values())]
+        for member in members:
+            member.validate()
+        return members
+
+
+def hyperparameter_names(base: Config) -> tuple[str, ...]:
+    return optimizers.spec(base.optimizer).hyperparameters
+
+
+def describe_member(member: Config, base: Config) -> dict:
+    """What tells a member apart, as it appears in sweep.json and the table."""
+    described = {"learning_rate": member.learning_rate}
+    if "momentum" in hyperparameter_names(base):
+        described["momentum"] = member.momentum
+    described["seed"] = member.seed
+    described["data_seed"] = member.data_seed
+    return described
+
+
+def sweep_chunk(apply_fn: Callable, optimizer, unroll: int = 1, shared_order: bool = True) -> Callable:
+    """The fused loop over M members, not yet jitted:
+
+    (params[M], opt_state[M], frozen_at[M], train_uint8, labels, order, offset, start_step,
+     batch_size, num_steps) -> (params, opt_state, frozen_at, losses[num_steps, M]).
+
+    `order` is shared (1-D) or per member ([M, L]); step i reads order[offset + i*B : ... + B]
+    (see `EpochSampler.window`). frozen_at[m] is -1 while member m trains, else the (1-based) step
+    whose loss was not finite: from that step on its params and optimizer state stay as they were.
+    """
+    update = make_update_fn(apply_fn, optimizer)
+
+    def member_step(params, opt_state, frozen_at, images, labels, step_number):
+        new_params, new_opt_state, loss = update(params, opt_state, images, labels)
+        alive, finite = frozen_at < 0, jnp.isfinite(loss)
+        keep = alive & finite
+        params = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_params, params)
+        opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_opt_state, opt_state)
+        return params, opt_state, jnp.where(alive & ~finite, step_number, frozen_at), loss
+
+    def train_chunk(params, opt_state, frozen_at, images_uint8, labels, order, offset, start_step, batch_size,
+                    num_steps):
+        if order.shape[-1] < num_steps * batch_size:
+            raise ValueError(f"batch order of {order.shape[-1]} indices is too short for {num_steps} steps "
+                             f"of {batch_size}")
+
+        def gather(indices):
+            # In bounds: the sampler's indices, in a window the host checked (`check_window`).
+            images = to_float_images(images_uint8.at[indices].get(mode="promise_in_bounds"))
+            return images, labels.at[indices].get(mode="promise_in_bounds")
+
+        def body(carry, i):
+            step_number = start_step + i + 1
+            start = offset + i * batch_size
+            if shared_order:  # one gather; the batch is not mapped, so the members' dots become one
+                images, batch_labels = gather(jax.lax.dynamic_slice(order, (start,), (batch_size,)))
+                carry_and_loss = jax.vmap(member_step, in_axes=(0, 0, 0, None, None, None))(
+                    *carry, images, batch_labels, step_number)
+            else:
+                def own_batch(params, opt_state, frozen, member_order):
+                    images, batch_labels = gather(jax.lax.dynamic_slice(member_order, (start,), (batch_size,)))
+                    return member_step(params, opt_state, frozen, images, batch_labels, step_number)
+
+                carry_and_loss = jax.vmap(own_batch)(*carry, order)
+            return carry_and_loss[:3], carry_and_loss[3]
+
+        steps = jnp.arange(num_steps, dtype=jnp.int32)
+        (params, opt_state, frozen_at), losses = jax.lax.scan(body, (params, opt_state, frozen_at), steps,
+                                                              unroll=unroll)
+        return params, opt_state, frozen_at, losses
+
+    return train_chunk
+
+
+def _member_keys(keys: list[jax.Array]) -> jax.Array:
+    return jax.random.wrap_key_data(jnp.stack([jax.random.key_data(k) for k in keys]))
+
+
+class SweepTrainer:
+    """The compiled sweep and its device-resident data; the state's `opt_state` slot carries
+    (optimizer states, frozen_at) so that one `TrainState` checkpoints the whole sweep."""
+
+    def __init__(self, base: Config, members: list[Config], data: Datasets, model: Model, placement: Placement):
+        self.base, self.model, self.placement = base, model, placement
+        self.num_members = len(members)
+        padding = -len(members) % placement.num_devices
+        self.members = members + [members[0]] * padding  # copies, dropped from every output
+        self.optimizer = optimizers.make_injectable(base.optimizer, **optimizers.hyperparameters(base.optimizer, base))
+        data_seeds = sorted({m.data_seed for m in members})
+        self.shared_order = len(data_seeds) == 1
+        self.member_sharding = placement.batch_sharding(axis=0)
+        self.train_images_uint8 = placement.put(data.train.images_uint8)
+        self.train_labels = placement.put(data.train.labels)
+        samplers = {seed: EpochSampler(run_keys(seed, seed)[1], len(data.train), base.batch_size)
+                    for seed in data_seeds}
+        self._samplers = [samplers[m.data_seed] for m in self.members]
+        self._unique_samplers = samplers
+        chunk = sweep_chunk(model.apply, self.optimizer, base.unroll, self.shared_order)
+        extra = {}
+        if placement.mesh is not None:
+            losses = placement.batch_sharding(axis=1)
+            extra = {"out_shardings": (self.member_sharding, self.member_sharding, self.member_sharding, losses)}
+        self._chunk = jax.jit(chunk, static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1, 2), **extra)
+        self._compiled: dict[int, Callable] = {}
+        self.compile_seconds = 0.0
+        self.validation = self._counter(data.validation)
+        self.test = self._counter(data.test)
+
+    def _counter(self, split) -> Callable[[object], np.ndarray] | None:
+        """params[M] -> correct predictions of each member on `split` (host int array)."""
+        if len(split) == 0:
+            return None
+        evaluator = Evaluator(self.model.apply, split.images_uint8, split.labels, self.model.eval_batch_size,
+                              self.placement)
+        batches = evaluator._batches
+        labels = np.zeros(batches.shape[0] * batches.shape[1], np.int32)
+        labels[:len(split)] = split.labels
+        labels[len(split):] = -1  # padding never matches
+        labels = self.placement.put(labels.reshape(batches.shape[:2]).ravel())
+        predict = make_predict_fn(self.model.apply)
+
+        def correct(member_params):
+            return jnp.sum(predict(member_params, batches) == labels)
+
+        if self.placement.mesh is None:
+            # One member group at a time bounds the activations (10,000 images × the widest layer each).
+            widest = max(self.model.layer_sizes[1:-1] or (16,)) if self.model.name != "cnn" else 28 * 28 * 32
+            group = max(1, min(len(self.members), 2**27 // (labels.shape[0] * widest)))
+            count = jax.jit(lambda params: jax.lax.map(correct, params, batch_size=group))
+        else:
+            count = jax.jit(jax.vmap(correct))
+        return lambda params: np.asarray(to_host(count(params)))[:self.num_members]
+
+    def init_state(self) -> TrainState:
+        keys = _member_keys([run_keys(m.seed, m.data_seed)[0] for m in self.members])
+        params = jax.vmap(self.model.init)(keys)
+        names = hyperparameter_names(self.base)
+        values = {name: jnp.asarray([getattr(m, name) for m in self.members], jnp.float32) for name in names}
+        make = functools.partial(optimizers.make_injectable, self.base.optimizer)
+        opt_state = jax.vmap(lambda p, hp: make(**hp).init(p))(params, values)
+        frozen_at = jnp.full((len(self.members),), -1, jnp.int32)
+        return self.place(TrainState(params, (opt_state, frozen_at), 0))
+
+    def place(self, state: TrainState) -> TrainState:
+        params, extra = self.placement.put((state.params, state.opt_state), self.member_sharding)
+        return TrainState(params, extra, state.step)
+
+    def _orders(self, start_step: int, num_steps: int) -> tuple[jax.Array, int]:
+        windows = {seed: s.window(start_step, num_steps) for seed, s in self._unique_samplers.items()}
+        offset = next(iter(windows.values()))[1]
+        if self.shared_order:
+            return self.placement.put(next(iter(windows.values()))[0]), offset
+        seeds = [m.data_seed for m in self.members]
+        return self.placement.put(jnp.stack([windows[s][0] for s in seeds]), self.member_sharding), offset
+
+    def run_chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, jax.Array]:
+        order, offset = self._orders(state.step, num_steps)
+        check_window(order.shape[-1], offset, self.base.batch_size, num_steps)
+        if num_steps not in self._compiled:
+            tick = time.perf_counter()
+            self._compiled[num_steps] = self._chunk.lower(
+                state.params, *state.opt_state, self.train_images_uint8, self.train_labels, order, offset,
+                state.step, batch_size=self.base.batch_size, num_steps=num_steps).compile()
+            self.compile_seconds += time.perf_counter() - tick
+        params, opt_state, frozen_at, losses = self._compiled[num_steps](
+            state.params, *state.opt_state, self.train_images_uint8, self.train_labels, order, offset, state.step)
+        return TrainState(params, (opt_state, frozen_at), state.step + num_steps), losses
+
+    def frozen_at(self, state: TrainState) -> np.ndarray:
+        return np.asarray(to_host(state.opt_state[1]))[:self.num_members]
+
+    def member_params(self, state: TrainState, index: int):
+        """One member's params (host arrays), as `jaxlin train` would save them."""
+        return jax.tree.map(lambda x: np.asarray(x)[index], to_host(state.params))
+
+
+def estimate_memory(base: Config, model: Model, num_members: int, num_devices: int, data: Datasets) -> int:
+    """About how many bytes each device holds for the sweep: the members' state (params, optimizer
+    state, gradients and updates), their activations for one step, and the replicated data."""
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    param_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(params))
+    opt_state = jax.eval_shape(optimizers.make_optimizer(
+        base.optimizer, **optimizers.hyperparameters(base.optimizer, base)).init, params)
+    opt_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(opt_state))
+    widths = (28 * 28 * 32 + 14 * 14 * 64 + 256,) if model.name == "cnn" else model.layer_sizes[1:]
+    activation_bytes = 4 * 3 * base.batch_size * sum(widths)
+    per_member = 3 * param_bytes + opt_bytes + activation_bytes
+    members_per_device = -(-num_members // num_devices)
+    data_bytes = sum(split.images_uint8.nbytes + 4 * len(split) for split in (data.train, data.validation, data.test))
+    return members_per_device * per_member + data_bytes
+
+
+def memory_limit(placement: Placement) -> tuple[int, str]:
+    """(bytes, what) a device offers: its allocator's limit, or on a CPU the host's physical memory."""
+    stats = None
+    try:
+        stats = placement.devices[0].memory_stats()
+    except Exception:
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{placement.devices[0].device_kind} memory"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host memory"
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def best_member(validation_accuracy: list[float | None], diverged_at: list[int | None]) -> int | None:
+    """The member with the highest final validation accuracy (the first on ties) among those that did
+    not diverge; None when none qualifies. Reads nothing else: never the test set."""
+    candidates = [i for i, (accuracy, diverged) in enumerate(zip(validation_accuracy, diverged_at))
+                  if diverged is None and accuracy is not None]
+    return max(candidates, key=lambda i: (validation_accuracy[i], -i)) if candidates else None
+
+
+def resume_command(out: Path) -> str:
+    return f"jaxlin sweep --resume --output-dir {shlex.quote(str(out))}"
+
+
+def check_resumable(saved: Config, saved_grid: Grid, wanted: Config, grid: Grid, explicit: set[str], step: int,
+                    out: Path) -> tuple[Config, Grid]:
+    """The checkpoint's config and grid with the given settings applied; refuses any that would not
+    continue the same sweep."""
+    wanted = saved.replace(**{name: getattr(wanted, name) for name in explicit | {"output_dir"}})
+    conflicts = resume_conflicts(saved, wanted)
+    for name, value in dataclasses.asdict(grid).items():
+        if value is not None and value != getattr(saved_grid, name):
+            conflicts.append(f"--{name.replace('_', '-')} {','.join(map(str, value))} (the checkpoint has "
+                             f"{','.join(map(str, getattr(saved_grid, name) or ())) or 'the default'})")
+    if conflicts:
+        raise ConfigError(f"--resume: settings differ from the checkpoint in {out}: {'; '.join(conflicts)}")
+    if wanted.num_steps < step:
+        raise ConfigError(f"--resume: --num-steps {wanted.num_steps} is below the checkpoint's step {step}")
+    return wanted, saved_grid
+

@@ -1,0 +1,213 @@
+"""`jaxlin sweep`: members agree with `jaxlin train` alone, divergence is contained, selection
+never reads the test set, and the job keeps `jaxlin train`'s directory rules."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlin.cli import main
+from jaxlin.config import Config
+from jaxlin.data import Datasets, Split
+from jaxlin.models import get_model
+from jaxlin.parallel import resolve_placement
+from jaxlin.sweep import Grid, SweepTrainer, best_member
+from jaxlin.sweep_run import run_sweep
+from jaxlin.train import fit
+
+BASE = Config(num_steps=120, eval_every=40, batch_size=50, steps_per_call=40)
+MLP = BASE.replace(model="mlp", hidden_sizes=(16,))
+
+
+def _train_sweep(config: Config, grid: Grid, data, chunk: int = 40):
+    """(trainer, final state) of a sweep, through the same compiled chunks as `jaxlin sweep`."""
+    members = grid.members(config)
+    trainer = SweepTrainer(config, members, data, get_model(config.model, config.hidden_sizes),
+                           resolve_placement())
+    state = trainer.init_state()
+    while state.step < config.num_steps:
+        state, _ = trainer.run_chunk(state, min(chunk, config.num_steps - state.step))
+    return trainer, state
+
+
+def _close(actual, expected, tolerance=1e-5):
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        scale = max(np.abs(e).max(), 1e-12)
+        assert np.abs(np.asarray(a) - np.asarray(e)).max() <= tolerance * scale
+
+
+@pytest.mark.parametrize("config, grid", [
+    (MLP, Grid(learning_rates=(0.05, 0.5), seeds=(0, 3))),  # shared batch order, one wide matmul
+    (BASE.replace(learning_rate=1.0), Grid(learning_rates=(0.3, 1.0))),
+    (MLP.replace(optimizer="momentum"), Grid(learning_rates=(0.05,), momentums=(0.0, 0.9))),
+    (MLP, Grid(seeds=(0, 1), data_seeds=(0, 5))),  # each member its own batch order
+])
+def test_every_member_ends_with_the_params_jaxlin_train_gives_it_alone(tiny_data, config, grid):
+    trainer, state = _train_sweep(config, grid, tiny_data)
+    for index, member in enumerate(grid.members(config)):
+        alone = fit(member, tiny_data, get_model(member.model, member.hidden_sizes), progress=False)
+        _close(trainer.member_params(state, index), alone.params)
+
+
+def test_a_member_with_a_shared_order_matches_a_plain_train_run_of_its_seed(tiny_data):
+    """`data_seed` defaults to the sweep's --seed: member (seed 0) is `jaxlin train --seed 0` itself."""
+    trainer, state = _train_sweep(MLP, Grid(seeds=(0, 7)), tiny_data)
+    alone = fit(MLP, tiny_data, get_model("mlp", (16,)), progress=False)
+    _close(trainer.member_params(state, 0), alone.params)
+
+
+def test_a_diverging_member_is_frozen_and_the_others_are_untouched(tiny_data):
+    calm_trainer, calm = _train_sweep(BASE, Grid(learning_rates=(0.1, 0.5, 0.2)), tiny_data)
+    wild_trainer, wild = _train_sweep(BASE, Grid(learning_rates=(0.1, 0.5, 1e38)), tiny_data)
+    frozen_at = wild_trainer.frozen_at(wild)
+    assert frozen_at[0] == frozen_at[1] == -1 and 1 <= frozen_at[2] <= 5
+    assert calm_trainer.frozen_at(calm).tolist() == [-1, -1, -1]
+    for index in (0, 1):  # same program shape, independent members: bit for bit
+        for a, b in zip(jax.tree.leaves(wild_trainer.member_params(wild, index)),
+                        jax.tree.leaves(calm_trainer.member_params(calm, index))):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_sweep_is_bitwise_deterministic(tiny_data):
+    grid = Grid(learning_rates=(0.1, 0.5), seeds=(0, 1))
+    first_trainer, first = _train_sweep(MLP, grid, tiny_data)
+    second_trainer, second = _train_sweep(MLP, grid, tiny_data, chunk=30)  # other chunks, same steps
+    for index in range(4):
+        for a, b in zip(jax.tree.leaves(first_trainer.member_params(first, index)),
+                        jax.tree.leaves(second_trainer.member_params(second, index))):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_best_member_reads_validation_accuracy_only_and_skips_diverged_members():
+    assert best_member([0.5, 0.9, 0.9, 0.95], [None, None, None, 3]) == 1
+    assert best_member([0.5, None], [4, None]) is None
+
+
+def test_selection_does_not_change_when_the_test_labels_are_scrambled(tiny_data, tmp_path):
+    rng = np.random.default_rng(0)
+    scrambled = Datasets(tiny_data.train, tiny_data.validation,
+                         Split(tiny_data.test.images_uint8, rng.permutation(tiny_data.test.labels)),
+                         tiny_data.name, tiny_data.source)
+    config = BASE.replace(checkpoint_every=0)
+    grid = Grid(learning_rates=(0.01, 0.1, 0.5, 2.0))
+    summaries = [run_sweep(config.replace(output_dir=str(tmp_path / name)), grid, progress=False, data=data,
+                           log=lambda line: None) for name, data in (("true", tiny_data), ("scrambled", scrambled))]
+    assert summaries[0]["best"] == summaries[1]["best"] is not None
+    for a, b in zip(summaries[0]["members"], summaries[1]["members"]):
+        assert a["validation_curve"] == b["validation_curve"]
+    assert summaries[0]["best_test_accuracy"] != summaries[1]["best_test_accuracy"]
+
+
+def _sweep_cli(*args) -> int:
+    return main(["sweep", "--no-progress", *args])
+
+
+def test_the_sweep_command_writes_its_outputs_and_keeps_the_directory_rules(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    common = ["--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--num-steps", "60", "--eval-every", "20",
+              "--batch-size", "50"]
+    assert _sweep_cli(*common, "--learning-rates", "0.1,0.5,1e38", "--seeds", "0,1") == 0
+    printed = capsys.readouterr().out
+    assert "diverged at step" in printed and "Best member" in printed and "model-steps/s" in printed
+    assert {p.name for p in out.iterdir()} == {"sweep.json", "sweep.png", "best", "metrics.jsonl", "checkpoints",
+                                               ".jaxlin.lock"}
+    assert {p.name for p in (out / "best").iterdir()} == {
+        "params.npz", "metrics.json", "example_images.png", "misclassified.png", "weights.png",
+        "confusion_matrix.png", "learning_curve.png"}
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["num_members"] == 6 and summary["shared_batch_order"]
+    assert [m["diverged_at_step"] is not None for m in summary["members"]] == [False] * 4 + [True] * 2
+    best = summary["members"][summary["best"]]
+    assert best["validation_accuracy"] == max(m["validation_accuracy"] for m in summary["members"][:4])
+    assert json.loads((out / "best" / "metrics.json").read_text())["final_test_accuracy"] == best["test_accuracy"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 20, 40, 60] and len(records[-1]["validation_accuracy"]) == 6
+    # the same rules as `jaxlin train`: no silent overwrite, --overwrite replaces, bad grids are one line
+    assert _sweep_cli(*common, "--learning-rates", "0.1") == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert _sweep_cli(*common, "--learning-rates", "0.1", "--overwrite") == 0
+    assert json.loads((out / "sweep.json").read_text())["num_members"] == 1
+    capsys.readouterr()
+    assert _sweep_cli(*common, "--overwrite", "--momentums", "0.5") == 2
+    assert "takes no momentum" in capsys.readouterr().err
+    assert _sweep_cli(*common, "--overwrite", "--learning-rates", "0.1,0.1") == 2
+    assert "lists a value twice" in capsys.readouterr().err
+
+
+def test_every_member_diverging_exits_3(tiny_data_dir, tmp_path, capsys):
+    assert _sweep_cli("--data-dir", str(tiny_data_dir), "--output-dir", str(tmp_path / "s"), "--num-steps", "20",
+                      "--learning-rates", "1e38", "--checkpoint-every", "0") == 3
+    assert "every member of the sweep diverged" in capsys.readouterr().err
+
+
+def test_a_sweep_that_cannot_fit_is_refused_before_training(tiny_data_dir, tmp_path, capsys):
+    assert _sweep_cli("--data-dir", str(tiny_data_dir), "--output-dir", str(tmp_path / "s"), "--model", "mlp",
+                      "--hidden-sizes", "4096,4096", "--learning-rates", ",".join(str(i / 1000) for i in range(1, 301)),
+                      "--seeds", "0,1,2,3", "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "a sweep of 1200 members needs about" in err and "GiB" in err and not (tmp_path / "s").exists()
+    assert _sweep_cli("--data-dir", str(tiny_data_dir), "--output-dir", str(tmp_path / "s"),
+                      "--learning-rates", "0.1,0.5", "--dry-run") == 0
+    assert "memory: about" in capsys.readouterr().out and not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_resumes_to_the_same_bits(tiny_data_dir, tmp_path):
+    exe = Path(sys.executable).with_name("jaxlin")
+    common = ["sweep", "--no-progress", "--data-dir", str(tiny_data_dir), "--learning-rates", "0.1,0.5",
+              "--seeds", "0,1", "--model", "mlp", "--hidden-sizes", "16", "--eval-every", "200"]
+    whole = tmp_path / "whole"
+    assert main([*common, "--output-dir", str(whole), "--num-steps", "4000"]) == 0
+    out = tmp_path / "stopped"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([str(exe), *common, "--output-dir", str(out), "--num-steps", "4000"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "Resume with: jaxlin sweep --resume --output-dir" in err and not (out / "sweep.json").exists()
+    assert main(["sweep", "--resume", "--no-progress", "--output-dir", str(out)]) == 0
+    a, b = (json.loads((d / "sweep.json").read_text()) for d in (whole, out))
+    assert [m["validation_curve"] for m in a["members"]] == [m["validation_curve"] for m in b["members"]]
+    with np.load(whole / "best" / "params.npz") as x, np.load(out / "best" / "params.npz") as y:
+        for name in x.files:
+            np.testing.assert_array_equal(x[name], y[name])
+
+
+@pytest.mark.slow
+def test_members_sharded_over_devices_match_one_device(tiny_data_dir, tmp_path):
+    """Three members on two simulated devices: padded to four, the padding dropped."""
+    exe = Path(sys.executable).with_name("jaxlin")
+    common = ["sweep", "--no-progress", "--data-dir", str(tiny_data_dir), "--learning-rates", "0.05,0.1,0.5",
+              "--num-steps", "100", "--eval-every", "50", "--checkpoint-every", "0"]
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    runs = {}
+    for devices in ("1", "2"):
+        out = tmp_path / devices
+        done = subprocess.run([str(exe), *common, "--devices", devices, "--output-dir", str(out)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        runs[devices] = json.loads((out / "sweep.json").read_text())
+    assert "2 cpu devices (members sharded)" in runs["2"]["device"] and runs["2"]["num_members"] == 3
+    for a, b in zip(runs["1"]["members"], runs["2"]["members"]):
+        assert np.allclose(a["validation_curve"], b["validation_curve"], atol=2e-4)
+    assert runs["1"]["best"] == runs["2"]["best"]
+
+
+def test_sweep_members_are_the_grid_cross_product():
+    members = Grid(learning_rates=(0.1, 0.2), seeds=(3, 4)).members(Config(seed=9))
+    assert [(m.learning_rate, m.seed, m.data_seed) for m in members] == [
+        (0.1, 3, 9), (0.1, 4, 9), (0.2, 3, 9), (0.2, 4, 9)]
+    assert dataclasses.replace(members[0], learning_rate=0.5).learning_rate == 0.5
