@@ -20,6 +20,7 @@ DATASETS = ("mnist", "fashion_mnist")
 SOURCES = ("auto", "tfds")
 MODELS = ("linear", "mlp", "cnn")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
+DOT_LAYOUTS = ("auto", "plain", "batched")  # see layout.py
 
 # Settings that a resumed run may change: they do not change what the steps compute.
 RESUMABLE_CHANGES = frozenset({"num_steps", "output_dir", "data_dir", "keep_checkpoints", "devices"})
@@ -73,6 +74,9 @@ class Config:
     # Upper bound on steps per compiled call of the fused loop; chunks also end at evaluations.
     steps_per_call: int = setting(1000, "most steps in one compiled call of the fused loop")
     unroll: int = setting(1, "steps unrolled per iteration of the fused loop's lax.scan")
+    dot_layout: str = setting(
+        "auto", "how the fused loop lays out the model's dots: plain, batched (a singleton vmap), or auto: "
+                "the faster of the two, measured once per shape on this machine and cached", choices=DOT_LAYOUTS)
     loop: str = setting("fused", "fused: many steps per compiled call on device-resident data; "
                                  "per-step: one call per host-fed batch", choices=LOOPS)
     device: str = setting("auto", "where to compute; auto: JAX's first device", choices=DEVICES,
@@ -84,7 +88,7 @@ class Config:
 
     def validate(self, num_train_examples: int | None = None) -> Config:
         """Raises ConfigError naming the first bad setting; returns self."""
-        for name in ("dataset", "source", "model", "activation", "optimizer", "loop", "device"):
+        for name in ("dataset", "source", "model", "activation", "optimizer", "loop", "device", "dot_layout"):
             choices = CONFIG_FIELDS[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
@@ -150,7 +154,7 @@ class Config:
         if self.data_seed is None:
             del settings["data_seed"]
         if self.loop != "fused":
-            del settings["steps_per_call"], settings["unroll"]
+            del settings["steps_per_call"], settings["unroll"], settings["dot_layout"]
         if "hidden_sizes" in settings:
             settings["hidden_sizes"] = list(settings["hidden_sizes"])
         return settings
@@ -162,6 +166,7 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown settings {sorted(unknown)}")
         values = dict(settings)
+        values.setdefault("dot_layout", "plain")  # what runs saved before the choice existed used
         if "hidden_sizes" in values:
             values["hidden_sizes"] = tuple(values["hidden_sizes"])
         return cls(**values)

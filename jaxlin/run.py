@@ -118,6 +118,9 @@ class _RunHooks(FitHooks):
         self.checkpoints = store is not None
         self.saved_step: int | None = None
 
+    def on_start(self, config: Config) -> None:
+        self.config = config  # checkpoints record the resolved dot layout, so a resume keeps its bits
+
     def on_evaluation(self, record: dict) -> None:
         self.run_dir.append_record(record)
         if record["step"] == 0:
@@ -282,7 +285,7 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
         "device": result.device,
         "versions": library_versions(),
         "model": model.describe(),
-        "config": config.used_settings(),
+        "config": result.config.used_settings(),
     }
 
     def write(staging: Path) -> None:

@@ -331,7 +331,7 @@ def _finish(trainer: SweepTrainer, state: TrainState, loop: _SweepLoop, evaluati
         "model": model.describe(),
         "grid": grid.to_dict(),
         "config": {k: v for k, v in config.used_settings().items()
-                   if k not in ("learning_rate", "momentum", "seed", "data_seed")},
+                   if k not in ("learning_rate", "momentum", "seed", "data_seed", "dot_layout")},
     }
 
 
@@ -347,7 +347,8 @@ def _write_best(directory: Path, summary: dict, best: int, params, final: dict, 
                "final_validation_accuracy": summary["best_validation_accuracy"],
                "final_test_per_class_accuracy": final["per_class_accuracy"],
                "final_test_confusion_matrix": final["confusion_matrix"], "num_steps": summary["num_steps"],
-               "evaluations": evaluations, "model": model.describe(), "config": member.used_settings(),
+               "evaluations": evaluations, "model": model.describe(),
+               "config": {k: v for k, v in member.used_settings().items() if k != "dot_layout"},
                "versions": summary["versions"]}
     (directory / METRICS_FILE).write_text(to_json(metrics, indent=2) + "\n")
 

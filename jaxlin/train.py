@@ -11,6 +11,7 @@ tutorial's `next_batch`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterable
 
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlin import optimizers
+from jaxlin import layout, optimizers
 from jaxlin.config import Config
 from jaxlin.data import Datasets
 from jaxlin.evaluate import Evaluator, to_float_images
@@ -109,13 +110,29 @@ def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformatio
     return train_chunk
 
 
+def as_singleton_batch(chunk: Callable) -> Callable:
+    """The same chunk computed as a `vmap` over one model: XLA lays out its dots differently (the
+    "batched" layout, see `layout`); params and optimizer state keep their shapes outside."""
+
+    def batched(params, opt_state, *rest, **static):
+        add = functools.partial(jax.tree.map, lambda x: x[None])
+        out = jax.vmap(functools.partial(chunk, **static), in_axes=(0, 0) + (None,) * len(rest))(
+            add(params), add(opt_state), *rest)
+        return jax.tree.map(lambda x: x[0], out)
+
+    return batched
+
+
 def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1,
-                     placement: Placement | None = None) -> Callable:
+                     placement: Placement | None = None, dot_layout: str = "plain") -> Callable:
     """`fused_train_chunk` jitted, with batch_size and num_steps static and the state donated;
-    over several devices, each step's batch is sharded and the results replicated."""
+    over several devices, each step's batch is sharded and the results replicated. `dot_layout`
+    "batched" computes it as a singleton vmap (one device only)."""
     if placement is None or placement.mesh is None:
-        return jax.jit(fused_train_chunk(apply_fn, optimizer, unroll),
-                       static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1))
+        chunk = fused_train_chunk(apply_fn, optimizer, unroll)
+        if dot_layout == "batched":
+            chunk = as_singleton_batch(chunk)
+        return jax.jit(chunk, static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1))
     replicated = placement.replicated
     return jax.jit(fused_train_chunk(apply_fn, optimizer, unroll, placement.constrain_batch),
                    static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1),
@@ -139,6 +156,9 @@ class FitHooks:
     checkpoints = False  # whether `save` keeps anything, so `fit` schedules checkpoints
     last_recorded_step: int | None = None  # a resumed run does not evaluate its first step twice
 
+    def on_start(self, config: Config) -> None:
+        """The run's config as training starts, with what `fit` resolved (the dot layout)."""
+
     def on_evaluation(self, record: dict) -> None:
         """record: step, test_accuracy, train_loss (mean since the previous evaluation), elapsed_seconds."""
 
@@ -158,6 +178,7 @@ class FitResult:
     device: str
     stopped: bool = False  # True when `hooks.should_stop()` ended the run before its last step
     final: dict | None = None  # `Evaluator` metrics of the final params (None when stopped)
+    config: Config | None = None  # the config trained, with its dot layout resolved
 
 
 class Trainer:
@@ -181,10 +202,29 @@ class Trainer:
                                    batch_size=model.eval_batch_size, placement=placement)
         self.sampler = EpochSampler(self.sample_key, len(data.train), config.batch_size, place=placement.put)
         self._init_key = init_key
-        self._fused = make_fused_train(model.apply, self.optimizer, config.unroll, placement)
+        self.compile_seconds = 0.0
+        tick = time.perf_counter()
+        chosen = layout.choose(config, model, placement, self._probe)
+        self.layout_seconds = time.perf_counter() - tick  # 0 unless this machine had not measured this shape
+        self.config = config = config.replace(dot_layout=chosen) if config.loop == "fused" else config
+        self._fused = make_fused_train(model.apply, self.optimizer, config.unroll, placement, chosen)
         self._step = make_train_step(model.apply, self.optimizer)
         self._compiled: dict[int, Callable] = {}
-        self.compile_seconds = 0.0
+
+    def _probe(self, dot_layout: str) -> None:
+        """`layout.PROBE_STEPS` steps of the fused loop in `dot_layout`, from a fresh state."""
+        probes = self.__dict__.setdefault("_probes", {})
+        if dot_layout not in probes:
+            fused = make_fused_train(self.model.apply, self.optimizer, self.config.unroll, self.placement, dot_layout)
+            order = self.sampler.warm_up(layout.PROBE_STEPS)
+            state = self.init_state()
+            probes[dot_layout] = (fused.lower(state.params, state.opt_state, self.train_images_uint8,
+                                              self.train_labels, order, 0, batch_size=self.config.batch_size,
+                                              num_steps=layout.PROBE_STEPS).compile(), order)
+        compiled, order = probes[dot_layout]
+        state = self.init_state()
+        jax.block_until_ready(compiled(state.params, state.opt_state, self.train_images_uint8, self.train_labels,
+                                       order, 0))
 
     def init_state(self) -> TrainState:
         params = self.placement.put(self.model.init(self._init_key))
@@ -256,16 +296,18 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if hooks.checkpoints else 0, evals)
     with jax.default_device(placement.local_device):
         trainer = Trainer(config, data, model, placement)
+        hooks.on_start(trainer.config)
         state, progress_so_far = (trainer.place(start[0]), start[1]) if start else (trainer.init_state(), Progress())
         loop = _TrainLoop(trainer, evals, saves, hooks, progress_so_far, fresh=start is None)
         state = loop.run(state, progress)
         stopped = state.step < config.num_steps
         final = None if stopped else trainer.evaluator(state.params)
-    timings = {"compile_seconds": trainer.compile_seconds, "train_seconds": loop.train_seconds,
+    timings = {"compile_seconds": trainer.compile_seconds, "dot_layout_probe_seconds": trainer.layout_seconds,
+               "train_seconds": loop.train_seconds,
                "eval_seconds": loop.eval_seconds,
                "steps_per_second": loop.steps_trained / loop.train_seconds if loop.train_seconds > 0 else None}
     return FitResult(to_host(state.params), state, loop.evaluations, timings, placement.describe(),
-                     stopped=stopped, final=final)
+                     stopped=stopped, final=final, config=trainer.config)
 
 
 class _TrainLoop:
