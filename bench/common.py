@@ -13,12 +13,13 @@ import time
 
 import numpy as np
 
+from jaxlin.config import Config, INPUT_SIZE, NUM_CLASSES
 from jaxlin.data import load_idx_dir
+from jaxlin.sampler import NextBatch
 
 TARGET_ACCURACY = 0.918
-HIDDEN_SIZE = 256
-NUM_CLASSES = 10
-LEARNING_RATE = 0.5
+LEARNING_RATE = Config().learning_rate  # the tutorial's 0.5
+HIDDEN_SIZES = Config().hidden_sizes  # jaxlin's MLP: what `jaxlin train --model mlp` trains
 
 
 # Models whose starting params every framework builds alike (below). Other jaxlin models (the
@@ -31,7 +32,8 @@ def runs_model(contender: str, model: str) -> bool:
 
 
 def layer_sizes(model: str) -> list[int]:
-    return [784, NUM_CLASSES] if model == "linear" else [784, HIDDEN_SIZE, NUM_CLASSES]
+    """The dense layers of jaxlin's linear model and MLP, for frameworks that build their own."""
+    return [INPUT_SIZE, *(HIDDEN_SIZES if model == "mlp" else ()), NUM_CLASSES]
 
 
 def learning_rate(model: str) -> float:
@@ -60,25 +62,6 @@ def initial_params(model: str, seed: int = 0) -> list[tuple[np.ndarray, np.ndarr
     rng = np.random.default_rng(seed)
     return [((rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32), np.zeros(b, np.float32))
             for a, b in zip(sizes[:-1], sizes[1:])]
-
-
-class NextBatch:
-    """The tutorial's `next_batch`: shuffled epochs, a batch may span two of them."""
-
-    def __init__(self, num_examples: int, seed: int = 0):
-        self.num_examples, self.rng = num_examples, np.random.default_rng(seed)
-        self.order, self.position = self.rng.permutation(num_examples), 0
-
-    def __call__(self, batch_size: int) -> np.ndarray:
-        parts, needed = [], batch_size
-        while needed:
-            if self.position == self.num_examples:
-                self.order, self.position = self.rng.permutation(self.num_examples), 0
-            take = min(needed, self.num_examples - self.position)
-            parts.append(self.order[self.position:self.position + take])
-            self.position += take
-            needed -= take
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def shared_order(num_examples: int, batch_size: int, num_steps: int, seed: int = 0) -> np.ndarray:

@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.common import SHARED_MODELS, NextBatch, initial_params, learning_rate, thread_settings, timed, train_until
+from bench.common import (HIDDEN_SIZES, SHARED_MODELS, NextBatch, initial_params, learning_rate, thread_settings,
+                          timed, train_until)
 from jaxlin.evaluate import make_accuracy_fn
 from jaxlin.models import get_model
-from jaxlin.sampler import EpochSampler, shuffled_epoch
-from jaxlin.train import fused_train_chunk, make_fused_train, make_train_step
+from jaxlin.sampler import EpochSampler, epoch_window, shuffled_epoch
+from jaxlin.train import fused_probe, fused_train_chunk, make_fused_train, make_train_step
 
 
 def _jax_params(model: str, seed: int = 0):
@@ -46,20 +47,42 @@ class _JaxContender:
                 "platform": platform.platform(), "threads": thread_settings()}
 
     def _cached(self, name: str, make):
-        """One compiled function per contender for the train_on/time_to_accuracy runs."""
+        """One compiled function per (name, model, learning rate) for the train_on/time_to_accuracy runs:
+        a function built for one model's apply and learning rate must not serve another's."""
         cache = self.__dict__.setdefault("_functions", {})
-        if name not in cache:
-            cache[name] = make()
-        return cache[name]
+        key = (name, *self._model_key)
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
 
     def _model(self, model: str):
-        return get_model(model, hidden_sizes=(256,))
+        return get_model(model, hidden_sizes=HIDDEN_SIZES)
 
     def _start(self, model: str):
         self.apply = self._model(model).apply
         self.optimizer = optax.sgd(learning_rate(model))
+        self._model_key = (model, learning_rate(model))
         params = _jax_params(model)
         return params, self.optimizer.init(params)
+
+    def peak(self, size: int = 2048, repeats: int = 5) -> dict:
+        """The machine's large-matmul rate through XLA: the best of `repeats` float32 (size x size) products."""
+        a, b = (jax.random.normal(k, (size, size), jnp.float32) for k in jax.random.split(jax.random.key(0)))
+        matmul = jax.jit(jnp.matmul)
+        jax.block_until_ready(matmul(a, b))
+        best = min(timed(lambda: jax.block_until_ready(matmul(a, b)))[0] for _ in range(repeats))
+        return {"gflops": 2 * size**3 / best / 1e9, "size": size, "seconds": best}
+
+    def flops(self, model: str, batch_size: int) -> dict:
+        """FLOPs of one training step of `model` (forward, backward, update), from XLA's cost analysis of
+        jaxlin's compiled update: the same arithmetic every contender does for that model."""
+        params, opt_state = self._start(model)
+        images = jnp.zeros((batch_size, 784), jnp.float32)
+        labels = jnp.zeros((batch_size,), jnp.int32)
+        compiled = make_train_step(self.apply, self.optimizer).lower(params, opt_state, images, labels).compile()
+        analysis = compiled.cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list) else analysis
+        return {"flops_per_step": float(analysis["flops"]), "source": "XLA cost analysis of jaxlin's update step"}
 
     def train_on(self, model: str, order_file: str, out_file: str) -> dict:
         """Trains on given batch indices (num_steps, B); saves params; reports test accuracy."""
@@ -124,14 +147,30 @@ class JaxlinFused(_JaxContender):
         self.steps_per_call = min(steps_per_call, num_steps)
         if num_steps % self.steps_per_call:
             raise ValueError(f"num_steps {num_steps} is not a multiple of steps_per_call {steps_per_call}")
-        fused = make_fused_train(self.apply, self.optimizer, unroll)
         sampler = EpochSampler(jax.random.key(0), len(self.data["train_labels"]), batch_size)
+        self.dot_layout = self._choose_layout(model, batch_size, unroll, sampler)
+        fused = make_fused_train(self.apply, self.optimizer, unroll, dot_layout=self.dot_layout)
         order = sampler.warm_up(self.steps_per_call)
         compile_seconds, self.compiled = timed(lambda: fused.lower(
             params, opt_state, self.images_uint8, self.labels, order, 0,
             batch_size=batch_size, num_steps=self.steps_per_call).compile())
         warm_up, _ = timed(self.run)
-        return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up}
+        return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up, "dot_layout": self.dot_layout}
+
+    def _choose_layout(self, model: str, batch_size: int, unroll: int, sampler: EpochSampler) -> str:
+        """The dot layout `jaxlin train` would use here (measured once per shape, see `jaxlin.layout`)."""
+        from jaxlin import layout
+        from jaxlin.config import Config
+        from jaxlin.parallel import resolve_placement
+        from jaxlin.state import TrainState
+
+        def init_state():
+            return TrainState(*self._start(model), 0)
+
+        config = Config(model=model, hidden_sizes=HIDDEN_SIZES, batch_size=batch_size, unroll=unroll)
+        measure = fused_probe(self.apply, self.optimizer, unroll, init_state, self.images_uint8, self.labels,
+                              sampler.warm_up(layout.PROBE_STEPS), batch_size)
+        return layout.choose(config, self._model(model), resolve_placement(), measure)
 
     def run(self) -> dict:
         params, opt_state = self._start(self.model)
@@ -216,16 +255,14 @@ class JaxlinVmap(_JaxContender):
         return params, jax.vmap(self.optimizer.init)(params)
 
     def _window(self, first_step: int, cache: dict):
-        num_examples = len(self.data["train_labels"])
-        first = first_step * self.batch_size
-        epoch = first // num_examples
-        span = (self.steps_per_call * self.batch_size - 1) // num_examples + 2
+        window = epoch_window(first_step, self.steps_per_call, self.batch_size, len(self.data["train_labels"]))
+        epoch = window.first_epoch
         if epoch not in cache:
             perms = [self.permute(jax.vmap(lambda k, e=e: jax.random.fold_in(k, e))(self.keys))
-                     for e in range(epoch, epoch + span)]
+                     for e in range(epoch, epoch + window.num_epochs)]
             cache.clear()
             cache[epoch] = jnp.concatenate(perms, axis=1)
-        return cache[epoch], first - epoch * num_examples
+        return cache[epoch], window.offset
 
     def run(self) -> dict:
         params, opt_state = self._states()
@@ -238,4 +275,40 @@ class JaxlinVmap(_JaxContender):
                                                    orders, offset)
         losses = jax.block_until_ready(losses)
         return {"seconds": time.perf_counter() - start, "loss": float(losses[:, -1].mean()),
+                "num_models": self.num_models}
+
+
+class JaxlinSweep(_JaxContender):
+    """`jaxlin sweep`'s compiled loop (`jaxlin.sweep.SweepTrainer`): M linear models with their own
+    learning rates sharing one batch order, so each step is one wide matmul."""
+
+    def setup(self, model: str, batch_size: int, num_steps: int, num_models: int = 8,
+              steps_per_call: int = 1000) -> dict:
+        from jaxlin.config import Config
+        from jaxlin.data import Datasets, Split
+        from jaxlin.parallel import resolve_placement
+        from jaxlin.sweep import Grid, SweepTrainer
+
+        self.num_steps, self.num_models = num_steps, num_models
+        self.steps_per_call = min(steps_per_call, num_steps)
+        config = Config(model=model, hidden_sizes=HIDDEN_SIZES, batch_size=batch_size, num_steps=num_steps,
+                        steps_per_call=self.steps_per_call)
+        rates = tuple(float(r) for r in np.geomspace(0.01, 1.0, num_models)) if num_models > 1 else (0.5,)
+        members = Grid(learning_rates=rates).members(config)
+        empty = Split(np.zeros((0, 784), np.uint8), np.zeros(0, np.int32))
+        data = Datasets(Split(self.data["train_uint8"], self.data["train_labels"]), empty,
+                        Split(self.data["test_uint8"], self.data["test_labels"]), "mnist", "bench")
+        self.trainer = SweepTrainer(config, members, data, self._model(model), resolve_placement())
+        compile_seconds, _ = timed(self.run)  # the first call compiles
+        warm_up, _ = timed(self.run)
+        return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up}
+
+    def run(self) -> dict:
+        state = self.trainer.init_state()
+        jax.block_until_ready(state.params)
+        start = time.perf_counter()
+        while state.step < self.num_steps:
+            state, losses = self.trainer.run_chunk(state, min(self.steps_per_call, self.num_steps - state.step))
+        losses = jax.block_until_ready(losses)
+        return {"seconds": time.perf_counter() - start, "loss": float(np.mean(np.asarray(losses)[-1])),
                 "num_models": self.num_models}

@@ -51,6 +51,14 @@ class NumpyFloor:
         return {"framework": "numpy", "version": np.__version__, "device": "cpu", "platform": platform.platform(),
                 "threads": thread_settings(), "blas": _blas_info()}
 
+    def peak(self, size: int = 2048, repeats: int = 5) -> dict:
+        """The machine's large-matmul rate through NumPy/BLAS: the best of `repeats` float32 products."""
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+        a @ b
+        best = min(timed(lambda: a @ b)[0] for _ in range(repeats))
+        return {"gflops": 2 * size**3 / best / 1e9, "size": size, "seconds": best}
+
     def setup(self, model: str, batch_size: int, num_steps: int) -> dict:
         self.model, self.batch_size, self.num_steps = model, batch_size, num_steps
         warm_up, _ = timed(self.run)

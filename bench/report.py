@@ -14,14 +14,31 @@ LABELS = {
     "jaxlin_per_step": "jaxlin per-step",
     "jaxlin_fused": "jaxlin fused",
     "jaxlin_vmap": "jaxlin vmap",
+    "jaxlin_sweep": "jaxlin sweep",
     "jaxlin_data_parallel": "jaxlin data parallel",
     "numpy_floor": "NumPy/BLAS floor",
 }
 
 
+MANY_MODELS = ("jaxlin_vmap", "jaxlin_sweep")
+
+
 def _main_rows(results: dict) -> list[dict]:
     return [r for r in results["throughput"] if r.get("status") == "ok" and not r.get("sweep")
-            and r["contender"] not in ("jaxlin_vmap", "jaxlin_data_parallel")]
+            and r["contender"] not in (*MANY_MODELS, "jaxlin_data_parallel")]
+
+
+def _tta_rows(results: dict) -> list[dict]:
+    return [r for r in results.get("time_to_accuracy", []) if r.get("status", "ok") == "ok"]
+
+
+def _many_rows(results: dict, contender: str) -> dict[int, dict]:
+    return {r["num_models"]: r for r in results["throughput"]
+            if r["contender"] == contender and r.get("status") == "ok"}
+
+
+def _peak(results: dict) -> float | None:
+    return (results.get("peak") or {}).get("peak_gflops")
 
 
 def best_fused(results: dict) -> dict | None:
@@ -49,7 +66,8 @@ def targets(results: dict) -> dict:
     if "numpy_floor" in case:
         ratio = us / case["numpy_floor"]["median_us_per_step"]
         out["time_vs_numpy_floor"] = {"ratio": ratio, "goal": 1.5, "met": ratio <= 1.5}
-    tta = {r["contender"]: r["median_wall_seconds"] for r in results.get("time_to_accuracy", [])}
+    out.update(_peak_targets(results, fused))
+    tta = {r["contender"]: r["median_wall_seconds"] for r in _tta_rows(results)}
     ours = {k: v for k, v in tta.items() if k.startswith("jaxlin")}
     others = {k: v for k, v in tta.items() if not k.startswith("jaxlin")}
     if ours and others:
@@ -60,6 +78,23 @@ def targets(results: dict) -> dict:
     return out
 
 
+def _peak_targets(results: dict, fused: dict) -> dict:
+    """Issue 9's targets: sweeps against one fused model and against the machine's measured peak."""
+    out = {}
+    sweep = _many_rows(results, "jaxlin_sweep")
+    if 64 in sweep:
+        ratio = sweep[64]["model_steps_per_second"] / fused["model_steps_per_second"]
+        out["sweep_m64_vs_single_fused"] = {"ratio": ratio, "goal": 3.0, "met": ratio >= 3.0}
+    if _peak(results):
+        large = [r["fraction_of_peak"] for m, r in sweep.items() if m >= 64 and r.get("fraction_of_peak")]
+        if large:
+            out["sweep_fraction_of_peak_at_m_ge_64"] = {"min": min(large), "goal": 0.7, "met": min(large) >= 0.7}
+        if fused.get("fraction_of_peak") is not None:
+            fraction = fused["fraction_of_peak"]
+            out["single_fused_fraction_of_peak"] = {"fraction": fraction, "goal": 0.4, "met": fraction >= 0.4}
+    return out
+
+
 def _case_order(case: tuple[str, int]) -> tuple[int, int]:
     model, batch_size = case
     return (MODELS.index(model) if model in MODELS else len(MODELS), batch_size)
@@ -67,6 +102,12 @@ def _case_order(case: tuple[str, int]) -> tuple[int, int]:
 
 def table(results: dict) -> str:
     lines = []
+    peak = results.get("peak") or {}
+    if peak.get("peak_gflops"):
+        sources = ", ".join(f"{k} {v['gflops']:.1f}" for k, v in peak["by_source"].items() if "gflops" in v)
+        size = next(v["size"] for v in peak["by_source"].values() if "size" in v)
+        lines.append(f"\nmeasured peak: {peak['peak_gflops']:.1f} GFLOP/s (float32 {size}x{size} matmul, best of "
+                     f"several: {sources} GFLOP/s); FLOPs per step from XLA's cost analysis of jaxlin's update")
     rows = _main_rows(results)
     cases = sorted({(r["model"], r["batch_size"]) for r in rows}, key=_case_order)
     for model, batch_size in cases:
@@ -75,18 +116,27 @@ def table(results: dict) -> str:
         ref = next((r["median_us_per_step"] for r in case if r["contender"] == "tf_reference"), None)
         lines.append(f"\n{model}, batch {batch_size}, {case[0]['num_steps']} steps, "
                      f"median of {len(case[0]['repeats_seconds'])} (min-max)\n")
-        lines.append("| contender | us/step | min-max | steps/s | examples/s | x TF ref | x floor time | compile s |")
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        lines.append("| contender | us/step | min-max | steps/s | examples/s | x TF ref | x floor time | GFLOP/s | "
+                     "% peak | compile s |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in sorted(case, key=lambda r: r["median_us_per_step"]):
             us = r["median_us_per_step"]
             lines.append(
                 f"| {LABELS[r['contender']]} | {us:,.1f} | {r['min_us_per_step']:,.0f}-{r['max_us_per_step']:,.0f} | "
                 f"{r['steps_per_second']:,.0f} | {r['examples_per_second']:,.0f} | "
                 f"{(ref / us if ref else float('nan')):.2f} | {(us / floor if floor else float('nan')):.2f} | "
-                f"{r.get('compile_seconds', 0):.2f} |")
+                f"{_gflops(r)} | {_percent_of_peak(r)} | {r.get('compile_seconds', 0):.2f} |")
     lines += _sweep_and_vmap(results)
     lines += _tta_and_memory(results)
     return "\n".join(lines)
+
+
+def _gflops(row: dict) -> str:
+    return f"{row['gflops']:.1f}" if row.get("gflops") is not None else "-"
+
+
+def _percent_of_peak(row: dict) -> str:
+    return f"{row['fraction_of_peak']:.0%}" if row.get("fraction_of_peak") is not None else "-"
 
 
 def _sweep_and_vmap(results: dict) -> list[str]:
@@ -109,18 +159,24 @@ def _sweep_and_vmap(results: dict) -> list[str]:
             speedup = one / r["median_us_per_step"] if one else float("nan")
             lines.append(f"| {r['devices']} | {r['median_us_per_step']:,.1f} | {r['steps_per_second']:,.0f} | "
                          f"{r['examples_per_second']:,.0f} | {speedup:.2f} | {speedup / r['devices']:.0%} |")
-    vmap = [r for r in results["throughput"] if r["contender"] == "jaxlin_vmap" and r.get("status") == "ok"]
-    if vmap:
-        lines += ["\njaxlin, M linear models at once under vmap (batch 100)\n",
-                  "| models | us/step (all M) | model-steps/s |", "| ---: | ---: | ---: |"]
-        lines += [f"| {r['num_models']} | {r['median_us_per_step']:,.1f} | {r['model_steps_per_second']:,.0f} |"
-                  for r in vmap]
+    vmap, sweep = _many_rows(results, "jaxlin_vmap"), _many_rows(results, "jaxlin_sweep")
+    if vmap or sweep:
+        lines += ["\njaxlin, M linear models at once (batch 100): each with its own batch order (vmap), or "
+                  "sharing one (sweep: one wide matmul)\n",
+                  "| models | vmap us/step (all M) | vmap model-steps/s | vmap % peak | sweep us/step (all M) | "
+                  "sweep model-steps/s | sweep % peak |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for m in sorted(set(vmap) | set(sweep)):
+            cells = []
+            for row in (vmap.get(m), sweep.get(m)):
+                cells += ([f"{row['median_us_per_step']:,.1f}", f"{row['model_steps_per_second']:,.0f}",
+                           _percent_of_peak(row)] if row else ["-", "-", "-"])
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _tta_and_memory(results: dict) -> list[str]:
     lines = []
-    tta = results.get("time_to_accuracy", [])
+    tta = _tta_rows(results)
     if tta:
         target = results["meta"]["plan"]["tta_target"]
         lines += [f"\ntime to {target:.1%} test accuracy from process start (same batch order for all)\n",
@@ -161,8 +217,10 @@ def chart(results: dict, path: Path) -> None:
 
     rows = _main_rows(results)
     cases = sorted({(r["model"], r["batch_size"]) for r in rows}, key=_case_order)
-    tta = sorted(results.get("time_to_accuracy", []), key=lambda r: r["median_wall_seconds"])
-    panels = len(cases) + (1 if tta else 0)
+    tta = sorted(_tta_rows(results), key=lambda r: r["median_wall_seconds"])
+    many = {name: _many_rows(results, name) for name in MANY_MODELS}
+    many = {name: rows for name, rows in many.items() if rows}
+    panels = len(cases) + (1 if tta else 0) + (1 if many else 0)
     columns = min(panels, 4)
     fig = Figure(figsize=(4.2 * columns, 3.2 * ((panels + columns - 1) // columns)))
     axes = fig.subplots((panels + columns - 1) // columns, columns, squeeze=False).ravel()
@@ -177,9 +235,28 @@ def chart(results: dict, path: Path) -> None:
         _bars(ax, [LABELS[r["contender"]] for r in tta], [r["median_wall_seconds"] for r in tta],
               [_color(r["contender"]) for r in tta], "seconds from process start, median")
         ax.set_title(f"time to {results['meta']['plan']['tta_target']:.1%} test accuracy", fontsize=9)
+    if many:
+        _many_models_panel(axes[len(cases) + (1 if tta else 0)], many, results)
     for ax in axes[panels:]:
         ax.axis("off")
     fig.suptitle(f"jaxlin vs TensorFlow, PyTorch and a NumPy floor on {results['meta']['cpu_model']} "
                  f"({results['meta']['cpu_count']} cores)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+
+
+def _many_models_panel(ax, many: dict[str, dict[int, dict]], results: dict) -> None:
+    """model-steps/s against the number of models; the dashed line is the measured peak's equivalent."""
+    for name, rows in many.items():
+        counts = sorted(rows)
+        ax.plot(counts, [rows[m]["model_steps_per_second"] for m in counts], marker="o", label=LABELS[name])
+    flops = next((r.get("flops_per_step") for rows in many.values() for r in rows.values()
+                  if r.get("flops_per_step")), None)
+    if _peak(results) and flops:
+        ax.axhline(_peak(results) * 1e9 / flops, linestyle="--", color="tab:gray", label="measured matmul peak")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("models trained at once (linear, batch 100)", fontsize=7)
+    ax.set_ylabel("model-steps/s", fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    ax.set_title("many models in one program", fontsize=9)

@@ -41,6 +41,7 @@ class Plan:
     tta_eval_every: int
     tta_max_steps: int
     tta_target: float
+    peak: bool = True  # measure the machine's large-matmul rate
 
 
 FULL = Plan(repeats=5,
@@ -153,7 +154,14 @@ def interleaved(workers: dict, setups: list[tuple[str, str, dict]], repeats: int
     for repeat in range(repeats):
         order = live[repeat % len(live):] + live[:repeat % len(live)] if live else []
         for row in order:
-            reply = workers[row["contender"]].ask("run", variant=row["variant"])
+            try:
+                reply = workers[row["contender"]].ask("run", variant=row["variant"])
+            except RuntimeError as err:  # recorded; the other rows go on
+                row.update(status="failed", reason=str(err))
+                row.pop("seconds")
+                live.remove(row)
+                log(f"  {row['contender']:<16} {row['variant']:<22} failed: {str(err)[:200]}")
+                continue
             row["seconds"].append(reply["seconds"])
             row["loss"] = reply["loss"]
     for row in live:
@@ -184,12 +192,59 @@ def throughput(workers: dict, plan: Plan, log) -> list[dict]:
         setups = [("jaxlin_data_parallel", f"D{n}", {"model": "linear", "batch_size": 100,
                                                      "num_steps": plan.vmap_steps, "devices": n}) for n in counts]
         rows += [dict(r, devices=int(r["variant"][1:])) for r in interleaved(workers, setups, plan.repeats, log)]
-    if "jaxlin_vmap" in workers and plan.num_models:
-        log(f"vmap: linear, batch 100, {plan.vmap_steps} steps")
-        setups = [("jaxlin_vmap", f"M{m}", {"model": "linear", "batch_size": 100, "num_steps": plan.vmap_steps,
-                                             "num_models": m}) for m in plan.num_models]
+    many = [name for name in ("jaxlin_vmap", "jaxlin_sweep") if name in workers]
+    if many and plan.num_models:
+        log(f"many models ({', '.join(many)}): linear, batch 100, {plan.vmap_steps} steps")
+        setups = [(name, f"M{m}", {"model": "linear", "batch_size": 100, "num_steps": plan.vmap_steps,
+                                   "num_models": m}) for m in plan.num_models for name in many]
         rows += interleaved(workers, setups, plan.repeats, log)
     return rows
+
+
+def peak_rates(workers: dict, log, rounds: int = 3) -> dict:
+    """The machine's large-matmul rate, through XLA (a JAX worker) and NumPy (the floor's worker),
+    interleaved; the best of each. `peak_gflops` is the higher: what every row is a fraction of."""
+    sources = {"xla": next((n for n in workers if n.startswith("jaxlin")), None),
+               "numpy": "numpy_floor" if "numpy_floor" in workers else None}
+    best: dict[str, dict] = {}
+    for _ in range(rounds):
+        for source, name in sources.items():
+            if name is None:
+                continue
+            try:
+                reply = workers[name].ask("peak")
+            except RuntimeError as err:
+                best.setdefault(source, {"status": "failed", "reason": str(err)})
+                continue
+            if reply["gflops"] > best.get(source, {}).get("gflops", 0):
+                best[source] = {**reply, "worker": name}
+    rates = [b["gflops"] for b in best.values() if "gflops" in b]
+    peak = {"by_source": best, "peak_gflops": max(rates) if rates else None}
+    log("peak matmul: " + ", ".join(f"{k} {v.get('gflops', float('nan')):.1f} GFLOP/s" for k, v in best.items()))
+    return peak
+
+
+def add_flops(workers: dict, rows: list[dict], peak: float | None, log) -> None:
+    """Each row's FLOPs per model-step (XLA's cost analysis of jaxlin's update for its model and batch),
+    its GFLOP/s and its fraction of the measured peak."""
+    name = next((n for n in ("jaxlin_fused", "jaxlin_per_step", "jaxlin_sweep") if n in workers), None)
+    if name is None:
+        return
+    counted: dict[tuple, float | None] = {}
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        case = (row["model"], row["batch_size"])
+        if case not in counted:
+            try:
+                counted[case] = workers[name].ask("flops", model=case[0], batch_size=case[1])["flops_per_step"]
+            except RuntimeError as err:
+                log(f"flops of {case}: {err}")
+                counted[case] = None
+        if counted[case] is None:
+            continue
+        gflops = counted[case] * row["model_steps_per_second"] / 1e9
+        row.update(flops_per_step=counted[case], gflops=gflops, fraction_of_peak=gflops / peak if peak else None)
 
 
 def time_to_accuracy(names: list[str], plan: Plan, data_dir: str, native_blas: bool, log) -> list[dict]:
@@ -213,16 +268,24 @@ def time_to_accuracy(names: list[str], plan: Plan, data_dir: str, native_blas: b
                    "max_steps": plan.tta_max_steps, "target": plan.tta_target, "order_file": order_file}
         for repeat in range(plan.tta_repeats):
             for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-                worker = Worker(name, data_dir, worker_env(name, native_blas))
-                reply = worker.ask("time_to_accuracy", **request)
-                reply["wall_seconds"] = time.perf_counter() - worker.started
-                worker.close()
+                try:
+                    worker = Worker(name, data_dir, worker_env(name, native_blas))
+                    reply = worker.ask("time_to_accuracy", **request)
+                    reply["wall_seconds"] = time.perf_counter() - worker.started
+                    worker.close()
+                except RuntimeError as err:  # recorded; the other contenders go on
+                    log(f"  {name}: time to accuracy failed: {str(err)[:200]}")
+                    reply = {"error": str(err)}
                 rows[name]["runs"].append(reply)
     for row in rows.values():
+        if any("error" in r for r in row["runs"]):
+            row.update(status="failed", reason=next(r["error"] for r in row["runs"] if "error" in r))
+            continue
         walls = [r["wall_seconds"] for r in row["runs"]]
         row.update(median_wall_seconds=statistics.median(walls), min_wall_seconds=min(walls),
                    max_wall_seconds=max(walls), steps=row["runs"][0]["steps"],
                    reached=all(r["reached"] for r in row["runs"]))
+        row["status"] = "ok"
         log(f"  {row['contender']:<16} {row['median_wall_seconds']:6.2f} s  ({row['steps']} steps)")
     return list(rows.values())
 
@@ -245,7 +308,9 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
         contenders[name] = {"status": "ok", "startup_seconds": worker.hello["startup_seconds"],
                             "info": worker.ask("info")}
     try:
+        peak = peak_rates(workers, log) if plan.peak else {"peak_gflops": None}
         rows = throughput(workers, plan, log)
+        add_flops(workers, rows, peak["peak_gflops"], log)
     finally:
         for name, worker in workers.items():
             contenders[name]["max_rss_mb"] = worker.close()["max_rss_mb"]
@@ -256,6 +321,7 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
                  "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                  "plan": dataclasses.asdict(plan), "data_dir": data_dir},
         "contenders": contenders,
+        "peak": peak,
         "throughput": rows,
         "time_to_accuracy": tta,
     }

@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from bench.common import initial_params, learning_rate, thread_settings, timed, train_until
+from jaxlin.sampler import epoch_window
 
 
 class Tf2Loop:
@@ -68,14 +69,13 @@ class Tf2Loop:
     def _order(self, cache: dict, first_step: int, num_steps: int):
         """Per-epoch permutations made by TensorFlow, concatenated over the chunk's epochs."""
         tf = self.tf
-        first = first_step * self.batch_size
-        epoch = first // self.num_examples
-        span = (num_steps * self.batch_size - 1) // self.num_examples + 2
-        if epoch not in cache:
+        window = epoch_window(first_step, num_steps, self.batch_size, self.num_examples)
+        if window.first_epoch not in cache:
             cache.clear()
-            cache[epoch] = tf.concat([tf.random.shuffle(tf.range(self.num_examples), seed=e)
-                                      for e in range(epoch, epoch + span)], axis=0)
-        return cache[epoch], first - epoch * self.num_examples
+            epochs = range(window.first_epoch, window.first_epoch + window.num_epochs)
+            cache[window.first_epoch] = tf.concat([tf.random.shuffle(tf.range(self.num_examples), seed=e)
+                                                   for e in epochs], axis=0)
+        return cache[window.first_epoch], window.offset
 
     def setup(self, model: str, batch_size: int, num_steps: int, steps_per_call: int = 1000) -> dict:
         self.model, self.batch_size, self.num_steps = model, batch_size, num_steps

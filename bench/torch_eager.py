@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from bench.common import initial_params, learning_rate, thread_settings, timed, train_until
+from jaxlin.sampler import NextBatch
 
 
 class TorchEager:
@@ -49,18 +50,13 @@ class TorchEager:
         return loss
 
     def _batches(self, num_steps: int, batch_size: int):
-        """The tutorial's next_batch over torch.randperm epochs."""
+        """The tutorial's next_batch (jaxlin's `NextBatch`) over torch.randperm epochs."""
         torch, generator = self.torch, self.torch.Generator().manual_seed(0)
-        order, position = torch.randperm(self.num_examples, generator=generator), 0
+        next_batch = NextBatch(self.num_examples, permutation=lambda: torch.randperm(self.num_examples,
+                                                                                     generator=generator),
+                               concatenate=torch.cat)
         for _ in range(num_steps):
-            if position + batch_size <= self.num_examples:
-                yield order[position:position + batch_size]
-                position += batch_size
-                continue
-            head = order[position:]
-            order = torch.randperm(self.num_examples, generator=generator)
-            position = batch_size - len(head)
-            yield torch.cat([head, order[:position]])
+            yield next_batch(batch_size)
 
     def setup(self, model: str, batch_size: int, num_steps: int) -> dict:
         self.model, self.batch_size, self.num_steps = model, batch_size, num_steps

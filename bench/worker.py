@@ -24,6 +24,7 @@ CONTENDERS = {
     "jaxlin_per_step": ("bench.jax_contenders", "JaxlinPerStep", "jax"),
     "jaxlin_fused": ("bench.jax_contenders", "JaxlinFused", "jax"),
     "jaxlin_vmap": ("bench.jax_contenders", "JaxlinVmap", "jax"),
+    "jaxlin_sweep": ("bench.jax_contenders", "JaxlinSweep", "jax"),
     "jaxlin_data_parallel": ("bench.jax_contenders", "JaxlinDataParallel", "jax"),
     "numpy_floor": ("bench.numpy_floor", "NumpyFloor", "numpy"),
 }
@@ -52,6 +53,12 @@ class Variants:
 
     def train_on(self, **kwargs) -> dict:
         return self.default.train_on(**kwargs)
+
+    def peak(self, **kwargs) -> dict:
+        return self.default.peak(**kwargs)
+
+    def flops(self, **kwargs) -> dict:
+        return self.default.flops(**kwargs)
 
     def time_to_accuracy(self, **kwargs) -> dict:
         reply = self.default.time_to_accuracy(**kwargs)

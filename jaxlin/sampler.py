@@ -3,22 +3,87 @@
 Step s of a run takes positions [s*B, (s+1)*B) of a stream of permutations, one
 per epoch, each made from the seed and the epoch's number alone. So the order
 of any step follows from (seed, step): a resumed run needs no sampler state.
+
+This module owns the batch window (`epoch_window`) and the tutorial's `next_batch`
+(`NextBatch`) for every framework: the benchmark's TensorFlow and PyTorch workers use
+them too, so JAX is imported only by what runs on JAX.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """Steps [start, start + n) read positions [offset, offset + n*B) of the concatenation of
+    epochs first_epoch .. first_epoch + num_epochs - 1."""
+
+    first_epoch: int
+    num_epochs: int
+    offset: int
+
+
+def epoch_window(start_step: int, num_steps: int, batch_size: int, num_examples: int) -> Window:
+    """The epochs a chunk of `num_steps` batches from `start_step` may touch, and where it starts.
+
+    The number of epochs depends on `num_steps` only (not on where the chunk starts), so every
+    chunk of one length has an order of one length: one compiled program serves them all."""
+    first = start_step * batch_size
+    return Window(first // num_examples, (num_steps * batch_size - 1) // num_examples + 2,
+                  first % num_examples)
+
+
+class NextBatch:
+    """The tutorial's `next_batch`: shuffled epochs, a batch may span two of them.
+
+    `permutation()` makes each epoch's order (NumPy's by default; the PyTorch contender passes
+    `torch.randperm`), `concatenate` joins the two parts of a batch that spans epochs."""
+
+    def __init__(self, num_examples: int, seed: int = 0, permutation: Callable | None = None,
+                 concatenate: Callable = np.concatenate):
+        if permutation is None:
+            rng = np.random.default_rng(seed)
+            permutation = functools.partial(rng.permutation, num_examples)
+        self.num_examples, self.permutation, self.concatenate = num_examples, permutation, concatenate
+        self.order, self.position = self.permutation(), 0
+
+    def __call__(self, batch_size: int):
+        parts, needed = [], batch_size
+        while needed:
+            if self.position == self.num_examples:
+                self.order, self.position = self.permutation(), 0
+            take = min(needed, self.num_examples - self.position)
+            parts.append(self.order[self.position:self.position + take])
+            self.position += take
+            needed -= take
+        return parts[0] if len(parts) == 1 else self.concatenate(parts)
 
 
 _PACKED_SORT_LIMIT = 1 << 16
 
 
-@functools.partial(jax.jit, static_argnums=1)
 def shuffled_epoch(key: jax.Array, num_examples: int) -> jax.Array:
+    """A random permutation of range(num_examples), made on the device (see `_shuffled_epoch`)."""
+    return _jitted_shuffled_epoch()(key, num_examples)
+
+
+@functools.cache
+def _jitted_shuffled_epoch():
+    import jax
+
+    return jax.jit(_shuffled_epoch, static_argnums=1)
+
+
+def _shuffled_epoch(key, num_examples: int):
     """A random permutation of range(num_examples), made on the device.
 
     XLA's CPU sort is several times faster on one uint32 array than on key-value
@@ -27,6 +92,9 @@ def shuffled_epoch(key: jax.Array, num_examples: int) -> jax.Array:
     `jax.random.permutation` does, to wash out ties). Larger sets use
     `jax.random.permutation`.
     """
+    import jax
+    import jax.numpy as jnp
+
     if num_examples > _PACKED_SORT_LIMIT:
         return jax.random.permutation(key, num_examples)
     positions = jnp.arange(num_examples, dtype=jnp.uint32)
@@ -52,6 +120,8 @@ class EpochSampler:
         self._orders: dict[tuple[int, int], jax.Array] = {}
 
     def permutation(self, epoch: int) -> jax.Array:
+        import jax
+
         if epoch not in self._epochs:
             self._epochs = {e: p for e, p in self._epochs.items() if e >= epoch - 1}
             self._epochs[epoch] = shuffled_epoch(jax.random.fold_in(self.key, epoch), self.num_examples)
@@ -59,19 +129,24 @@ class EpochSampler:
 
     def num_epochs_spanned(self, num_steps: int) -> int:
         """How many epochs a window of `num_steps` batches may touch: fixes the order's length."""
-        return (num_steps * self.batch_size - 1) // self.num_examples + 2
+        return epoch_window(0, num_steps, self.batch_size, self.num_examples).num_epochs
 
     def window(self, start_step: int, num_steps: int) -> tuple[jax.Array, int]:
         """(order, offset): step start_step + i reads order[offset + i*B : offset + (i+1)*B]."""
-        first = start_step * self.batch_size
-        first_epoch, count = first // self.num_examples, self.num_epochs_spanned(num_steps)
-        if (first_epoch, count) not in self._orders:
-            epochs = [self.permutation(e) for e in range(first_epoch, first_epoch + count)]
-            self._orders = {(first_epoch, count): self.place(jnp.concatenate(epochs))}
-        return self._orders[first_epoch, count], first - first_epoch * self.num_examples
+        import jax.numpy as jnp
+
+        window = epoch_window(start_step, num_steps, self.batch_size, self.num_examples)
+        key = (window.first_epoch, window.num_epochs)
+        if key not in self._orders:
+            epochs = [self.permutation(e) for e in range(window.first_epoch, window.first_epoch + window.num_epochs)]
+            self._orders = {key: self.place(jnp.concatenate(epochs))}
+        return self._orders[key], window.offset
 
     def warm_up(self, num_steps: int) -> jax.Array:
         """Compiles what windows of `num_steps` need, on a throwaway order; returns it."""
+        import jax
+        import jax.numpy as jnp
+
         throwaway = shuffled_epoch(jax.random.fold_in(self.key, 0xFFFFFFFF), self.num_examples)
         return jax.block_until_ready(self.place(jnp.concatenate([throwaway] * self.num_epochs_spanned(num_steps))))
 

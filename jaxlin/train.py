@@ -139,6 +139,22 @@ def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation
                    out_shardings=(replicated, replicated, replicated))
 
 
+def fused_probe(apply_fn: Callable, optimizer, unroll: int, init_state: Callable, images_uint8, labels, order,
+                batch_size: int) -> Callable[[str], None]:
+    """`measure(dot_layout)` for `layout.choose`: `layout.PROBE_STEPS` steps of the fused loop in that
+    layout from a fresh `init_state()` (compiled on first use, then run to completion)."""
+    compiled = {}
+
+    def measure(dot_layout: str) -> None:
+        state = init_state()
+        if dot_layout not in compiled:
+            fused = make_fused_train(apply_fn, optimizer, unroll, dot_layout=dot_layout)
+            compiled[dot_layout] = fused.lower(state.params, state.opt_state, images_uint8, labels, order, 0,
+                                               batch_size=batch_size, num_steps=layout.PROBE_STEPS).compile()
+        jax.block_until_ready(compiled[dot_layout](state.params, state.opt_state, images_uint8, labels, order, 0))
+
+    return measure
+
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
@@ -212,19 +228,11 @@ class Trainer:
         self._compiled: dict[int, Callable] = {}
 
     def _probe(self, dot_layout: str) -> None:
-        """`layout.PROBE_STEPS` steps of the fused loop in `dot_layout`, from a fresh state."""
-        probes = self.__dict__.setdefault("_probes", {})
-        if dot_layout not in probes:
-            fused = make_fused_train(self.model.apply, self.optimizer, self.config.unroll, self.placement, dot_layout)
-            order = self.sampler.warm_up(layout.PROBE_STEPS)
-            state = self.init_state()
-            probes[dot_layout] = (fused.lower(state.params, state.opt_state, self.train_images_uint8,
-                                              self.train_labels, order, 0, batch_size=self.config.batch_size,
-                                              num_steps=layout.PROBE_STEPS).compile(), order)
-        compiled, order = probes[dot_layout]
-        state = self.init_state()
-        jax.block_until_ready(compiled(state.params, state.opt_state, self.train_images_uint8, self.train_labels,
-                                       order, 0))
+        if not hasattr(self, "_probe_fn"):
+            self._probe_fn = fused_probe(self.model.apply, self.optimizer, self.config.unroll, self.init_state,
+                                         self.train_images_uint8, self.train_labels,
+                                         self.sampler.warm_up(layout.PROBE_STEPS), self.config.batch_size)
+        self._probe_fn(dot_layout)
 
     def init_state(self) -> TrainState:
         params = self.placement.put(self.model.init(self._init_key))

@@ -59,6 +59,61 @@ def test_quick_benchmark_runs_end_to_end(mnist_dir, tmp_path):
         assert len(row["repeats_seconds"]) == 2 and row["median_us_per_step"] > 0
     assert {r["contender"] for r in results["time_to_accuracy"]} >= {"jaxlin_fused", "jaxlin_per_step"}
     assert "jaxlin fused" in done.stdout and "us/step" in done.stdout
+    assert results["peak"]["peak_gflops"] > 0 and "xla" in results["peak"]["by_source"]
+    sweep = [r for r in results["throughput"] if r["contender"] == "jaxlin_sweep"]
+    assert [r["num_models"] for r in sweep] == results["meta"]["plan"]["num_models"]
+    fused = next(r for r in results["throughput"] if r["contender"] == "jaxlin_fused" and r["model"] == "linear")
+    assert fused["flops_per_step"] > 3e6 and 0 < fused["fraction_of_peak"] < 1
+    assert "% peak" in done.stdout and "sweep model-steps/s" in done.stdout
+
+
+def test_tensorflow_and_pytorch_workers_never_import_jax(mnist_dir):
+    """What a TF or PyTorch worker imports (its contender module, the shared harness, the data) must
+    not load JAX: the two in one process would fight over a GPU."""
+    script = f"""
+import importlib, sys
+from bench.worker import CONTENDERS
+from bench.common import load_data
+load_data({str(mnist_dir)!r})
+loaded = []
+for module, _, framework in CONTENDERS.values():
+    if framework == "jax":
+        continue
+    try:
+        importlib.import_module(module)
+        loaded.append(module)
+    except ImportError:
+        pass
+print(",".join(loaded))
+print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"jax", "jaxlib", "optax", "orbax"}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded, jax_modules = done.stdout.strip().splitlines()[-2:]
+    assert "bench.numpy_floor" in loaded
+    assert jax_modules == "[]", f"{loaded} imported {jax_modules}"
+
+
+class _FailingWorker:
+    def __init__(self, fail_on: str):
+        self.fail_on = fail_on
+
+    def ask(self, op, variant=None, **kwargs):
+        if op == "run" and variant == self.fail_on:
+            raise RuntimeError("run: boom")
+        return {"seconds": 0.01, "loss": 0.0} if op == "run" else {}
+
+
+def test_a_failed_run_is_recorded_and_the_others_go_on():
+    from bench.runner import interleaved
+
+    workers = {"a": _FailingWorker("bad")}
+    setups = [("a", "bad", {"model": "linear", "batch_size": 10, "num_steps": 5}),
+              ("a", "good", {"model": "linear", "batch_size": 10, "num_steps": 5})]
+    rows = interleaved(workers, setups, repeats=3, log=lambda line: None)
+    assert rows[0]["status"] == "failed" and "boom" in rows[0]["reason"]
+    assert rows[1]["status"] == "ok" and len(rows[1]["repeats_seconds"]) == 3
 
 
 def test_benchmark_rejects_a_bad_data_dir(tmp_path):
