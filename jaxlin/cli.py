@@ -270,6 +270,10 @@ def _start_distributed(args: argparse.Namespace) -> None:
 
     start_distributed(*manual, timeout_seconds=args.distributed_timeout)
     supervise.report_joined()
+    from jaxlin.parallel import check_same_everywhere
+
+    # JAX takes the number of processes from process 0: a process told another number is misconfigured.
+    check_same_everywhere(f"--num-processes {args.num_processes}")
 
 
 def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
@@ -279,7 +283,8 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
     coordinator, num_processes, process_id = _distributed_flags(args)
     where = f"coordinator {coordinator}" if coordinator else "the cluster's coordinator"
     process = f"process {process_id} (of {num_processes})" if coordinator else "this process"
-    return supervise.run_supervised(argv, where, process)
+    return supervise.run_supervised(argv, where, process, args.output_dir if "output_dir" in given_settings(args)
+                                    else DEFAULTS.output_dir)
 
 
 def _sweep(args: argparse.Namespace, stop: StopRequest | None) -> int:
@@ -342,14 +347,21 @@ def main(argv: list[str] | None = None) -> int:
     child = supervise.is_child()
     if child:
         supervise.route_runtime_output()
-    else:
-        try:
-            distributed = _distributed_flags(args) is not None
-        except ConfigError as err:
-            print(f"jaxlin: error: {err}", file=sys.stderr)
-            return 2
-        if distributed:
-            return _supervise(args, argv)
+        code = _main_with_stops(args, child)
+        if code:  # skip JAX's shutdown barrier, which would wait for peers that may be gone
+            supervise.exit_at_once(code)
+        return code
+    try:
+        distributed = _distributed_flags(args) is not None
+    except ConfigError as err:
+        print(f"jaxlin: error: {err}", file=sys.stderr)
+        return 2
+    if distributed:
+        return _supervise(args, argv)
+    return _main_with_stops(args, child)
+
+
+def _main_with_stops(args: argparse.Namespace, child: bool) -> int:
     if args.command not in ("train", "sweep"):
         try:
             return _main(args, None)
@@ -368,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
+    from jaxlin import supervise
     from jaxlin.checkpoint import CheckpointError
     from jaxlin.data import DataError
     from jaxlin.download import DownloadError
@@ -391,6 +404,13 @@ def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
     except OSError as err:  # e.g. the output directory filled up or vanished while writing
         print(f"jaxlin: error: cannot write outputs: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if type(err).__name__ not in ("JaxRuntimeError", "XlaRuntimeError") or not supervise.routed():
+            raise
+        # A collective with a peer failed (it died or stopped answering): one line, not JAX's traceback.
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        print(f"jaxlin: error: lost the other processes of this run: {first}", file=sys.stderr)
+        return 1
     if stop:  # a signal that came after the job had nothing left to stop
         return _interrupted(stop)
     return code

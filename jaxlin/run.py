@@ -23,16 +23,20 @@ import numpy as np
 
 from jaxlin import checkpoint, optimizers, plots
 from jaxlin.config import Config, ConfigError, resume_conflicts
-from jaxlin.data import DATA_DIR_ENV, Datasets, load_datasets, resolve_data_dir
+from jaxlin.data import DATA_DIR_ENV, DataError, Datasets, load_datasets, resolve_data_dir
+from jaxlin.download import DownloadError
 from jaxlin.evaluate import evaluate
-from jaxlin.models import Model, get_model
-from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, FollowerRunDir, RunDir, check_writable, to_json
+from jaxlin.models import Model, ModelError, get_model
+from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, FollowerRunDir, RunDir, RunDirError, check_writable, to_json
 from jaxlin.signals import StopRequest
 from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, TrainState
-from jaxlin.parallel import check_same_everywhere, is_primary, max_over_processes, resolve_placement, sync
+from jaxlin.parallel import (check_same_everywhere, failing_together, is_primary, max_over_processes,
+                             resolve_placement, sync)
 from jaxlin.train import FitHooks, FitResult, Progress, fit
 
 MODES = ("new", "overwrite", "resume")
+# What a run reports in one line and exit 2 (see cli.py): in a multi-process run, the processes agree on them.
+USER_ERRORS = (ConfigError, DataError, DownloadError, ModelError, RunDirError, checkpoint.CheckpointError, OSError)
 
 
 class Stopped(Exception):
@@ -213,19 +217,20 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
     primary = is_primary()
     if not primary:  # process 0 reports; the others only train
         log = lambda line: None
-    if primary:
-        check_writable(config.output_dir)
-        RunDir(config.output_dir).check_available(mode)
-    if mode == "resume":
-        config = resumed_config(config, explicit or set())
-    if config.data_dir:  # a resumed run may start elsewhere
-        config = config.replace(data_dir=str(Path(config.data_dir).absolute()))
-    model = build_model(config)
-    if data is None and resolve_data_dir(config.data_dir) is None and config.source == "tfds":
-        log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
-            f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
-    data = data or load_datasets(config.dataset, config.data_dir, config.source, progress=progress, log=log)
-    config.validate(len(data.train))
+    with failing_together(*USER_ERRORS):  # a process that cannot go on must not leave the others waiting
+        if primary:
+            check_writable(config.output_dir)
+            RunDir(config.output_dir).check_available(mode)
+        if mode == "resume":
+            config = resumed_config(config, explicit or set())
+        if config.data_dir:  # a resumed run may start elsewhere
+            config = config.replace(data_dir=str(Path(config.data_dir).absolute()))
+        model = build_model(config)
+        if data is None and resolve_data_dir(config.data_dir) is None and config.source == "tfds":
+            log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
+                f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
+        data = data or load_datasets(config.dataset, config.data_dir, config.source, progress=progress, log=log)
+        config.validate(len(data.train))
     data_seconds = time.perf_counter() - started
     log(describe_run(config, data, model))
     if dry_run:
@@ -234,17 +239,23 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
     stop.defer()
     if stop:  # a StopNow that something on the way swallowed
         raise Stopped(f"jaxlin: stopped by {stop.name} before training started; nothing saved", stop.exit_code)
-    with (RunDir if primary else FollowerRunDir)(config.output_dir) as run_dir:
+    run_dir = (RunDir if primary else FollowerRunDir)(config.output_dir)
+    with failing_together(*USER_ERRORS):
+        run_dir.lock()
+    try:
         return _train_in(run_dir, config, data, model, mode, stop, progress, log, eval_steps,
                          data_seconds, started)
+    finally:
+        run_dir.unlock()
 
 
 def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mode: str, stop: StopRequest,
               progress: bool, log, eval_steps, data_seconds: float, started: float) -> dict | None:
     out = run_dir.path
-    run_dir.check_available(mode)
-    if mode == "overwrite":
-        run_dir.remove_run()
+    with failing_together(*USER_ERRORS):
+        run_dir.check_available(mode)
+        if mode == "overwrite":
+            run_dir.remove_run()
     sync("jaxlin: output directory ready")  # process 0 has locked and cleared it
     store = CheckpointStore(out, keep=config.keep_checkpoints) if config.checkpoint_every != 0 else None
     start, records = None, []

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shlex
 import re
 import signal
 import subprocess
@@ -37,6 +38,19 @@ _routed = False  # this process is a supervised child whose descriptors 1 and 2 
 
 def is_child() -> bool:
     return RUNTIME_FD_ENV in os.environ
+
+
+def routed() -> bool:
+    """Whether this process is a supervised child (its runtime output goes to the parent)."""
+    return _routed
+
+
+def exit_at_once(code: int) -> None:
+    """Ends a failed or stopped child without JAX's shutdown barrier, which waits for every peer
+    (for minutes when one is gone); everything jaxlin writes is on disk by now."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def report_joined() -> None:
@@ -101,10 +115,15 @@ class _RuntimeLog:
     def finish(self) -> None:
         self._thread.join(timeout=5)
 
-    def save(self) -> str:
-        handle, path = tempfile.mkstemp(prefix="jaxlin-runtime-", suffix=".log")
-        with os.fdopen(handle, "w") as file:
-            file.write("\n".join(self.lines) + "\n")
+    def save(self, name: str) -> str:
+        """Writes the log to the temporary directory under `name` (one file per run and process:
+        a failure that repeats replaces its log instead of adding one)."""
+        path = os.path.join(tempfile.gettempdir(), name)
+        try:
+            with open(path, "w") as file:
+                file.write("\n".join(self.lines) + "\n")
+        except OSError as err:
+            return f"not saved ({err.strerror or err})"
         return path
 
 
@@ -118,16 +137,17 @@ def _ask_kernel_to_signal_child_on_parent_death() -> None:
 
 
 class _Forwarder:
-    def __init__(self, child: subprocess.Popen):
-        self.child = child
+    def __init__(self, child: subprocess.Popen, log: _RuntimeLog):
+        self.child, self.log = child, log
         self.signum: int | None = None
         self.killed = False
 
     def __call__(self, signum, frame) -> None:
-        if self.signum is None:
+        if self.signum is None and self.log.joined:
             self.signum = signum
             _send(self.child, signum)
-        else:
+        else:  # a second signal; or the first while JAX waits in C++ for the processes to join
+            self.signum = self.signum or signum
             self.killed = True
             _send(self.child, signal.SIGKILL)
 
@@ -139,18 +159,18 @@ def _send(child: subprocess.Popen, signum: int) -> None:
         pass
 
 
-def run_supervised(argv: list[str], where: str, process: str) -> int:
+def run_supervised(argv: list[str], where: str, process: str, output_dir: str) -> int:
     """Runs `jaxlin ARGV` as a child (see the module docstring) and returns its exit code.
 
     `where` names the coordinator ("coordinator HOST:PORT") and `process` this process
-    ("process 1 of 2") for the message."""
+    ("process 1 (of 2)") for the message; `output_dir` is where a resume would start."""
     read_fd, write_fd = os.pipe()
     env = {**os.environ, RUNTIME_FD_ENV: str(write_fd)}
     child = subprocess.Popen([sys.executable, "-m", "jaxlin.cli", *argv], env=env, pass_fds=(write_fd,),
                              preexec_fn=_ask_kernel_to_signal_child_on_parent_death)
     os.close(write_fd)
     log = _RuntimeLog(os.fdopen(read_fd, "rb"))
-    forward = _Forwarder(child)
+    forward = _Forwarder(child, log)
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = child.wait()
@@ -158,9 +178,14 @@ def run_supervised(argv: list[str], where: str, process: str) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     log.finish()
+    name = signal.Signals(forward.signum).name if forward.signum else ""
+    if forward.killed and not log.joined:
+        print(f"jaxlin: stopped by {name} while waiting for the processes to join; nothing trained",
+              file=sys.stderr)
+        return 128 + forward.signum
     if forward.killed:
-        print(f"jaxlin: stopped by {signal.Signals(forward.signum).name} at once (second signal); "
-              f"the last checkpoint is kept", file=sys.stderr)
+        print(f"jaxlin: stopped by {name} at once (second signal); checkpoints already on disk are kept"
+              f"{_resume_hint(output_dir)}", file=sys.stderr)
         return 128 + forward.signum
     if code >= 0:
         return code
@@ -168,12 +193,23 @@ def run_supervised(argv: list[str], where: str, process: str) -> int:
     reason = log.reason()
     if "Failed to add port" in reason:
         hint = "the coordinator's port is taken (another run, or a second process 0?)"
+    elif -code == signal.SIGKILL and log.fatal is None:
+        hint = "this process was killed from outside (out of memory, a user or the scheduler)"
     elif log.joined:
         hint = "a peer process died or stopped answering"
     else:
         hint = ("not every process joined in time: are they all started, with the same --coordinator and "
                 "--num-processes and distinct --process-id?")
+    log_name = "jaxlin-runtime-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{where} {process}").strip("-") + ".log"
     print(f"jaxlin: error: {process} of the run through {where} was ended ({died}): {reason}; "
-          f"{hint}; runtime log: {log.save()}", file=sys.stderr)
+          f"{hint}; runtime log: {log.save(log_name)}{_resume_hint(output_dir)}", file=sys.stderr)
     return 1
+
+
+def _resume_hint(output_dir: str) -> str:
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    if os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints)):
+        return (f". Resume with: jaxlin train --resume --output-dir {shlex.quote(output_dir)} "
+                f"(on every process, with its distributed flags as before)")
+    return ""
 

@@ -178,9 +178,12 @@ def test_when_a_peer_dies_the_other_process_ends_within_the_timeout(mnist_dir, t
     _, err = processes[0].communicate(timeout=90)  # not a hang: JAX's heartbeat timeout ends it
     assert processes[0].returncode == 1, err
     last = err.strip().splitlines()[-1]
+    assert "Check failure" not in err and "Traceback" not in err
+    if last.startswith("jaxlin: error: lost the other processes of this run: "):  # a collective failed first
+        return
     assert last.startswith("jaxlin: error: process 0 (of 2) of the run through coordinator 127.0.0.1:"), err
-    assert "a peer process died or stopped answering" in last and "Check failure" not in err
-    log = Path(last.rsplit("runtime log: ", 1)[1])
+    assert "a peer process died or stopped answering" in last
+    log = _runtime_log(last)
     assert "unhealthy" in log.read_text() or "Gloo" in log.read_text()
     log.unlink()
 
@@ -224,20 +227,72 @@ def test_process_0_whose_peers_never_come_ends_in_one_line(tmp_path, tiny_data_d
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert "not every process joined in time" in lines[0] and "coordinator 127.0.0.1:" in lines[0]
     assert not (tmp_path / "out").exists()
-    Path(lines[0].rsplit("runtime log: ", 1)[1]).unlink()
+    _runtime_log(lines[0]).unlink()
 
 
-def test_a_coordinator_port_in_use_ends_in_one_line(tmp_path, tiny_data_dir):
+def _runtime_log(line: str) -> Path:
+    import re
+
+    return Path(re.search(r"runtime log: (\S+\.log)", line).group(1))
+
+
+def test_a_coordinator_port_in_use_is_refused_at_once(tmp_path, tiny_data_dir):
+    """Another program's port, or a running run's: JAX's gRPC service would share it (SO_REUSEPORT)."""
     import socket
 
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("0.0.0.0", 0))
         taken.listen()
         done = _alone(tmp_path, tiny_data_dir, f"127.0.0.1:{taken.getsockname()[1]}")
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 1 and len(lines) == 1, done.stderr
-    assert "the coordinator's port is taken" in lines[0]
-    Path(lines[0].rsplit("runtime log: ", 1)[1]).unlink()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "is in use on this host" in lines[0]
+
+
+def _pair(tmp_path, tiny_data_dir, extra: list[list[str]], timeout: int = 120) -> list[tuple[int, str]]:
+    exe = Path(sys.executable).with_name("jaxlin")
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    common = ["train", "--devices", "all", "--data-dir", str(tiny_data_dir), "--output-dir", str(tmp_path / "run"),
+              "--no-progress", "--num-steps", "30", "--coordinator", f"127.0.0.1:{_free_port()}",
+              "--distributed-timeout", "10"]
+    processes = [subprocess.Popen([str(exe), *common, "--process-id", str(i), *extra[i]], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    return [(p.wait(timeout=timeout), p.communicate()[1]) for p in processes]
+
+
+def test_an_error_on_one_process_ends_every_process_at_once(tmp_path, tiny_data_dir):
+    import time
+
+    start = time.monotonic()
+    (code0, err0), (code1, err1) = _pair(tmp_path, tiny_data_dir, [["--num-processes", "2"], [
+        "--num-processes", "2", "--data-dir", str(tmp_path / "missing")]])
+    assert time.monotonic() - start < 60  # not JAX's shutdown barrier's minutes
+    assert (code0, code1) == (2, 2), err0 + err1
+    assert err1.strip().splitlines()[-1].startswith("jaxlin: error: ") and "missing" in err1
+    assert "process 1 of this run failed before training" in err0 and "Traceback" not in err0 + err1
+
+
+def test_processes_told_different_numbers_of_processes_refuse(tmp_path, tiny_data_dir):
+    (code0, err0), (code1, err1) = _pair(tmp_path, tiny_data_dir, [["--num-processes", "2"],
+                                                                  ["--num-processes", "3"]])
+    assert (code0, code1) == (2, 2), err0 + err1
+    assert "started with different settings" in err0 and "started with different settings" in err1
+
+
+def test_ctrl_c_while_waiting_for_the_others_to_join_stops_at_once(tmp_path, tiny_data_dir):
+    import signal
+    import time
+
+    exe = Path(sys.executable).with_name("jaxlin")
+    process = subprocess.Popen([str(exe), "train", "--data-dir", str(tiny_data_dir), "--output-dir",
+                                str(tmp_path / "out"), "--coordinator", f"127.0.0.1:{_free_port()}",
+                                "--num-processes", "2", "--process-id", "0", "--distributed-timeout", "60"],
+                               env={**os.environ, "JAX_NUM_CPU_DEVICES": "2"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # inside jax.distributed.initialize, waiting for process 1
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 130 and "while waiting for the processes to join" in err
 
 
 def test_processes_started_with_different_settings_refuse_at_once(tmp_path, tiny_data_dir):
