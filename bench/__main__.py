@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-sweep", action="store_true", help="skip the fused-loop K/unroll sweep")
     parser.add_argument("--no-vmap", action="store_true", help="skip the many-models vmap runs")
     parser.add_argument("--no-tta", action="store_true", help="skip the time-to-accuracy runs")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end (whole process) runs")
     parser.add_argument("--replot", metavar="RESULTS_JSON",
                         help="only redraw the table and chart of a saved results file")
     parser.add_argument("--keep-blas-pin", action="store_true",
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
         plan = runner.dataclasses.replace(plan, num_models=[])
     if args.no_tta:
         plan = runner.dataclasses.replace(plan, tta_repeats=0)
+    if args.no_e2e:
+        plan = runner.dataclasses.replace(plan, e2e_repeats=0)
 
     results = runner.run(plan, args.data_dir, names, native_blas=not args.keep_blas_pin,
                          log=lambda m: print(m, file=sys.stderr, flush=True))

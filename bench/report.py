@@ -67,6 +67,7 @@ def targets(results: dict) -> dict:
         ratio = us / case["numpy_floor"]["median_us_per_step"]
         out["time_vs_numpy_floor"] = {"ratio": ratio, "goal": 1.5, "met": ratio <= 1.5}
     out.update(_peak_targets(results, fused))
+    out.update(_end_to_end_targets(results))
     tta = {r["contender"]: r["median_wall_seconds"] for r in _tta_rows(results)}
     ours = {k: v for k, v in tta.items() if k.startswith("jaxlin")}
     others = {k: v for k, v in tta.items() if not k.startswith("jaxlin")}
@@ -92,6 +93,26 @@ def _peak_targets(results: dict, fused: dict) -> dict:
         if fused.get("fraction_of_peak") is not None:
             fraction = fused["fraction_of_peak"]
             out["single_fused_fraction_of_peak"] = {"fraction": fraction, "goal": 0.4, "met": fraction >= 0.4}
+    return out
+
+
+E2E_GOALS = {"jaxlin_train_warm": 0.35, "jaxlin_train_no_figures_warm": 0.25, "jaxlin_train_cold": 0.6}
+E2E_LABELS = {"tf_reference_script": "TF tutorial script", "torch_script": "PyTorch tutorial script",
+              "jaxlin_train_cold": "jaxlin train, cold (empty caches)", "jaxlin_train_warm": "jaxlin train, warm",
+              "jaxlin_train_no_figures_warm": "jaxlin train --no-figures, warm", "jaxlin_help": "jaxlin --help"}
+
+
+def _end_to_end_targets(results: dict) -> dict:
+    """Issue 10's targets: whole-process wall time as a fraction of the TF tutorial script's."""
+    rows = {r["name"]: r for r in results.get("end_to_end", []) if r.get("status") == "ok"}
+    out = {}
+    for name, goal in E2E_GOALS.items():
+        if name in rows and rows[name].get("ratio_to_tf_reference") is not None:
+            ratio = rows[name]["ratio_to_tf_reference"]
+            out[f"end_to_end_{name}"] = {"ratio_to_tf_reference": ratio, "goal": goal, "met": ratio <= goal}
+    if "jaxlin_help" in rows:
+        seconds = rows["jaxlin_help"]["median_seconds"]
+        out["jaxlin_help_seconds"] = {"seconds": seconds, "goal": 0.3, "met": seconds <= 0.3}
     return out
 
 
@@ -128,6 +149,15 @@ def table(results: dict) -> str:
                 f"{_gflops(r)} | {_percent_of_peak(r)} | {r.get('compile_seconds', 0):.2f} |")
     lines += _sweep_and_vmap(results)
     lines += _tta_and_memory(results)
+    e2e = [r for r in results.get("end_to_end", []) if r.get("status") == "ok"]
+    if e2e:
+        lines += ["\nend to end: the tutorial run as a whole process, imports included (median of "
+                  f"{len(e2e[0]['seconds'])} interleaved runs)\n",
+                  "| command | median s | min-max | x TF script |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {E2E_LABELS.get(r['name'], r['name'])} | {r['median_seconds']:.2f} | {r['min_seconds']:.2f}-"
+                  f"{r['max_seconds']:.2f} | "
+                  f"{r['ratio_to_tf_reference']:.2f} |" if r.get("ratio_to_tf_reference") is not None else
+                  f"| {E2E_LABELS.get(r['name'], r['name'])} | {r['median_seconds']:.2f} | - | - |" for r in e2e]
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ class Plan:
     tta_max_steps: int
     tta_target: float
     peak: bool = True  # measure the machine's large-matmul rate
+    e2e_repeats: int = 5  # whole-process runs of the tutorial per command (0: none)
 
 
 FULL = Plan(repeats=5,
@@ -52,7 +53,7 @@ FULL = Plan(repeats=5,
             tta_repeats=3, tta_eval_every=50, tta_max_steps=5000, tta_target=TARGET_ACCURACY)
 QUICK = Plan(repeats=2, cases=[("linear", 100, 20), ("mlp", 100, 10), ("cnn", 100, 2)],
              sweep=[(10, 1), (10, 2)], sweep_steps=20, num_models=[1, 4], vmap_steps=20, device_counts=[1, 2],
-             tta_repeats=1, tta_eval_every=20, tta_max_steps=100, tta_target=0.5)
+             tta_repeats=1, tta_eval_every=20, tta_max_steps=100, tta_target=0.5, e2e_repeats=1)
 
 
 class Worker:
@@ -290,6 +291,67 @@ def time_to_accuracy(names: list[str], plan: Plan, data_dir: str, native_blas: b
     return list(rows.values())
 
 
+def end_to_end_commands(data_dir: str, out: Path, cold_cache: Path, warm_cache: Path) -> dict[str, tuple]:
+    """What a user runs for the tutorial, as (argv, extra environment): the whole process is timed."""
+    jaxlin = str(Path(sys.executable).with_name("jaxlin"))
+    train = [jaxlin, "train", "--data-dir", data_dir, "--output-dir", str(out), "--overwrite", "--no-progress"]
+    commands = {
+        "tf_reference_script": ([sys.executable, str(ROOT / "bench/tutorial/tf_tutorial.py"), "--data-dir", data_dir],
+                                {}, "tensorflow"),
+        "torch_script": ([sys.executable, str(ROOT / "bench/tutorial/torch_tutorial.py"), "--data-dir", data_dir],
+                         {}, "torch"),
+        "jaxlin_train_cold": (train, {"JAXLIN_CACHE_DIR": str(cold_cache)}, "jax"),
+        "jaxlin_train_warm": (train, {"JAXLIN_CACHE_DIR": str(warm_cache)}, "jax"),
+        "jaxlin_train_no_figures_warm": ([*train, "--no-figures"], {"JAXLIN_CACHE_DIR": str(warm_cache)}, "jax"),
+        "jaxlin_help": ([jaxlin, "--help"], {}, "jax"),
+    }
+    return {name: (argv, env) for name, (argv, env, module) in commands.items()
+            if importlib.util.find_spec(module) is not None}
+
+
+def end_to_end(plan: Plan, data_dir: str, log) -> list[dict]:
+    """Whole-process wall time of the tutorial run, imports included: the TF and PyTorch scripts and
+    `jaxlin train` cold (empty caches each time), warm and without figures; one warm-up round, then
+    `plan.e2e_repeats` interleaved rounds. Ratios are to the TF script's median."""
+    import shutil
+
+    log(f"end to end: whole processes, {plan.e2e_repeats} interleaved rounds after a warm-up")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        commands = end_to_end_commands(data_dir, tmp / "run", tmp / "cold-cache", tmp / "warm-cache")
+        rows = {name: {"name": name, "command": " ".join(argv), "seconds": []} for name, (argv, _) in commands.items()}
+        for round_number in range(plan.e2e_repeats + 1):
+            names = list(commands)
+            names = names[round_number % len(names):] + names[:round_number % len(names)]
+            for name in names:
+                argv, extra = commands[name]
+                shutil.rmtree(tmp / "cold-cache", ignore_errors=True)
+                start = time.perf_counter()
+                done = subprocess.run(argv, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra},
+                                      capture_output=True, text=True, timeout=600)
+                seconds = time.perf_counter() - start
+                if done.returncode != 0:
+                    rows[name].update(status="failed", reason=done.stderr.strip()[-500:])
+                elif round_number:  # round 0 warms the caches and the file system
+                    rows[name]["seconds"].append(seconds)
+    reference = None
+    for row in rows.values():
+        if row.get("status") == "failed" or not row["seconds"]:
+            row.setdefault("status", "failed")
+            continue
+        row.update(status="ok", median_seconds=statistics.median(row["seconds"]), min_seconds=min(row["seconds"]),
+                   max_seconds=max(row["seconds"]))
+    if rows.get("tf_reference_script", {}).get("status") == "ok":
+        reference = rows["tf_reference_script"]["median_seconds"]
+    for row in rows.values():
+        if row["status"] == "ok":
+            row["ratio_to_tf_reference"] = row["median_seconds"] / reference if reference else None
+            log(f"  {row['name']:<30} {row['median_seconds']:6.2f} s")
+        else:
+            log(f"  {row['name']:<30} failed: {row.get('reason', '')[:200]}")
+    return list(rows.values())
+
+
 def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=print) -> dict:
     started = datetime.datetime.now(datetime.UTC)
     contenders, workers = {}, {}
@@ -316,6 +378,7 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
             contenders[name]["max_rss_mb"] = worker.close()["max_rss_mb"]
     tta_names = [n for n in TTA_CONTENDERS if n in workers]
     tta = time_to_accuracy(tta_names, plan, data_dir, native_blas, log) if plan.tta_repeats and tta_names else []
+    e2e = end_to_end(plan, data_dir, log) if plan.e2e_repeats else []
     return {
         "meta": {"started": started.isoformat(timespec="seconds"), "python": platform.python_version(),
                  "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -324,4 +387,5 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
         "peak": peak,
         "throughput": rows,
         "time_to_accuracy": tta,
+        "end_to_end": e2e,
     }

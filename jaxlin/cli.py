@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 
@@ -83,6 +84,8 @@ def _train_parser(subparsers) -> None:
                        help="replace the run already in --output-dir (only jaxlin's own files are removed)")
     p.add_argument("--dry-run", action="store_true",
                    help="check settings and data, print the plan, train and write nothing")
+    p.add_argument("--no-figures", action="store_true", help="write no PNG figures (scripted runs)")
+    _add_compile_cache_flag(p)
     hosts = p.add_argument_group(
         "several processes (hosts)", "join a multi-process run through jax.distributed; process 0 writes the outputs")
     hosts.add_argument("--coordinator", metavar="HOST:PORT", type=_non_empty,
@@ -117,6 +120,12 @@ def _number_list(text: str, kind) -> tuple:
 SWEEP_OUTPUT_DIR = "jaxlin-sweep"
 
 
+def _add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="compile everything afresh: do not read or write JAX's persistent compilation cache "
+                             "(kept in jaxlin's cache directory; also JAXLIN_COMPILE_CACHE=0)")
+
+
 def _sweep_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "sweep", help="train many models at once in one compiled program; choose the best by validation",
@@ -138,6 +147,7 @@ def _sweep_parser(subparsers) -> None:
     modes.add_argument("--overwrite", action="store_true", help="replace the sweep already in --output-dir")
     p.add_argument("--dry-run", action="store_true",
                    help="check settings and data, print the plan and the memory it needs, train nothing")
+    _add_compile_cache_flag(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(output_dir_default=SWEEP_OUTPUT_DIR)
 
@@ -287,10 +297,43 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
                                     else DEFAULTS.output_dir)
 
 
+def _start_backend(args: argparse.Namespace) -> None:
+    """The compilation cache (before anything compiles) and JAX's backend, timed for the breakdown."""
+    import time
+
+    import jax
+
+    from jaxlin import compile_cache, timing
+
+    timing.marks["compile_cache_enabled"] = compile_cache.enable(args.no_compile_cache) is not None
+    tick = time.perf_counter()
+    jax.devices()
+    timing.marks["backend_start"] = time.perf_counter() - tick
+
+
+def _train(args: argparse.Namespace, stop: StopRequest | None, worker) -> int:
+    from jaxlin import run, timing
+
+    timing.marks["imports"] = timing.since_process_start()
+    _start_distributed(args)
+    _start_backend(args)
+    if stop is not None:
+        stop.reinstall()
+    config = config_from_args(args)
+    if not args.resume:
+        config.validate()
+    mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    run.train_and_evaluate(config, progress=not args.no_progress, dry_run=args.dry_run, mode=mode,
+                           explicit=given_settings(args), stop=stop, figures=not args.no_figures,
+                           figure_worker=worker)
+    return 0
+
+
 def _sweep(args: argparse.Namespace, stop: StopRequest | None) -> int:
     from jaxlin.sweep import Grid
     from jaxlin.sweep_run import run_sweep
 
+    _start_backend(args)
     config = config_from_args(args)
     if not args.resume:
         config.validate()
@@ -305,19 +348,20 @@ def _sweep(args: argparse.Namespace, stop: StopRequest | None) -> int:
 
 
 def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
+    if args.command == "train":
+        # Started first: it imports matplotlib while this process imports JAX, loads data and trains.
+        worker = None
+        if not (args.no_figures or args.dry_run or args.distributed or args.process_id):
+            from jaxlin.figures import FigureWorker
+
+            worker = FigureWorker.start()
+        try:
+            return _train(args, stop, worker)
+        finally:
+            if worker is not None:
+                worker.close()
     from jaxlin import run
 
-    if args.command == "train":
-        _start_distributed(args)
-        if stop is not None:
-            stop.reinstall()
-        config = config_from_args(args)
-        if not args.resume:
-            config.validate()
-        mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
-        run.train_and_evaluate(config, progress=not args.no_progress, dry_run=args.dry_run, mode=mode,
-                               explicit=given_settings(args), stop=stop)
-        return 0
     if args.command == "sweep":
         return _sweep(args, stop)
     if args.command == "download":
@@ -421,5 +465,20 @@ def _interrupted(stop: StopRequest) -> int:
     return stop.exit_code
 
 
+def console() -> None:
+    """The `jaxlin` command: `main`, then an exit that skips the interpreter's teardown of JAX and
+    its threads (a third of a second here) once every output is written and flushed. A run of
+    several processes exits normally: JAX's shutdown barrier lets the processes leave together."""
+    code = main()
+    if "jax" in sys.modules and sys.modules["jax"].process_count() > 1:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

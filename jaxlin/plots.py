@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -15,6 +16,19 @@ from jaxlin.data import IMAGE_SHAPE
 def _save(fig: Figure, path: str | os.PathLike) -> Figure:
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=80, bbox_inches="tight"))
     return fig
+
+
+def draw_run_figures(directory: str | os.PathLike, images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                     weights: np.ndarray | None, weight_titles: Sequence[str] | None, confusion: np.ndarray,
+                     evaluations: Sequence[dict], curve_key: str = "test_accuracy") -> None:
+    """The tutorial's figures of a trained model, into `directory` (no weights figure when `weights` is None)."""
+    directory = Path(directory)
+    plot_images(images[:9], labels[:9], predictions[:9], directory / "example_images.png", title="First test images")
+    plot_misclassified(images, labels, predictions, directory / "misclassified.png")
+    if weights is not None:
+        plot_weights(weights, directory / "weights.png", weight_titles)
+    plot_confusion_matrix(np.asarray(confusion), directory / "confusion_matrix.png")
+    plot_learning_curve(evaluations, directory / "learning_curve.png", curve_key)
 
 
 def plot_images(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray | None,

@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxlin import checkpoint, optimizers, plots
+from jaxlin import checkpoint, optimizers
 from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data import DATA_DIR_ENV, DataError, Datasets, load_datasets, resolve_data_dir
 from jaxlin.download import DownloadError
@@ -100,18 +100,26 @@ def resume_command(out: Path) -> str:
     return command
 
 
-def write_figures(directory: Path, data: Datasets, model: Model, params, final: dict,
-                  evaluations: list[dict], curve_key: str = "test_accuracy") -> None:
-    """The tutorial's figures of a trained model; the learning curve plots `curve_key` of each record."""
-    images, labels, predictions = data.test.images_uint8, data.test.labels, final["predictions"]
-    plots.plot_images(images[:9], labels[:9], predictions[:9], directory / "example_images.png",
-                      title="First test images")
-    plots.plot_misclassified(images, labels, predictions, directory / "misclassified.png")
+def figure_inputs(data: Datasets, model: Model, params, final: dict, evaluations: list[dict],
+                  curve_key: str = "test_accuracy") -> dict:
+    """What `plots.draw_run_figures` needs, as arrays and JSON values (a figure worker gets them)."""
     weights = model.first_dense_weights(params)
-    if weights is not None:
-        plots.plot_weights(weights[0], directory / "weights.png", weights[1])
-    plots.plot_confusion_matrix(np.asarray(final["confusion_matrix"]), directory / "confusion_matrix.png")
-    plots.plot_learning_curve(evaluations, directory / "learning_curve.png", curve_key)
+    return {"images": data.test.images_uint8, "labels": data.test.labels, "predictions": final["predictions"],
+            "weights": None if weights is None else weights[0],
+            "weight_titles": None if weights is None else weights[1],
+            "confusion": np.asarray(final["confusion_matrix"]), "evaluations": evaluations, "curve_key": curve_key}
+
+
+def write_figures(directory: Path, data: Datasets, model: Model, params, final: dict,
+                  evaluations: list[dict], curve_key: str = "test_accuracy", worker=None) -> None:
+    """The tutorial's figures of a trained model; the learning curve plots `curve_key` of each record.
+    Drawn by `worker` (a `figures.FigureWorker` started at launch) when given, else here."""
+    inputs = figure_inputs(data, model, params, final, evaluations, curve_key)
+    if worker is not None and worker.draw(directory, inputs):
+        return
+    from jaxlin import plots  # matplotlib: only when figures are drawn
+
+    plots.draw_run_figures(directory, **inputs)
 
 
 class _RunHooks(FitHooks):
@@ -197,20 +205,22 @@ def _check_resumable(saved: Config, wanted: Config, step: int, out: Path) -> Con
 def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = False, log=print,
                        eval_steps: list[int] | None = None, data: Datasets | None = None,
                        mode: str = "new", explicit: set[str] | None = None,
-                       stop: StopRequest | None = None) -> dict | None:
+                       stop: StopRequest | None = None, figures: bool = True, figure_worker=None) -> dict | None:
     """The `jaxlin train` job; returns the metrics written (None for a dry run or nothing to do).
 
     mode: "new" refuses a directory that holds a run, "overwrite" replaces that run's files,
     "resume" continues from its latest checkpoint; with "resume", settings not in `explicit`
     come from the checkpoint. Test accuracy is measured at `eval_steps` (default: every
-    `config.eval_every` steps); `data` skips loading when the caller already has it.
+    `config.eval_every` steps); `data` skips loading when the caller already has it. `figures`
+    False writes no PNG; `figure_worker` (a `figures.FigureWorker`) draws them when given.
     Raises `Stopped` after a SIGINT or SIGTERM (caught by `stop`, or by a handler of its own).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if stop is None:
         with StopRequest() as own:
-            return train_and_evaluate(config, progress, dry_run, log, eval_steps, data, mode, explicit, own)
+            return train_and_evaluate(config, progress, dry_run, log, eval_steps, data, mode, explicit, own,
+                                      figures, figure_worker)
     started = time.perf_counter()
     # The data may sit at another path on each host; everything else must agree.
     check_same_everywhere(json.dumps([config.replace(data_dir=None).to_dict(), mode], sort_keys=True))
@@ -244,13 +254,14 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
         run_dir.lock()
     try:
         return _train_in(run_dir, config, data, model, mode, stop, progress, log, eval_steps,
-                         data_seconds, started)
+                         data_seconds, started, figures, figure_worker)
     finally:
         run_dir.unlock()
 
 
 def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mode: str, stop: StopRequest,
-              progress: bool, log, eval_steps, data_seconds: float, started: float) -> dict | None:
+              progress: bool, log, eval_steps, data_seconds: float, started: float, figures: bool = True,
+              figure_worker=None) -> dict | None:
     out = run_dir.path
     with failing_together(*USER_ERRORS):
         run_dir.check_available(mode)
@@ -300,8 +311,13 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
     }
 
     def write(staging: Path) -> None:
-        write_figures(staging, data, model, result.params, final, evaluations)
+        tick = time.perf_counter()
+        if figures:
+            write_figures(staging, data, model, result.params, final, evaluations, worker=figure_worker)
+        figures_seconds = time.perf_counter() - tick
         checkpoint.save_params(staging / PARAMS_FILE, result.params, model)
+        metrics["timings"]["breakdown"] = _breakdown(result.timings, data_seconds, figures_seconds,
+                                                     time.perf_counter() - tick - figures_seconds)
         (staging / METRICS_FILE).write_text(to_json(metrics, indent=2) + "\n")
 
     names = run_dir.publish(write)
@@ -311,6 +327,25 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
     if stop:  # a signal while the outputs were written: they are complete, say so and exit as asked
         raise Stopped(f"jaxlin: {stop.name} after the last step; the finished run is in {out}", stop.exit_code)
     return metrics
+
+
+def _breakdown(timings: dict, data_seconds: float, figures_seconds: float, writing_seconds: float) -> dict:
+    """Where this process's time went, from its start (see `timing`); phases not measured are None."""
+    from jaxlin import compile_cache, timing
+
+    return {
+        "imports_seconds": timing.marks.get("imports"),  # interpreter start-up and imports
+        "backend_start_seconds": timing.marks.get("backend_start"),
+        "data_load_seconds": data_seconds,
+        "compile_seconds": timings["compile_seconds"],
+        "dot_layout_probe_seconds": timings.get("dot_layout_probe_seconds"),
+        "compile_cache": {"enabled": timing.marks.get("compile_cache_enabled", False), **compile_cache.counts()},
+        "training_seconds": timings["train_seconds"],
+        "evaluation_seconds": timings["eval_seconds"],
+        "figures_seconds": figures_seconds,
+        "writing_seconds": writing_seconds,
+        "whole_process_seconds": timing.since_process_start(),  # until metrics.json was written
+    }
 
 
 def _initial_state(config: Config, model: Model) -> TrainState:

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxlin import checkpoint, plots
+from jaxlin import checkpoint
 from jaxlin.config import Config, ConfigError
 from jaxlin.data import Datasets, load_datasets
 from jaxlin.evaluate import Evaluator
@@ -275,6 +275,8 @@ def _sweep_in(run_dir: RunDir, config: Config, grid: Grid, members: list[Config]
         if best is not None else None
 
     def write(staging: Path) -> None:
+        from jaxlin import plots  # matplotlib: only when figures are drawn
+
         curves = np.array([[np.nan if a is None else a for a in r["validation_accuracy"]]
                            for r in summary["evaluations"]]).T
         plots.plot_sweep(summary["members"], [r["step"] for r in summary["evaluations"]], curves, best,
