@@ -250,7 +250,9 @@ def chart(results: dict, path: Path) -> None:
     tta = sorted(_tta_rows(results), key=lambda r: r["median_wall_seconds"])
     many = {name: _many_rows(results, name) for name in MANY_MODELS}
     many = {name: rows for name, rows in many.items() if rows}
-    panels = len(cases) + (1 if tta else 0) + (1 if many else 0)
+    e2e = sorted((r for r in results.get("end_to_end", []) if r.get("status") == "ok"),
+                 key=lambda r: r["median_seconds"])
+    panels = len(cases) + (1 if tta else 0) + (1 if many else 0) + (1 if e2e else 0)
     columns = min(panels, 4)
     fig = Figure(figsize=(4.2 * columns, 3.2 * ((panels + columns - 1) // columns)))
     axes = fig.subplots((panels + columns - 1) // columns, columns, squeeze=False).ravel()
@@ -267,6 +269,11 @@ def chart(results: dict, path: Path) -> None:
         ax.set_title(f"time to {results['meta']['plan']['tta_target']:.1%} test accuracy", fontsize=9)
     if many:
         _many_models_panel(axes[len(cases) + (1 if tta else 0)], many, results)
+    if e2e:
+        ax = axes[len(cases) + (1 if tta else 0) + (1 if many else 0)]
+        _bars(ax, [E2E_LABELS.get(r["name"], r["name"]) for r in e2e], [r["median_seconds"] for r in e2e],
+              [_color(r["name"]) for r in e2e], "seconds, whole process, median")
+        ax.set_title("the tutorial run end to end (imports included)", fontsize=9)
     for ax in axes[panels:]:
         ax.axis("off")
     fig.suptitle(f"jaxlin vs TensorFlow, PyTorch and a NumPy floor on {results['meta']['cpu_model']} "

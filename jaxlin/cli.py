@@ -465,12 +465,21 @@ def _interrupted(stop: StopRequest) -> int:
     return stop.exit_code
 
 
+def _several_processes() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    try:
+        return sys.modules["jax"].process_count() > 1
+    except Exception:  # a backend that never started: one process
+        return False
+
+
 def console() -> None:
     """The `jaxlin` command: `main`, then an exit that skips the interpreter's teardown of JAX and
     its threads (a third of a second here) once every output is written and flushed. A run of
     several processes exits normally: JAX's shutdown barrier lets the processes leave together."""
     code = main()
-    if "jax" in sys.modules and sys.modules["jax"].process_count() > 1:
+    if _several_processes():
         sys.exit(code)
     for stream in (sys.stdout, sys.stderr):
         try:

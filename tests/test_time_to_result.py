@@ -1,0 +1,72 @@
+"""Time to result: the compilation cache, lazy imports, figures off the critical path, the breakdown."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+JAXLIN = str(Path(sys.executable).with_name("jaxlin"))
+
+
+def _train(data_dir: Path, out: Path, *extra: str, env: dict | None = None) -> dict:
+    done = subprocess.run([JAXLIN, "train", "--data-dir", str(data_dir), "--output-dir", str(out), "--num-steps",
+                           "60", "--eval-every", "30", "--no-progress", *extra], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--batch-size", "many"],
+                                  ["sweep", "--learning-rates", "x"]])
+def test_help_and_argument_errors_import_neither_jax_nor_matplotlib(argv):
+    script = ("import sys\nfrom jaxlin.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+              "print(sorted(m for m in ('jax', 'jaxlib', 'matplotlib', 'optax', 'orbax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+def test_a_second_run_hits_the_compilation_cache_and_the_cache_can_be_turned_off(tiny_data_dir, tmp_path):
+    first = _train(tiny_data_dir, tmp_path / "first")["timings"]["breakdown"]
+    assert first["compile_cache"]["enabled"] and first["compile_cache"]["misses"] > 0
+    cached = list((Path(os.environ["JAXLIN_CACHE_DIR"]) / "xla").iterdir())
+    assert cached
+    second = _train(tiny_data_dir, tmp_path / "second")["timings"]["breakdown"]
+    assert second["compile_cache"]["hits"] > 0 and second["compile_cache"]["misses"] == 0
+    for name in ("imports_seconds", "backend_start_seconds", "data_load_seconds", "compile_seconds",
+                 "training_seconds", "evaluation_seconds", "figures_seconds", "writing_seconds"):
+        assert 0 <= second[name] < second["whole_process_seconds"], name
+    off = _train(tiny_data_dir, tmp_path / "off", "--no-compile-cache")["timings"]["breakdown"]["compile_cache"]
+    assert off == {"enabled": False, "hits": 0, "misses": 0}
+    by_env = _train(tiny_data_dir, tmp_path / "env", env={"JAXLIN_COMPILE_CACHE": "0"})
+    assert by_env["timings"]["breakdown"]["compile_cache"]["enabled"] is False
+    assert len(list((Path(os.environ["JAXLIN_CACHE_DIR"]) / "xla").iterdir())) == len(cached)
+
+
+def test_a_damaged_cache_entry_is_compiled_again_not_fatal(tiny_data_dir, tmp_path):
+    reference = _train(tiny_data_dir, tmp_path / "first")
+    for entry in (Path(os.environ["JAXLIN_CACHE_DIR"]) / "xla").iterdir():
+        if entry.is_file():
+            entry.write_bytes(b"not an executable")
+    damaged = _train(tiny_data_dir, tmp_path / "second")
+    assert damaged["final_test_accuracy"] == reference["final_test_accuracy"]
+    assert damaged["timings"]["breakdown"]["compile_cache"]["hits"] == 0
+
+
+def test_no_figures_writes_everything_but_the_pngs(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    metrics = _train(tiny_data_dir, out, "--no-figures")
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "metrics.jsonl", "params.npz", "checkpoints",
+                                               ".jaxlin.lock"}
+    assert metrics["timings"]["breakdown"]["figures_seconds"] < 0.01
+
+
+def test_the_figure_worker_draws_what_the_run_would_draw(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    _train(tiny_data_dir, out)
+    for name in ("example_images.png", "misclassified.png", "weights.png", "confusion_matrix.png",
+                 "learning_curve.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    assert not list(out.glob(".figure-inputs*")) and not list(out.glob(".staging-*"))
