@@ -43,6 +43,7 @@ class Plan:
     tta_target: float
     peak: bool = True  # measure the machine's large-matmul rate
     e2e_repeats: int = 5  # whole-process runs of the tutorial per command (0: none)
+    e2e_warm_up: bool = True  # one untimed round first (it also fills the warm cache)
 
 
 FULL = Plan(repeats=5,
@@ -53,7 +54,8 @@ FULL = Plan(repeats=5,
             tta_repeats=3, tta_eval_every=50, tta_max_steps=5000, tta_target=TARGET_ACCURACY)
 QUICK = Plan(repeats=2, cases=[("linear", 100, 20), ("mlp", 100, 10), ("cnn", 100, 2)],
              sweep=[(10, 1), (10, 2)], sweep_steps=20, num_models=[1, 4], vmap_steps=20, device_counts=[1, 2],
-             tta_repeats=1, tta_eval_every=20, tta_max_steps=100, tta_target=0.5, e2e_repeats=1)
+             tta_repeats=1, tta_eval_every=20, tta_max_steps=100, tta_target=0.5, e2e_repeats=1,
+             e2e_warm_up=False)
 
 
 class Worker:
@@ -320,7 +322,8 @@ def end_to_end(plan: Plan, data_dir: str, log) -> list[dict]:
         tmp = Path(tmp)
         commands = end_to_end_commands(data_dir, tmp / "run", tmp / "cold-cache", tmp / "warm-cache")
         rows = {name: {"name": name, "command": " ".join(argv), "seconds": []} for name, (argv, _) in commands.items()}
-        for round_number in range(plan.e2e_repeats + 1):
+        first_timed = 1 if plan.e2e_warm_up else 0
+        for round_number in range(plan.e2e_repeats + first_timed):
             names = list(commands)
             names = names[round_number % len(names):] + names[:round_number % len(names)]
             for name in names:
@@ -332,7 +335,7 @@ def end_to_end(plan: Plan, data_dir: str, log) -> list[dict]:
                 seconds = time.perf_counter() - start
                 if done.returncode != 0:
                     rows[name].update(status="failed", reason=done.stderr.strip()[-500:])
-                elif round_number:  # round 0 warms the caches and the file system
+                elif round_number >= first_timed:  # a warm-up round fills the caches and the file system
                     rows[name]["seconds"].append(seconds)
     reference = None
     for row in rows.values():

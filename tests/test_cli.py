@@ -212,12 +212,12 @@ def test_device_gpu_without_a_gpu_is_a_clear_error(tiny_data_dir, tmp_path, caps
 
 
 def test_a_failure_while_writing_leaves_no_final_output(tiny_data_dir, tmp_path, monkeypatch, capsys):
-    from jaxlin import plots
+    from jaxlin import checkpoint
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(plots, "plot_weights", broken)
+    monkeypatch.setattr(checkpoint, "save_params", broken)  # after the figures, before metrics.json
     out = tmp_path / "out"
     assert train(tiny_data_dir, out) == 2
     assert "cannot write outputs: disk full" in capsys.readouterr().err
