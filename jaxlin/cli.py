@@ -421,6 +421,13 @@ def _main_with_stops(args: argparse.Namespace, child: bool) -> int:
         except StopNow as now:  # during imports, a download or loading the data
             print(f"jaxlin: stopped by {now} before training started; nothing saved", file=sys.stderr)
             return 128 + now.signum
+        except Exception:
+            if not (stop and not stop.deferred):
+                raise
+            # The StopNow landed inside an extension module's initialisation (jaxlib's), which turns
+            # any exception into an ImportError: it is still the user's stop.
+            print(f"jaxlin: stopped by {stop.name} before training started; nothing saved", file=sys.stderr)
+            return stop.exit_code
 
 
 def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
