@@ -108,8 +108,11 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _number_list(text: str, kind) -> tuple:
+    parts = text.split(",")
+    if len(parts) > 1 and any(not part.strip() for part in parts):
+        raise argparse.ArgumentTypeError(f"an empty item in {text!r}")
     try:
-        values = tuple(kind(part) for part in text.split(",") if part.strip())
+        values = tuple(kind(part) for part in parts if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
     if not values:
@@ -228,10 +231,20 @@ def _download(args: argparse.Namespace) -> None:
     print(f"{args.dataset}: the four IDX files are in {directory}, verified.")
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("jaxlin")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jaxlin",
-        description="The TensorFlow MNIST linear-model tutorial in JAX: train, evaluate, download, predict.")
+        description="The TensorFlow MNIST linear-model tutorial in JAX: train, sweep, evaluate, download, predict.")
+    parser.add_argument("--version", action="version", version=f"jaxlin {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,evaluate,download,predict}")
     _train_parser(subparsers)
     _sweep_parser(subparsers)
@@ -335,6 +348,9 @@ def _sweep(args: argparse.Namespace, stop: StopRequest | None) -> int:
 
     _start_backend(args)
     config = config_from_args(args)
+    for single, plural in (("learning_rate", "learning_rates"), ("momentum", "momentums")):
+        if single in given_settings(args) and getattr(args, plural) is not None:
+            raise ConfigError(f"give --{single.replace('_', '-')} or --{plural.replace('_', '-')}, not both")
     if not args.resume:
         config.validate()
     grid = Grid(args.learning_rates, args.momentums, args.seeds, args.data_seeds)
@@ -415,7 +431,7 @@ def _main_with_stops(args: argparse.Namespace, child: bool) -> int:
     # From here on SIGINT/SIGTERM only request a stop, which training honours where it is safe:
     # a KeyboardInterrupt raised inside JAX's import or a garbage-collector callback could be lost.
     # Under a supervising parent, the parent turns a second signal into "at once".
-    with StopRequest(repeat_exits=not child) as stop:
+    with StopRequest(repeat_exits=not child, raise_now=False) as stop:
         try:
             return _main(args, stop)
         except StopNow as now:  # during imports, a download or loading the data
@@ -441,8 +457,8 @@ def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
     from jaxlin.rundir import RunDirError
     from jaxlin.train import DivergenceError
 
-    if stop:
-        return _interrupted(stop)
+    if stop is not None:
+        stop.raise_pending()  # the heavy imports (JAX) are done
     try:
         code = _run(args, stop)
     except Stopped as stopped:
@@ -485,7 +501,11 @@ def console() -> None:
     """The `jaxlin` command: `main`, then an exit that skips the interpreter's teardown of JAX and
     its threads (a third of a second here) once every output is written and flushed. A run of
     several processes exits normally: JAX's shutdown barrier lets the processes leave together."""
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before jaxlin's own handlers were installed
+        print("jaxlin: interrupted", file=sys.stderr)
+        code = 130
     if _several_processes():
         sys.exit(code)
     for stream in (sys.stdout, sys.stderr):

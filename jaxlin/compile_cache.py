@@ -52,6 +52,7 @@ def enable(flag_off: bool = False) -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     warnings.filterwarnings("ignore", message="Error reading persistent compilation cache entry")
+    warnings.filterwarnings("ignore", message="Error writing persistent compilation cache entry")
     return path
 
 

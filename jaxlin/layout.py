@@ -23,8 +23,11 @@ from pathlib import Path
 import jax
 
 LAYOUTS = ("auto", "plain", "batched")
-PROBE_STEPS = 50
+PROBE_STEPS = 20
 PROBE_REPEATS = 3
+# A model whose probe takes longer than this (compile included) is compute-bound: the layout of
+# its dots matters little and measuring would cost minutes (the CNN's fused loop: 0.5 s a step).
+PROBE_BUDGET_SECONDS = 2.0
 CACHE_FILE = "dot-layouts.json"
 _chosen: dict[str, str] = {}  # this process's choices, by cache key
 
@@ -90,8 +93,11 @@ def choose(config, model, placement, measure) -> str:
 
 def _measure(measure) -> str:
     best = {"plain": float("inf"), "batched": float("inf")}
-    for layout in best:
-        measure(layout)  # compile and warm up
+    start = time.perf_counter()
+    measure("plain")  # compile and warm up
+    if time.perf_counter() - start > PROBE_BUDGET_SECONDS:
+        return "plain"
+    measure("batched")
     for _ in range(PROBE_REPEATS):
         for layout in best:
             start = time.perf_counter()

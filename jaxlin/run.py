@@ -157,6 +157,9 @@ class _RunHooks(FitHooks):
 def _checkpoint_record(store: CheckpointStore, step: int) -> tuple[Config, Progress]:
     """The config and progress saved beside the train state of `step`."""
     record = store.read_record(step)
+    if "grid" in record:  # not damaged: another kind of run, whose checkpoints must stay
+        raise ConfigError(f"{store.directory.parent} holds a jaxlin sweep, not a train run; continue it with "
+                          f"jaxlin sweep --resume --output-dir {shlex.quote(str(store.directory.parent))}")
     try:
         return Config.from_dict(record["config"]), Progress(**record["progress"])
     except (KeyError, TypeError, ValueError) as err:

@@ -33,8 +33,11 @@ class StopRequest:
     """Context manager: while active, SIGINT/SIGTERM stop the run at once (`StopNow`) until `defer`
     is called, then at the next chunk boundary."""
 
-    def __init__(self, log=None, repeat_exits: bool = True):
+    def __init__(self, log=None, repeat_exits: bool = True, raise_now: bool = True):
         self.signum: int | None = None
+        # False while modules are imported: an exception raised inside an extension module's
+        # initialisation can crash the interpreter, so the stop waits for `raise_pending`.
+        self.raise_now = raise_now
         self.repeat_exits = repeat_exits  # False under a parent that owns "a second signal" (supervise.py)
         self.deferred = False
         self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -51,6 +54,12 @@ class StopRequest:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
+    def raise_pending(self) -> None:
+        """From now on (imports done) a signal stops the run at once; one that came already does now."""
+        self.raise_now = True
+        if self.signum is not None and not self.deferred:
+            raise StopNow(self.signum)
+
     def defer(self) -> None:
         """From now on a signal waits for the end of the current chunk."""
         self.deferred = True
@@ -60,7 +69,9 @@ class StopRequest:
             return
         self.signum = signum
         if not self.deferred:
-            raise StopNow(signum)
+            if self.raise_now:
+                raise StopNow(signum)
+            return
         if self.repeat_exits:
             for other in STOP_SIGNALS:
                 signal.signal(other, signal.SIG_DFL)

@@ -27,9 +27,9 @@ from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, RunDir, check_writable, to_
 from jaxlin.schedule import checkpoint_schedule, chunks, eval_schedule
 from jaxlin.signals import StopRequest
 from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, TrainState
-from jaxlin.sweep import (BEST_DIR, MEMORY_FRACTION, SWEEP_FIGURE, SWEEP_FILE, SWEEP_LAYOUT, Grid, SweepTrainer,
-                          best_member, check_resumable, describe_member, estimate_memory, gib, memory_limit,
-                          resume_command)
+from jaxlin.sweep import (BEST_DIR, HOST_OVERHEAD_BYTES, MEMORY_FRACTION, SWEEP_FIGURE, SWEEP_FILE, SWEEP_LAYOUT,
+                          Grid, SweepTrainer, best_member, check_resumable, describe_member, estimate_memory, gib,
+                          memory_limit, resume_command)
 
 MODES = ("new", "overwrite", "resume")
 TABLE_ROWS = 24  # longer sweeps print their best rows only
@@ -53,6 +53,8 @@ def run_sweep(config: Config, grid: Grid, progress: bool = True, dry_run: bool =
         config, grid = _resumed_settings(config, grid, explicit or set())
     if config.data_dir:
         config = config.replace(data_dir=str(Path(config.data_dir).absolute()))
+    if config.loop != "fused":
+        raise ConfigError(f"--loop {config.loop}: a sweep trains its members in the fused loop only")
     model = build_model(config)
     data = data or load_datasets(config.dataset, config.data_dir, config.source, progress=progress, log=log)
     config.validate(len(data.train))
@@ -61,8 +63,13 @@ def run_sweep(config: Config, grid: Grid, progress: bool = True, dry_run: bool =
     need = estimate_memory(config, model, len(members), placement.num_devices, data)
     limit, what = memory_limit(placement)
     log(_describe(config, grid, members, data, model, placement.describe(), need, limit, what))
+    if what == "host memory":  # CPU devices (simulated ones too) share the host's memory
+        need = need * placement.num_devices + HOST_OVERHEAD_BYTES
+        where = f"on this host ({placement.num_devices} CPU device{'s' if placement.num_devices > 1 else ''})"
+    else:
+        where = "per device"
     if need > MEMORY_FRACTION * limit:
-        raise ConfigError(f"a sweep of {len(members)} members needs about {gib(need)} per device, more than "
+        raise ConfigError(f"a sweep of {len(members)} members needs about {gib(need)} {where}, more than "
                           f"{MEMORY_FRACTION:.0%} of the {gib(limit)} of {what}; sweep fewer members or "
                           f"spread them over more --devices")
     if dry_run:
@@ -78,14 +85,15 @@ def run_sweep(config: Config, grid: Grid, progress: bool = True, dry_run: bool =
 
 def _describe(config: Config, grid: Grid, members: list[Config], data: Datasets, model: Model, device: str,
               need: int, limit: int, what: str) -> str:
-    varied = [f"{name.replace('_', ' ')} {', '.join(map(str, values))}"
+    varied = [f"{name.replace('_', ' ')} {_listed(values)}"
               for name, values in dataclasses.asdict(grid).items() if values is not None]
     shared = len({m.data_seed for m in members}) == 1
     order = (f"one batch order shared by all (data seed {members[0].data_seed})" if shared
              else "a batch order per data seed")
     lines = [f"Data: {data.name} from {data.source}: train {len(data.train)}, validation {len(data.validation)}, "
              f"test {len(data.test)}",
-             f"Sweep: {len(members)} members of {model.describe()} ({'; '.join(varied) or 'one member'}); "
+             f"Sweep: {len(members)} member{'s' if len(members) != 1 else ''} of {model.describe()} "
+             f"({'; '.join(varied) or 'one member'}); "
              f"optimizer {config.optimizer}; batch {config.batch_size}; {config.num_steps} steps; {order}",
              f"Device: {device}; memory: about {gib(need)} per device of {gib(limit)} ({what})",
              "Selection: the highest final validation accuracy; test accuracy is reported, never used to choose"]
@@ -93,6 +101,14 @@ def _describe(config: Config, grid: Grid, members: list[Config], data: Datasets,
         lines.append("Note: the linear model starts from zeros, so members that differ only in their seed train "
                      "identically; --data-seeds gives them their own batch orders")
     return "\n".join(lines)
+
+
+def _listed(values) -> str:
+    """A grid axis for one line: every value, or the first and last few of a long one."""
+    shown = [str(v) for v in values]
+    if len(shown) > 8:
+        return f"{', '.join(shown[:3])}, ..., {', '.join(shown[-2:])} ({len(shown)} values)"
+    return ", ".join(shown)
 
 
 def _resumed_settings(config: Config, grid: Grid, explicit: set[str]) -> tuple[Config, Grid]:
@@ -107,15 +123,21 @@ def _resumed_settings(config: Config, grid: Grid, explicit: set[str]) -> tuple[C
     return check_resumable(saved, saved_grid, config, grid, explicit, step, out)
 
 
+class NotASweep(ConfigError):
+    """A checkpoint that reads back but is a `jaxlin train` run's: refused, never removed as damaged."""
+
+
 def _latest_record(store: CheckpointStore, log=lambda line: None, remove_damaged: bool = False):
     """(step, config, grid, record) of the newest checkpoint whose record reads back as a sweep's."""
     for step in store.steps():
         try:
             record = store.read_record(step)
             if "grid" not in record:
-                raise checkpoint.CheckpointError(f"{store.directory / str(step)}: a `jaxlin train` checkpoint, "
-                                                 f"not a sweep's")
+                raise NotASweep(f"{store.directory.parent} holds a jaxlin train run, not a sweep; continue it "
+                                f"with jaxlin train --resume --output-dir {store.directory.parent}")
             return step, Config.from_dict(record["config"]), Grid.from_dict(record["grid"]), record
+        except NotASweep:
+            raise
         except (checkpoint.CheckpointError, KeyError, TypeError, ValueError) as err:
             log(f"jaxlin: checkpoint {step} is damaged, {'removed it' if remove_damaged else 'skipping it'}: {err}")
             if remove_damaged:

@@ -142,6 +142,29 @@ def test_the_sweep_command_writes_its_outputs_and_keeps_the_directory_rules(tiny
     assert "lists a value twice" in capsys.readouterr().err
 
 
+def test_train_and_sweep_directories_are_not_mistaken_for_each_other(tiny_data_dir, tmp_path, capsys):
+    sweep_dir, train_dir = tmp_path / "sweep", tmp_path / "train"
+    common = ["--data-dir", str(tiny_data_dir), "--num-steps", "20", "--eval-every", "10"]
+    assert _sweep_cli(*common, "--output-dir", str(sweep_dir), "--learning-rates", "0.1,0.5") == 0
+    assert main(["train", *common, "--output-dir", str(train_dir), "--no-progress"]) == 0
+    checkpoints = {d: sorted(p.name for p in (d / "checkpoints").iterdir()) for d in (sweep_dir, train_dir)}
+    capsys.readouterr()
+    assert main(["train", "--resume", "--output-dir", str(sweep_dir), "--no-progress", "--num-steps", "40"]) == 2
+    assert "holds a jaxlin sweep" in capsys.readouterr().err
+    assert _sweep_cli("--resume", "--output-dir", str(train_dir), "--num-steps", "40") == 2
+    assert "holds a jaxlin train run" in capsys.readouterr().err
+    assert {d: sorted(p.name for p in (d / "checkpoints").iterdir()) for d in checkpoints} == checkpoints
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--loop", "per-step"], "a sweep trains its members in the fused loop only"),
+    (["--learning-rate", "0.3", "--learning-rates", "0.1,0.2"], "give --learning-rate or --learning-rates"),
+])
+def test_sweep_settings_that_would_be_ignored_are_refused(tiny_data_dir, tmp_path, capsys, args, message):
+    assert _sweep_cli("--data-dir", str(tiny_data_dir), "--output-dir", str(tmp_path / "s"), *args) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
 def test_every_member_diverging_exits_3(tiny_data_dir, tmp_path, capsys):
     assert _sweep_cli("--data-dir", str(tiny_data_dir), "--output-dir", str(tmp_path / "s"), "--num-steps", "20",
                       "--learning-rates", "1e38", "--checkpoint-every", "0") == 3
