@@ -293,6 +293,17 @@ def time_to_accuracy(names: list[str], plan: Plan, data_dir: str, native_blas: b
     return list(rows.values())
 
 
+def portable(text: str, tmp: Path | None = None) -> str:
+    """A command or path as it would be typed from the repo root: no machine-specific prefixes."""
+    replacements = [(str(Path(sys.executable).with_name("jaxlin")), "jaxlin"), (sys.executable, "python")]
+    if tmp is not None:
+        replacements.append((str(tmp), "<tmp>"))
+    replacements += [(str(ROOT) + "/", ""), (str(ROOT.parent) + "/", "../")]
+    for old, new in replacements:
+        text = text.replace(old, new)
+    return text
+
+
 def end_to_end_commands(data_dir: str, out: Path, cold_cache: Path, warm_cache: Path) -> dict[str, tuple]:
     """What a user runs for the tutorial, as (argv, extra environment): the whole process is timed."""
     jaxlin = str(Path(sys.executable).with_name("jaxlin"))
@@ -321,7 +332,8 @@ def end_to_end(plan: Plan, data_dir: str, log) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         commands = end_to_end_commands(data_dir, tmp / "run", tmp / "cold-cache", tmp / "warm-cache")
-        rows = {name: {"name": name, "command": " ".join(argv), "seconds": []} for name, (argv, _) in commands.items()}
+        rows = {name: {"name": name, "command": portable(" ".join(argv), tmp), "seconds": []}
+                for name, (argv, _) in commands.items()}
         first_timed = 1 if plan.e2e_warm_up else 0
         for round_number in range(plan.e2e_repeats + first_timed):
             names = list(commands)
@@ -385,7 +397,7 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
     return {
         "meta": {"started": started.isoformat(timespec="seconds"), "python": platform.python_version(),
                  "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                 "plan": dataclasses.asdict(plan), "data_dir": data_dir},
+                 "plan": dataclasses.asdict(plan), "data_dir": portable(str(Path(data_dir).resolve()))},
         "contenders": contenders,
         "peak": peak,
         "throughput": rows,

@@ -132,21 +132,30 @@ def test_a_coordinator_that_is_not_there_is_a_clear_error(mnist_dir, tmp_path):
     assert "cannot reach the coordinator 127.0.0.1:" in done.stderr and "within 3 s" in done.stderr
 
 
-def test_a_signal_to_one_process_stops_both_after_the_same_chunk(mnist_dir, tmp_path):
-    import signal
+def _training_pair(data_dir: Path, out: Path, *extra: str, records: int = 2) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of a long two-process run (2 CPU devices each), once `records` evaluations
+    are on disk."""
     import time
 
     exe = Path(sys.executable).with_name("jaxlin")
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
-    out = tmp_path / "run"
-    common = ["train", "--devices", "all", "--data-dir", str(mnist_dir), "--output-dir", str(out), "--no-progress",
-              "--num-steps", str(10**6), "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
+    common = ["train", "--devices", "all", "--data-dir", str(data_dir), "--output-dir", str(out), "--no-progress",
+              "--num-steps", str(10**6), "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+              *extra]
     processes = [subprocess.Popen([str(exe), *common, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for i in range(2)]
     deadline = time.monotonic() + 120
-    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= records):
         assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
         time.sleep(0.05)
+    return processes
+
+
+def test_a_signal_to_one_process_stops_both_after_the_same_chunk(mnist_dir, tmp_path):
+    import signal
+
+    out = tmp_path / "run"
+    processes = _training_pair(mnist_dir, out, records=3)
     processes[1].send_signal(signal.SIGTERM)  # as when a scheduler pre-empts one host first
     results = [p.communicate(timeout=120) for p in processes]
     assert [p.returncode for p in processes] == [143, 143], results
@@ -158,20 +167,9 @@ def test_a_signal_to_one_process_stops_both_after_the_same_chunk(mnist_dir, tmp_
 
 def test_when_a_peer_dies_the_other_process_ends_within_the_timeout(mnist_dir, tmp_path):
     import signal
-    import time
 
-    exe = Path(sys.executable).with_name("jaxlin")
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
     out = tmp_path / "run"
-    common = ["train", "--devices", "all", "--data-dir", str(mnist_dir), "--output-dir", str(out), "--no-progress",
-              "--num-steps", str(10**6), "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
-              "--distributed-timeout", "10"]
-    processes = [subprocess.Popen([str(exe), *common, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
-    deadline = time.monotonic() + 120
-    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
-        time.sleep(0.05)
+    processes = _training_pair(mnist_dir, out, "--distributed-timeout", "10")
     worker = int(Path(f"/proc/{processes[1].pid}/task/{processes[1].pid}/children").read_text().split()[0])
     os.kill(worker, signal.SIGKILL)  # the training process itself, not the `jaxlin` parent above it
     processes[1].wait()
@@ -193,17 +191,8 @@ def test_killing_one_launcher_stops_its_worker_and_the_peer_after_the_same_chunk
     import signal
     import time
 
-    exe = Path(sys.executable).with_name("jaxlin")
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
     out = tmp_path / "run"
-    common = ["train", "--devices", "all", "--data-dir", str(mnist_dir), "--output-dir", str(out), "--no-progress",
-              "--num-steps", str(10**6), "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
-    processes = [subprocess.Popen([str(exe), *common, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
-    deadline = time.monotonic() + 120
-    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
-        time.sleep(0.05)
+    processes = _training_pair(mnist_dir, out)
     worker = int(Path(f"/proc/{processes[1].pid}/task/{processes[1].pid}/children").read_text().split()[0])
     processes[1].send_signal(signal.SIGKILL)  # the kernel then sends its worker SIGTERM
     _, err = processes[0].communicate(timeout=120)
