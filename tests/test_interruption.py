@@ -19,6 +19,19 @@ RUN_ARGS = ["--model", "mlp", "--hidden-sizes", "16", "--optimizer", "adam", "--
 NUM_STEPS = 1500
 
 
+_MACHINE_CACHE: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def machine_cache(tmp_path_factory):
+    """One jaxlin cache for every run of this module, as on one machine: the runs compared bit for bit
+    (an uninterrupted reference, interrupted and resumed runs) share the cached dot-layout choice
+    (see `jaxlin.layout`) and compiled programs, as runs on one machine do."""
+    _MACHINE_CACHE["dir"] = tmp_path_factory.mktemp("machine-cache")
+    yield
+    _MACHINE_CACHE.clear()
+
+
 def _command() -> list[str]:
     exe = Path(sys.executable).with_name("jaxlin")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
@@ -32,7 +45,8 @@ class Run:
         logs = logs or out.parent
         stamp = f"{out.name}-{time.monotonic_ns()}"
         self.stdout_path, self.stderr_path = logs / f"{stamp}.out", logs / f"{stamp}.err"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAXLIN_DATA_DIR": str(data_dir)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAXLIN_DATA_DIR": str(data_dir),
+               "JAXLIN_CACHE_DIR": str(_MACHINE_CACHE["dir"])}
         with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:
             self.process = subprocess.Popen([*_command(), "train", "--output-dir", str(out), "--no-progress", *args],
                                             stdout=stdout, stderr=stderr, env=env)
