@@ -2,16 +2,23 @@
 
 Any params pytree is stored leaf by leaf under the names of its key paths
 (``layers/0/w`` for a dense stack, ``layers/conv1/w`` for the CNN); a ``__model__``
-entry holds the model's JSON description. Loading rebuilds the expected tree from
-that model (`jax.eval_shape` of its `init`) and checks every array against it before
-any of its numbers are used.
+entry holds the model's JSON description and a ``__digest__`` entry the sha256 of
+everything else (see `params_digest`), so a flipped byte is found before it is used.
+Loading refuses anything but a regular file, reads every array's header before its
+data (sizes and dtypes are capped), verifies the digest (files from older jaxlin
+versions have none: they load with a note), rebuilds the expected tree from the
+model (`jax.eval_shape` of its `init`) and checks every array against it before any
+of its numbers are used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import stat
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,7 +31,13 @@ from jaxlin.config import MAX_PARAMS
 from jaxlin.models import Model, model_from_spec
 
 MODEL_KEY = "__model__"
+DIGEST_KEY = "__digest__"
 PREFIX = "layers"
+# A model description is about a hundred bytes; anything this large is not one (a 430 KB file
+# could otherwise hold a 100-million-character string that takes gigabytes to read).
+MAX_MODEL_BYTES = 64 * 1024
+_MAX_DIGEST_BYTES = 4 * 64  # 64 hex characters, stored as numpy's 4-byte characters
+_TEXT_ENTRIES = {MODEL_KEY: MAX_MODEL_BYTES, DIGEST_KEY: _MAX_DIGEST_BYTES}
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -63,58 +76,142 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise
 
 
+def params_digest(arrays: dict[str, np.ndarray], model_json: str) -> str:
+    """sha256 (hex) over each array's name, dtype, shape and bytes, in sorted name order, then the
+    model description: what `save_params` stores under ``__digest__`` and `load_params` checks."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        shape = ",".join(str(n) for n in value.shape)
+        digest.update(f"{name}\0{value.dtype.str}\0{shape}\0".encode("utf-8", "surrogatepass"))
+        digest.update(value.reshape(-1).view(np.uint8))  # the bytes, without a copy
+    digest.update(f"{MODEL_KEY}\0{model_json}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
 def save_params(path: str | os.PathLike, params, model: Model) -> None:
     arrays = {name: np.asarray(value, np.float32) for name, value in leaf_names(params)}
-    arrays[MODEL_KEY] = np.array(json.dumps(model.spec))
+    model_json = json.dumps(model.spec)
+    digest = params_digest(arrays, model_json)
+    arrays[MODEL_KEY] = np.array(model_json)
+    arrays[DIGEST_KEY] = np.array(digest)
     atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _open_regular(path: Path):
+    """`path` opened for reading once it is known to be a regular file: a FIFO or a device is
+    refused without blocking (the open does not wait for a writer, fstat says what it is)."""
     try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError as err:
         raise CheckpointError(f"{path}: no such params file") from err
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read the params file ({err.strerror or err})") from err
-    if magic != _ZIP_MAGIC:
-        raise CheckpointError(f"{path}: not a params file (an .npz written by `jaxlin train`)")
     try:
-        _check_array_headers(path)
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except CheckpointError:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise CheckpointError(f"{path}: is a directory, not a params file")
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"{path}: not a regular file (a params file is an .npz written by `jaxlin train`)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise CheckpointError(f"{path}: not a readable params file ({err})") from err
+    return os.fdopen(fd, "rb")
 
 
-def _check_array_headers(path: Path) -> None:
-    """Refuses an array too large for any model before a byte of it is decompressed."""
-    with zipfile.ZipFile(path) as archive:
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with _open_regular(path) as handle:
+        try:
+            magic = handle.read(4)
+        except OSError as err:
+            raise CheckpointError(f"{path}: cannot read the params file ({err.strerror or err})") from err
+        if magic != _ZIP_MAGIC:
+            raise CheckpointError(f"{path}: not a params file (an .npz written by `jaxlin train`)")
+        try:
+            handle.seek(0)
+            _check_array_headers(path, handle)
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except CheckpointError:
+            raise
+        except zipfile.BadZipFile as err:
+            if "CRC" in str(err):  # a byte flipped inside a member: the zip's own checksum
+                raise CheckpointError(f"{path}: params file is damaged ({_first_line(err)})") from err
+            raise CheckpointError(f"{path}: not a readable params file ({_first_line(err)})") from err
+        except (OSError, ValueError, EOFError, MemoryError) as err:
+            raise CheckpointError(f"{path}: not a readable params file ({_first_line(err)})") from err
+
+
+def _first_line(err) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def _check_array_headers(path: Path, handle) -> None:
+    """Reads every member's header, never its data: refuses an array too large for any model, one
+    that is not numbers, and a model description or digest that is not a short string."""
+    total = 0
+    with zipfile.ZipFile(handle) as archive:
         for member in archive.namelist():
-            with archive.open(member) as handle:
-                version = np.lib.format.read_magic(handle)
+            name = member.removesuffix(".npy")
+            with archive.open(member) as entry:
+                version = np.lib.format.read_magic(entry)
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read_header(handle)
-            if math.prod(shape) > MAX_PARAMS:
-                raise CheckpointError(f"{path}: {member.removesuffix('.npy')} holds {math.prod(shape):,} values, "
+                shape, _, dtype = read_header(entry)
+            count = math.prod(shape)
+            if name in _TEXT_ENTRIES:
+                if dtype.kind != "U" or shape != ():
+                    raise CheckpointError(f"{path}: {name} is not a string ({dtype}{list(shape)})")
+                if dtype.itemsize > _TEXT_ENTRIES[name]:
+                    raise CheckpointError(f"{path}: {name} holds {dtype.itemsize:,} bytes, more than it can in a "
+                                          f"params file ({_TEXT_ENTRIES[name]:,})")
+                continue
+            if dtype.kind not in "biufc" or dtype.hasobject or dtype.fields is not None:
+                raise CheckpointError(f"{path}: {name} does not hold numbers (dtype {dtype})")
+            if count > MAX_PARAMS:
+                raise CheckpointError(f"{path}: {name} holds {count:,} values, "
                                       f"more than any model here ({MAX_PARAMS:,})")
+            total += count
+            if total > MAX_PARAMS:
+                raise CheckpointError(f"{path}: its arrays hold more than {MAX_PARAMS:,} values, "
+                                      f"more than any model here")
+
+
+def _text_entry(path: Path, value: np.ndarray, name: str) -> str:
+    try:
+        return str(value.item())
+    except (ValueError, UnicodeError) as err:
+        raise CheckpointError(f"{path}: {name} is not readable text ({_first_line(err)})") from err
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def load_params(path: str | os.PathLike, model: Model | None = None, input_size: int = 784,
-                num_classes: int = 10) -> tuple[Any, Model]:
+                num_classes: int = 10, log=_note) -> tuple[Any, Model]:
     """Loads params; checks them against `model` (or the model the file names, which must fit
-    inputs of `input_size` values and `num_classes` classes)."""
+    inputs of `input_size` values and `num_classes` classes).
+
+    A file without a digest (written by a jaxlin older than digests) loads after its other
+    checks, and `log` (default: a line on stderr) says that it was not verified."""
     path = Path(path)
     arrays = _read_npz(path)
     if MODEL_KEY not in arrays:
         raise CheckpointError(f"{path}: no model description in the params file")
+    model_json = _text_entry(path, arrays.pop(MODEL_KEY), "the model description")
+    stored_digest = arrays.pop(DIGEST_KEY, None)
+    if stored_digest is not None and _text_entry(path, stored_digest, "the digest") != params_digest(
+            arrays, model_json):
+        raise CheckpointError(f"{path}: params file is damaged (digest mismatch)")
     try:
-        saved_model = model_from_spec(json.loads(str(arrays.pop(MODEL_KEY))), input_size, num_classes)
+        saved_model = model_from_spec(json.loads(model_json), input_size, num_classes)
+    except RecursionError as err:
+        raise CheckpointError(f"{path}: the model description is nested too deeply to be one") from err
     except ValueError as err:  # JSON errors and ModelError
-        raise CheckpointError(f"{path}: {err}") from err
+        raise CheckpointError(f"{path}: {_first_line(err)}") from err
     model = model or saved_model
     if model.spec != saved_model.spec:
         raise CheckpointError(
@@ -132,4 +229,6 @@ def load_params(path: str | os.PathLike, model: Model | None = None, input_size:
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: {name} holds non-finite values")
     leaves = [arrays[name] for name, _ in names]
+    if stored_digest is None:
+        log(f"note: {path} has no digest (written by an older jaxlin); not verified")
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(expected), leaves), model

@@ -159,19 +159,45 @@ def get_model(
     )
 
 
+SPEC_FIELDS = ("name", "layer_sizes", "activation")
+
+
+def _brief(value) -> str:
+    """A value from a file, shown in an error message without filling the screen."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def model_from_spec(spec, input_size: int = 784, num_classes: int = 10) -> Model:
-    """The model a params file describes, checked against the data it is meant for."""
+    """The model a params file describes, checked against the data it is meant for.
+
+    The description comes from a file, so every field is checked for its type before it is
+    used: a wrong one is a ModelError, never a TypeError."""
+    from jaxlin.config import MAX_PARAMS
+
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ModelError("the model description is not an object with a name")
+    unknown = [key for key in spec if key not in SPEC_FIELDS]
+    if unknown:
+        raise ModelError(f"the model description has unknown fields ({_brief(unknown)})")
+    name = spec["name"]
+    if name not in MODELS:
+        raise ModelError(f"unknown model {_brief(name)}; choose one of {', '.join(MODELS)}")
+    activation = spec.get("activation", "relu")
+    if not isinstance(activation, str):
+        raise ModelError(f"the model description's activation is not a name ({_brief(activation)})")
     sizes = spec.get("layer_sizes")
     if not isinstance(sizes, list) or len(sizes) < 2 or not all(type(s) is int and s >= 1 for s in sizes):
-        raise ModelError(f"the model description has no valid layer sizes ({sizes!r})")
-    if spec["name"] in ("linear", "cnn") and len(sizes) != 2:
-        raise ModelError(f"a {spec['name']} model has no hidden layers, the description lists {sizes}")
+        raise ModelError(f"the model description has no valid layer sizes ({_brief(sizes)})")
+    if name in ("linear", "cnn") and len(sizes) != 2:
+        raise ModelError(f"a {name} model has no hidden layers, the description lists {_brief(sizes)}")
     if sizes[0] != input_size:
-        raise ModelError(f"the params take inputs of {sizes[0]} values; these images have {input_size}")
+        raise ModelError(f"the params take inputs of {_brief(sizes[0])} values; these images have {input_size}")
     if sizes[-1] != num_classes:
-        raise ModelError(f"the params predict {sizes[-1]} classes; this data set has {num_classes}")
-    activation = spec.get("activation", "relu") if spec["name"] == "mlp" else "relu"
-    return get_model(spec["name"], hidden_sizes=sizes[1:-1], activation=activation,
+        raise ModelError(f"the params predict {_brief(sizes[-1])} classes; this data set has {num_classes}")
+    num_params = sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    if name == "mlp" and num_params > MAX_PARAMS:
+        raise ModelError(f"the model description's layer sizes make {num_params:,} params, more than any model "
+                         f"here ({MAX_PARAMS:,})")
+    return get_model(name, hidden_sizes=sizes[1:-1], activation=activation if name == "mlp" else "relu",
                      input_size=input_size, num_classes=num_classes)

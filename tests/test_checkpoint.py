@@ -114,3 +114,189 @@ def test_a_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
         save_params(tmp_path / "p.npz", [{"w": object(), "b": np.zeros(10)}], model)
     assert list(tmp_path.iterdir()) == []
+
+
+# Integrity: a digest over every array and the model description; files from older versions.
+
+def _rewrite_member(path, member, change):
+    """The npz rewritten with `member`'s bytes changed (the zip's checksums made to match again)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members[member] = change(members[member])
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def _flip(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1:]
+
+
+def _data_offset(path, member):
+    """Where `member`'s bytes start in a STORED zip (after its local header)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_STORED
+    raw = path.read_bytes()
+    local = info.header_offset
+    name_length = int.from_bytes(raw[local + 26:local + 28], "little")
+    extra_length = int.from_bytes(raw[local + 28:local + 30], "little")
+    return local + 30 + name_length + extra_length
+
+
+def test_a_saved_file_is_verified_and_loads_without_a_note(tmp_path, capsys):
+    from jaxlin.checkpoint import DIGEST_KEY, params_digest
+
+    params, model = _save_mlp(tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    stored = str(arrays.pop(DIGEST_KEY))
+    assert len(stored) == 64 and stored == params_digest(
+        {k: v for k, v in arrays.items() if k != MODEL_KEY}, str(arrays[MODEL_KEY]))
+    load_params(tmp_path / "p.npz")
+    assert capsys.readouterr().err == ""
+
+
+def test_a_flipped_byte_in_an_array_is_a_digest_mismatch(tmp_path, tiny_data_dir, capsys):
+    from jaxlin.cli import main
+
+    _save_mlp(tmp_path / "p.npz")
+    _rewrite_member(tmp_path / "p.npz", "layers/0/w.npy", lambda data: _flip(data, len(data) - 100))
+    with pytest.raises(CheckpointError) as info:
+        load_params(tmp_path / "p.npz")
+    assert str(info.value) == f"{tmp_path / 'p.npz'}: params file is damaged (digest mismatch)"
+    assert main(["evaluate", str(tmp_path / "p.npz"), "--data-dir", str(tiny_data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"jaxlin: error: {tmp_path / 'p.npz'}: params file is damaged (digest mismatch)\n"
+
+
+def test_a_changed_model_description_is_a_digest_mismatch(tmp_path):
+    _save_mlp(tmp_path / "p.npz")  # tanh
+    _rewrite_member(tmp_path / "p.npz", MODEL_KEY + ".npy",
+                    lambda data: data.replace("tanh".encode("utf-32-le"), "relu".encode("utf-32-le")))
+    with pytest.raises(CheckpointError, match=r"damaged \(digest mismatch\)"):
+        load_params(tmp_path / "p.npz")
+
+
+def test_a_flipped_byte_in_a_stored_file_is_one_line_from_the_command(tmp_path, tiny_data_dir):
+    """The raw file changed in place (zip checksums left as they were), then `jaxlin evaluate` in its own
+    process: exit 2 and one line."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "p.npz"
+    _save_mlp(path)
+    offset = _data_offset(path, "layers/0/w.npy") + 128 + 1000  # past the .npy header, inside the weights
+    path.write_bytes(_flip(path.read_bytes(), offset))
+    run = subprocess.run([sys.executable, "-m", "jaxlin.cli", "evaluate", str(path), "--data-dir",
+                          str(tiny_data_dir)], env={**os.environ, "JAXLIN_MIRRORS": "http://127.0.0.1:9/"},
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith(f"jaxlin: error: {path}: params file is damaged (")
+
+
+def test_a_file_from_an_older_jaxlin_without_a_digest_loads_with_a_note(tmp_path, capsys):
+    params, model = _save_mlp(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz", allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files if name != "__digest__"}
+    np.savez(tmp_path / "old.npz", **arrays)
+    loaded, loaded_model = load_params(tmp_path / "old.npz")
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    assert capsys.readouterr().err == (f"note: {tmp_path / 'old.npz'} has no digest (written by an older jaxlin); "
+                                       f"not verified\n")
+    lines = []
+    load_params(tmp_path / "old.npz", log=lines.append)
+    assert len(lines) == 1 and capsys.readouterr().err == ""
+
+
+# Model descriptions from a file are data: bounded in size and depth, checked for type.
+
+LINEAR_ARRAYS = {"layers/0/w": np.zeros((784, 10), np.float32), "layers/0/b": np.zeros(10, np.float32)}
+
+
+def test_a_deeply_nested_model_description_is_one_error(tmp_path):
+    np.savez(tmp_path / "deep.npz", **LINEAR_ARRAYS, __model__=np.array("[" * 100_000 + "]" * 100_000))
+    with pytest.raises(CheckpointError, match=r"__model__ holds 800,000 bytes, more than it can in a params "
+                                              r"file \(65,536\)"):
+        load_params(tmp_path / "deep.npz")
+    np.savez(tmp_path / "deep.npz", **LINEAR_ARRAYS, __model__=np.array("[" * 5000 + "]" * 5000))
+    with pytest.raises(CheckpointError, match="the model description is nested too deeply"):
+        load_params(tmp_path / "deep.npz")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "mlp", "layer_sizes": [784, 8, 10], "activation": ["x"]}, r"activation is not a name \(\['x'\]\)"),
+    ({"name": "linear", "layer_sizes": [784, 10], "activation": {"a": 1}}, "activation is not a name"),
+    ({"name": "linear", "layer_sizes": [784, 10], "extra": 1}, r"unknown fields \(\['extra'\]\)"),
+    ({"name": "mlp", "layer_sizes": [784, 2**40, 10], "activation": "relu"}, "more than any model here"),
+    ({"name": "mlp", "layer_sizes": [784, True, 10], "activation": "relu"}, "has no valid layer sizes"),
+    ({"name": "x" * 1000, "layer_sizes": [784, 10]}, r"unknown model 'x{56}\.\.\.; choose one of"),
+    ({"name": "mlp", "layer_sizes": list(range(2000))}, r"has no valid layer sizes \(\[0, 1, .{50}\.\.\.\)$"),
+])
+def test_model_descriptions_of_the_wrong_types_are_one_line(tmp_path, spec, message):
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_params(_described(tmp_path / "p.npz", spec, LINEAR_ARRAYS))
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_a_huge_model_string_is_refused_from_its_header_before_it_is_read(tmp_path):
+    """A 100-million-character `__model__`, compressed to a few hundred KB: refused without reading it."""
+    import tracemalloc
+    import zipfile
+
+    chars = 100_000_000
+    header = {"descr": f"<U{chars}", "fortran_order": False, "shape": ()}
+    with zipfile.ZipFile(tmp_path / "big.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, value in LINEAR_ARRAYS.items():
+            with archive.open(name + ".npy", "w") as entry:
+                np.lib.format.write_array(entry, value)
+        with archive.open("__model__.npy", "w", force_zip64=True) as entry:
+            np.lib.format.write_array_header_1_0(entry, header)
+            block = "x".encode("utf-32-le") * (1 << 20)
+            for _ in range(chars // (1 << 20)):
+                entry.write(block)
+            entry.write("x".encode("utf-32-le") * (chars % (1 << 20)))
+    assert (tmp_path / "big.npz").stat().st_size < 2_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=r"__model__ holds 400,000,000 bytes, more than it can"):
+            load_params(tmp_path / "big.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000
+
+
+def test_arrays_that_are_not_numbers_are_refused_from_their_header(tmp_path):
+    arrays = {**LINEAR_ARRAYS, "layers/0/b": np.array(["a" * 10] * 10)}
+    with pytest.raises(CheckpointError, match=r"layers/0/b does not hold numbers \(dtype <U10\)"):
+        load_params(_described(tmp_path / "p.npz", {"name": "linear", "layer_sizes": [784, 10]}, arrays))
+    np.savez(tmp_path / "q.npz", **LINEAR_ARRAYS, __model__=np.zeros(3))
+    with pytest.raises(CheckpointError, match=r"__model__ is not a string"):
+        load_params(tmp_path / "q.npz")
+
+
+def test_a_fifo_or_a_directory_as_params_is_refused_without_waiting(tmp_path, tiny_data_dir, capsys):
+    import os
+    import threading
+
+    from jaxlin.cli import main
+
+    os.mkfifo(tmp_path / "fifo.npz")
+    codes = []
+    # In a thread: should the FIFO ever be opened for reading, it would wait for a writer forever.
+    worker = threading.Thread(target=lambda: codes.append(
+        main(["evaluate", str(tmp_path / "fifo.npz"), "--data-dir", str(tiny_data_dir)])), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert codes == [2]
+    assert capsys.readouterr().err == (f"jaxlin: error: {tmp_path / 'fifo.npz'}: not a regular file (a params "
+                                       f"file is an .npz written by `jaxlin train`)\n")
+    with pytest.raises(CheckpointError, match="is a directory, not a params file"):
+        load_params(tmp_path)

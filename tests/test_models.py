@@ -70,3 +70,26 @@ def test_the_cnn_maps_images_to_logits_and_has_no_dense_first_layer():
     linear = get_model("linear")
     weights, titles = linear.first_dense_weights(linear.init(jax.random.key(0)))
     assert weights.shape == (784, 10) and titles[3] == "Weights: 3"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "mlp", "layer_sizes": [784, 8, 10], "activation": ["x"]}, "activation is not a name"),
+    ({"name": "mlp", "layer_sizes": [784, 8, 10], "activation": 3}, "activation is not a name"),
+    ({"name": ["mlp"], "layer_sizes": [784, 10]}, "not an object with a name"),
+    ({"name": "linear", "layer_sizes": [784, 10], "dropout": 0.5}, "unknown fields"),
+    ({"name": "linear", "layer_sizes": [784.0, 10]}, "no valid layer sizes"),
+    ({"name": "mlp", "layer_sizes": [784, 1 << 30, 10]}, "more than any model here"),
+    ({"name": "mlp", "layer_sizes": [784, 8, 10], "activation": "swishy"}, "unknown activation 'swishy'"),
+])
+def test_model_from_spec_checks_every_field_type(spec, message):
+    from jaxlin.models import model_from_spec
+
+    with pytest.raises(ModelError, match=message):
+        model_from_spec(spec)
+
+
+def test_model_from_spec_round_trips_every_model():
+    from jaxlin.models import model_from_spec
+
+    for model in (get_model("linear"), get_model("mlp", (16, 8), "gelu"), get_model("cnn")):
+        assert model_from_spec(model.spec).spec == model.spec
