@@ -9,6 +9,8 @@ kept, and placed in 28x28 with its centre of mass at the centre.
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -36,27 +38,48 @@ class Prediction:
         return [(int(c), float(self.probabilities[c])) for c in order]
 
 
+def _open_regular(path: str | Path):
+    """`path` opened for reading, once known to be a regular file: a FIFO (or a device) is refused
+    without waiting for a writer."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as err:
+        raise ImageError(f"{path}: no such file") from err
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read it ({err.strerror or err})") from err
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageError(f"{path}: is a directory")
+        if not stat.S_ISREG(mode):
+            raise ImageError(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """The image as float32 gray levels in [0, 255]: transparency over white, 16-bit scaled."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between its two size limits; such an image costs gigabytes.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                return _gray_levels(image)
-    except FileNotFoundError as err:
-        raise ImageError(f"{path}: no such file") from err
-    except IsADirectoryError as err:
-        raise ImageError(f"{path}: is a directory") from err
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        raise ImageError(f"{path}: the image is too large to read ({err})") from err
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageError(f"{path}: not an image that can be read ({err})") from err
+    with _open_regular(path) as handle:
+        try:
+            with warnings.catch_warnings():
+                # Pillow only warns between its two size limits; such an image costs gigabytes.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(handle) as image:
+                    image.load()
+                    return _gray_levels(image)
+        except ImageError as err:
+            raise ImageError(f"{path}: {err}") from err
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+            raise ImageError(f"{path}: the image is too large to read ({err})") from err
+        except (UnidentifiedImageError, OSError, ValueError, EOFError, MemoryError) as err:
+            raise ImageError(f"{path}: not an image that can be read ({err})") from err
 
 
 def _gray_levels(image) -> np.ndarray:
@@ -64,6 +87,8 @@ def _gray_levels(image) -> np.ndarray:
 
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float: scale, do not clip
         pixels = np.asarray(image, np.float64)
+        if not np.all(np.isfinite(pixels)):  # a float image (TIFF) holding NaN or infinity
+            raise ImageError("image holds non-finite values")
         low, high = float(pixels.min()), float(pixels.max())
         return (np.zeros_like(pixels) if high == low else (pixels - low) * (255.0 / (high - low))).astype(np.float32)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -81,6 +106,8 @@ def to_mnist(gray) -> np.ndarray:
     pixels = np.asarray(gray, np.float32)
     if pixels.size == 0:
         raise ImageError("the image is empty")
+    if not np.all(np.isfinite(pixels)):
+        raise ImageError("image holds non-finite values")
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if np.median(border) > 127:  # a dark digit on a light background
         pixels, border = 255.0 - pixels, 255.0 - border

@@ -124,3 +124,56 @@ def test_a_params_file_with_a_huge_array_is_refused_from_its_header(tmp_path, ca
     (tmp_path / "x.png").write_bytes(b"")
     assert main(["predict", str(tmp_path / "bomb.npz"), str(tmp_path / "x.png")]) == 2
     assert "layers/0/w holds 313,600,000 values, more than any model here" in capsys.readouterr().err
+
+
+@pytest.fixture
+def zero_params(tmp_path):
+    model = get_model("linear")
+    save_params(tmp_path / "zero.npz", model.init(jax.random.key(0)), model)
+    return tmp_path / "zero.npz"
+
+
+def _digit_pixels(dtype=np.float32) -> np.ndarray:
+    pixels = np.zeros((60, 60), dtype)
+    pixels[10:50, 25:35] = 1000.5
+    return pixels
+
+
+def test_a_float_image_with_nan_or_infinity_is_one_error_and_the_others_go_on(zero_params, tmp_path, capsys):
+    paths = []
+    for name, bad in (("nan", np.nan), ("inf", np.inf), ("minus_inf", -np.inf), ("fine", None)):
+        pixels = _digit_pixels()
+        if bad is not None:
+            pixels[5, 5] = bad
+        Image.fromarray(pixels, "F").save(tmp_path / f"{name}.tiff")
+        paths.append(tmp_path / f"{name}.tiff")
+    assert main(["predict", str(zero_params), *map(str, paths)]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{paths[3]}: 0  (") and out.count("\n") == 1
+    assert err.splitlines() == [f"jaxlin: error: {path}: image holds non-finite values" for path in paths[:3]]
+    with pytest.raises(ImageError, match="non-finite"):
+        to_mnist(np.full((28, 28), np.nan))
+
+
+def test_a_fifo_as_an_image_or_as_params_is_refused_without_waiting(zero_params, tmp_path, capsys):
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "fifo.png")
+    Image.fromarray((_digit_pixels() > 0).astype(np.uint8) * 255).save(tmp_path / "digit.png")
+    codes = []
+
+    def run(*args):
+        # In a thread: should a FIFO ever be opened for reading, it would wait for a writer forever.
+        worker = threading.Thread(target=lambda: codes.append(main(["predict", *map(str, args)])), daemon=True)
+        worker.start()
+        worker.join(120)
+        return codes.pop() if codes else "still waiting"
+
+    assert run(zero_params, tmp_path / "fifo.png", tmp_path / "digit.png") == 2
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{tmp_path / 'digit.png'}: ")
+    assert err == f"jaxlin: error: {tmp_path / 'fifo.png'}: not a regular file\n"
+    assert run(tmp_path / "fifo.png", tmp_path / "digit.png") == 2
+    assert capsys.readouterr().err == (f"jaxlin: error: {tmp_path / 'fifo.png'}: not a regular file (a params "
+                                       f"file is an .npz written by `jaxlin train`)\n")
