@@ -16,7 +16,7 @@ from bench.common import (HIDDEN_SIZES, SHARED_MODELS, NextBatch, initial_params
 from jaxlin.evaluate import make_accuracy_fn
 from jaxlin.models import get_model
 from jaxlin.sampler import EpochSampler, epoch_window, shuffled_epoch
-from jaxlin.train import fused_probe, fused_train_chunk, make_fused_train, make_train_step
+from jaxlin.train import fused_train_chunk, make_fused_train, make_train_step
 
 
 def _jax_params(model: str, seed: int = 0):
@@ -148,7 +148,7 @@ class JaxlinFused(_JaxContender):
         if num_steps % self.steps_per_call:
             raise ValueError(f"num_steps {num_steps} is not a multiple of steps_per_call {steps_per_call}")
         sampler = EpochSampler(jax.random.key(0), len(self.data["train_labels"]), batch_size)
-        self.dot_layout = self._choose_layout(model, batch_size, unroll, sampler)
+        self.dot_layout = self._choose_layout(model, batch_size, unroll)
         fused = make_fused_train(self.apply, self.optimizer, unroll, dot_layout=self.dot_layout)
         order = sampler.warm_up(self.steps_per_call)
         compile_seconds, self.compiled = timed(lambda: fused.lower(
@@ -157,20 +157,14 @@ class JaxlinFused(_JaxContender):
         warm_up, _ = timed(self.run)
         return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up, "dot_layout": self.dot_layout}
 
-    def _choose_layout(self, model: str, batch_size: int, unroll: int, sampler: EpochSampler) -> str:
-        """The dot layout `jaxlin train` would use here (measured once per shape, see `jaxlin.layout`)."""
+    def _choose_layout(self, model: str, batch_size: int, unroll: int) -> str:
+        """The dot layout `jaxlin train` would use here (a fixed rule, see `jaxlin.layout`)."""
         from jaxlin import layout
         from jaxlin.config import Config
         from jaxlin.parallel import resolve_placement
-        from jaxlin.state import TrainState
-
-        def init_state():
-            return TrainState(*self._start(model), 0)
 
         config = Config(model=model, hidden_sizes=HIDDEN_SIZES, batch_size=batch_size, unroll=unroll)
-        measure = fused_probe(self.apply, self.optimizer, unroll, init_state, self.images_uint8, self.labels,
-                              sampler.warm_up(layout.PROBE_STEPS), batch_size)
-        return layout.choose(config, self._model(model), resolve_placement(), measure)
+        return layout.choose(config, self._model(model), resolve_placement())
 
     def run(self) -> dict:
         params, opt_state = self._start(self.model)

@@ -139,23 +139,6 @@ def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation
                    out_shardings=(replicated, replicated, replicated))
 
 
-def fused_probe(apply_fn: Callable, optimizer, unroll: int, init_state: Callable, images_uint8, labels, order,
-                batch_size: int) -> Callable[[str], None]:
-    """`measure(dot_layout)` for `layout.choose`: `layout.PROBE_STEPS` steps of the fused loop in that
-    layout from a fresh `init_state()` (compiled on first use, then run to completion)."""
-    compiled = {}
-
-    def measure(dot_layout: str) -> None:
-        state = init_state()
-        if dot_layout not in compiled:
-            fused = make_fused_train(apply_fn, optimizer, unroll, dot_layout=dot_layout)
-            compiled[dot_layout] = fused.lower(state.params, state.opt_state, images_uint8, labels, order, 0,
-                                               batch_size=batch_size, num_steps=layout.PROBE_STEPS).compile()
-        jax.block_until_ready(compiled[dot_layout](state.params, state.opt_state, images_uint8, labels, order, 0))
-
-    return measure
-
-
 @dataclasses.dataclass(frozen=True)
 class Progress:
     """Where a run stands between evaluations: what a checkpoint must carry beside the train state
@@ -219,20 +202,11 @@ class Trainer:
         self.sampler = EpochSampler(self.sample_key, len(data.train), config.batch_size, place=placement.put)
         self._init_key = init_key
         self.compile_seconds = 0.0
-        tick = time.perf_counter()
-        chosen = layout.choose(config, model, placement, self._probe)
-        self.layout_seconds = time.perf_counter() - tick  # 0 unless this machine had not measured this shape
+        chosen = layout.choose(config, model, placement)  # a fixed rule: same flags, same bits
         self.config = config = config.replace(dot_layout=chosen) if config.loop == "fused" else config
         self._fused = make_fused_train(model.apply, self.optimizer, config.unroll, placement, chosen)
         self._step = make_train_step(model.apply, self.optimizer)
         self._compiled: dict[int, Callable] = {}
-
-    def _probe(self, dot_layout: str) -> None:
-        if not hasattr(self, "_probe_fn"):
-            self._probe_fn = fused_probe(self.model.apply, self.optimizer, self.config.unroll, self.init_state,
-                                         self.train_images_uint8, self.train_labels,
-                                         self.sampler.warm_up(layout.PROBE_STEPS), self.config.batch_size)
-        self._probe_fn(dot_layout)
 
     def init_state(self) -> TrainState:
         params = self.placement.put(self.model.init(self._init_key))
@@ -310,8 +284,7 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
         state = loop.run(state, progress)
         stopped = state.step < config.num_steps
         final = None if stopped else trainer.evaluator(state.params)
-    timings = {"compile_seconds": trainer.compile_seconds, "dot_layout_probe_seconds": trainer.layout_seconds,
-               "train_seconds": loop.train_seconds,
+    timings = {"compile_seconds": trainer.compile_seconds, "train_seconds": loop.train_seconds,
                "eval_seconds": loop.eval_seconds,
                "steps_per_second": loop.steps_trained / loop.train_seconds if loop.train_seconds > 0 else None}
     return FitResult(to_host(state.params), state, loop.evaluations, timings, placement.describe(),
