@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import struct
 
 from jaxlin.optimizers import REGISTRY as OPTIMIZER_REGISTRY
 
@@ -34,6 +36,11 @@ MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
 # params are 1 GiB before the optimizer's copies.
 MAX_UNROLL = 64
 MAX_PARAMS = 2**28
+# Training holds the learning rate in float32: 1e39 would become inf.
+FLOAT32_MAX = 3.4028234663852886e38
+# A sweep trains its members in one program: past this many, the grid is a mistake (2,000 × 2,000
+# values took a minute and 1.4 GB just to list the members before --dry-run refused it).
+MAX_SWEEP_MEMBERS = 2**16
 INPUT_SIZE, NUM_CLASSES = 784, 10
 
 
@@ -88,42 +95,17 @@ class Config:
 
     def validate(self, num_train_examples: int | None = None) -> Config:
         """Raises ConfigError naming the first bad setting; returns self."""
-        for name in ("dataset", "source", "model", "activation", "optimizer", "loop", "device", "dot_layout"):
-            choices = CONFIG_FIELDS[name].metadata["choices"]
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
-                and self.learning_rate > 0):
-            raise ConfigError(f"learning rate must be a finite number > 0, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        self.validate_fields(CONFIG_FIELDS)
         if num_train_examples is not None and self.batch_size > num_train_examples:
             raise ConfigError(
                 f"batch size {self.batch_size} is larger than the training set "
                 f"({num_train_examples} examples)"
             )
-        if self.num_steps < 0:
-            raise ConfigError(f"number of steps must be >= 0, got {self.num_steps}")
-        for name in ("eval_every", "steps_per_call", "unroll", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if not (self.devices == "all" or (str(self.devices).isdigit() and int(self.devices) >= 1)):
-            raise ConfigError(f"devices must be a number >= 1 or all, got {self.devices!r}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint every must be >= 0 (0: never), got {self.checkpoint_every}")
         if self.model == "mlp" and (not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes)):
             raise ConfigError(f"hidden sizes must be at least 1, got {list(self.hidden_sizes)}")
         if self.model == "mlp" and self.num_params() > MAX_PARAMS:
             raise ConfigError(f"hidden sizes {list(self.hidden_sizes)} make {self.num_params():,} params; "
                               f"at most {MAX_PARAMS:,}")
-        for name in ("seed", "data_seed"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value <= MAX_SEED:
-                raise ConfigError(f"{name.replace('_', ' ')} must be in [0, 2**63), got {value}")
-        if self.unroll > MAX_UNROLL:
-            raise ConfigError(f"unroll must be at most {MAX_UNROLL}, got {self.unroll}")
         if self.steps_per_call * self.batch_size > MAX_WINDOW:
             raise ConfigError(
                 f"steps per call × batch size must be at most {MAX_WINDOW}, got "
@@ -132,6 +114,14 @@ class Config:
             raise ConfigError(
                 f"{self.num_steps} steps of {self.batch_size} examples span more than {MAX_EPOCHS} epochs "
                 f"of {num_train_examples} examples")
+        return self
+
+    def validate_fields(self, names) -> Config:
+        """The checks of the settings `names` that need no other setting (what `--resume` can check
+        before it reads the checkpoint); raises ConfigError naming the first bad one."""
+        for name in CONFIG_FIELDS:
+            if name in names:
+                check_setting(name, getattr(self, name))
         return self
 
     def num_params(self) -> int:
@@ -173,6 +163,75 @@ class Config:
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def check_setting(name: str, value) -> None:
+    """Raises ConfigError when one setting's value is bad whatever the others are."""
+    label = name.replace("_", " ")
+    choices = CONFIG_FIELDS[name].metadata["choices"]
+    if choices and value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    if name in ("learning_rate", "momentum"):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{label} must be a number, got {value!r}")
+        if name == "learning_rate" and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"learning rate must be a finite number > 0, got {value}")
+        if name == "learning_rate" and not float32_finite(value):
+            raise ConfigError(f"learning rate must be a finite number > 0 in float32 (at most "
+                              f"{FLOAT32_MAX:.4g}), got {value}")
+        if name == "learning_rate" and _to_float32(value) == 0:
+            raise ConfigError(f"learning rate must be a finite number > 0 in float32, got {value} (0 in float32)")
+        if name == "momentum" and not 0 <= value < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {value}")
+    elif name == "batch_size" and value < 1:
+        raise ConfigError(f"batch size must be at least 1, got {value}")
+    elif name == "num_steps" and value < 0:
+        raise ConfigError(f"number of steps must be >= 0, got {value}")
+    elif name in ("eval_every", "steps_per_call", "unroll", "keep_checkpoints") and value < 1:
+        raise ConfigError(f"{label} must be at least 1, got {value}")
+    elif name == "unroll" and value > MAX_UNROLL:
+        raise ConfigError(f"unroll must be at most {MAX_UNROLL}, got {value}")
+    elif name == "devices" and not (value == "all" or (isinstance(value, str) and re.fullmatch(r"[0-9]+", value)
+                                                       and int(value) >= 1)):
+        raise ConfigError(f"devices must be a number >= 1 or all, got {value!r}")
+    elif name == "checkpoint_every" and value is not None and value < 0:
+        raise ConfigError(f"checkpoint every must be >= 0 (0: never), got {value}")
+    elif name == "hidden_sizes" and (not value or any(h < 1 for h in value)):
+        raise ConfigError(f"hidden sizes must be at least 1, got {list(value)}")
+    elif name in ("seed", "data_seed") and value is not None and not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{label} must be in [0, 2**63), got {value}")
+
+
+def _to_float32(value: float) -> float:
+    """`value` rounded to float32 (OverflowError when it has no finite float32)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def float32_finite(value: float) -> bool:
+    """Whether `value` is finite once training holds it as float32 (1e39 is not)."""
+    try:
+        return math.isfinite(_to_float32(value))
+    except OverflowError:
+        return False
+
+
+def check_no_repeats(flag: str, values) -> None:
+    """A sweep's list must not name a member twice."""
+    seen = set()
+    for value in values:
+        if value in seen:
+            raise ConfigError(f"{flag} lists a value twice: {value}")
+        seen.add(value)
+
+
+def check_grid_size(sizes: dict[str, int]) -> int:
+    """A sweep's member count from the lengths of its value lists (flag name -> length), refused
+    past MAX_SWEEP_MEMBERS before any member is built."""
+    members = math.prod(sizes.values())
+    if members > MAX_SWEEP_MEMBERS:
+        given = " × ".join(f"{size:,} {name}" for name, size in sizes.items() if size > 1)
+        raise ConfigError(f"the sweep grid has {members:,} members ({given}); at most {MAX_SWEEP_MEMBERS:,}")
+    return members
 
 
 def resume_conflicts(saved: Config, wanted: Config) -> list[str]:

@@ -39,21 +39,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlin import optimizers
-from jaxlin.config import Config, ConfigError, resume_conflicts
+from jaxlin.config import Config, ConfigError, check_grid_size, check_no_repeats, resume_conflicts
 from jaxlin.data import Datasets
 from jaxlin.evaluate import Evaluator, make_predict_fn, to_float_images
 from jaxlin.models import Model
 from jaxlin.parallel import Placement, to_host
 from jaxlin.rundir import RECORDS_FILE, Layout
 from jaxlin.sampler import EpochSampler, check_window
-from jaxlin.state import CHECKPOINT_DIR, TrainState
+from jaxlin.state import CHECKPOINT_DIR, SET_ASIDE_DIR, TrainState
 from jaxlin.train import make_update_fn, run_keys
 
 SWEEP_FILE, SWEEP_FIGURE, BEST_DIR = "sweep.json", "sweep.png", "best"
 SWEEP_RECORD_FIELDS = {"step": (int,), "validation_accuracy": (list,), "train_loss": (list,),
                        "elapsed_seconds": (float, int)}
-SWEEP_LAYOUT = Layout((SWEEP_FILE, RECORDS_FILE, SWEEP_FIGURE, BEST_DIR, CHECKPOINT_DIR), SWEEP_FILE,
-                      SWEEP_RECORD_FIELDS)
+SWEEP_LAYOUT = Layout((SWEEP_FILE, RECORDS_FILE, SWEEP_FIGURE, BEST_DIR, CHECKPOINT_DIR, SET_ASIDE_DIR),
+                      SWEEP_FILE, SWEEP_RECORD_FIELDS)
 # Of the device's (or, on a CPU, the host's) memory, what a sweep may plan to hold.
 MEMORY_FRACTION = 0.8
 
@@ -75,8 +75,14 @@ class Grid:
     def from_dict(cls, values: dict) -> Grid:
         return cls(**{k: (tuple(v) if v is not None else None) for k, v in values.items()})
 
+    def sizes(self) -> dict[str, int]:
+        """How many values each axis crosses, by flag (1: the base config's value)."""
+        return {f"--{field.name.replace('_', '-')}": len(getattr(self, field.name) or (None,))
+                for field in dataclasses.fields(self)}
+
     def members(self, base: Config) -> list[Config]:
         """Each member as the `jaxlin train` config that trains it alone, in the grid's order."""
+        check_grid_size(self.sizes())  # from the lengths alone: a huge grid is refused before it is built
         takes = optimizers.spec(base.optimizer).hyperparameters
         if self.momentums is not None and "momentum" not in takes:
             raise ConfigError(f"--momentums: the {base.optimizer} optimizer takes no momentum "
@@ -87,8 +93,7 @@ class Grid:
                 "seed": self.seeds or (base.seed,),
                 "data_seed": self.data_seeds or (shared_data_seed,)}
         for name, values in axes.items():
-            if len(set(values)) != len(values):
-                raise ConfigError(f"--{name.replace('_', '-')}s lists a value twice: {list(values)}")
+            check_no_repeats(f"--{name.replace('_', '-')}s", values)
         members = [base.replace(**dict(zip(axes, values))) for values in itertools.product(*axes.values())]
         for member in members:
             member.validate()
