@@ -45,7 +45,19 @@ class RunDirError(ValueError):
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Fails before any data is loaded or step trained when `path` cannot be written."""
+    import errno
+
     out = Path(path)
+    try:
+        os.stat(out)
+    except OSError as err:  # Path.exists() says False for these, and mkdir then says "File exists"
+        if err.errno == errno.ELOOP:
+            raise RunDirError(f"output dir {out}: is a symlink loop") from None
+        if out.is_symlink():
+            raise RunDirError(f"output dir {out}: is a symlink to {os.readlink(out)}, which does not exist") \
+                from None
+        if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise RunDirError(f"output dir {out}: cannot be used ({err.strerror})") from None
     if out.exists() and not out.is_dir():
         raise RunDirError(f"output dir {out} exists and is not a directory")
     target = out if out.exists() else out.absolute().parent
