@@ -15,7 +15,7 @@ import os
 import sys
 import typing
 
-from jaxlin.config import CONFIG_FIELDS, Config, ConfigError
+from jaxlin.config import CONFIG_FIELDS, Config, ConfigError, check_grid_size, check_no_repeats, check_setting
 from jaxlin.signals import StopNow, StopRequest
 
 DEFAULTS = Config()
@@ -118,6 +118,33 @@ def _number_list(text: str, kind) -> tuple:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one value")
     return values
+
+
+# The flags that take comma-separated lists: a list that starts with a negative number (`--seeds -1,2`)
+# is not a number to argparse, which takes it for a flag (see `_join_list_values`).
+LIST_FLAGS = ("--learning-rates", "--momentums", "--seeds", "--data-seeds", "--hidden-sizes")
+# The sweep's lists, as the Config setting each value of them is.
+GRID_LISTS = {"learning_rates": "learning_rate", "momentums": "momentum", "seeds": "seed",
+              "data_seeds": "data_seed"}
+
+
+def _join_list_values(argv: list[str]) -> list[str]:
+    """`--seeds -1,2` as `--seeds=-1,2`, which argparse reads as the flag's value; the value is then
+    checked like any other (and a negative seed refused by name)."""
+    joined, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return joined + argv[i:]
+        following = argv[i + 1] if i + 1 < len(argv) else ""
+        if token in LIST_FLAGS and following.startswith("-") and not following.startswith("--") \
+                and following != "-h":
+            joined.append(f"{token}={following}")
+            i += 2
+            continue
+        joined.append(token)
+        i += 1
+    return joined
 
 
 SWEEP_OUTPUT_DIR = "jaxlin-sweep"
@@ -266,6 +293,47 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
+def check_settings(args: argparse.Namespace) -> None:
+    """The settings of `train` and `sweep`, checked before JAX is imported: a bad value is one line
+    in a tenth of a second, not after seconds of imports. With --resume, only what each given value
+    shows alone (the checkpoint holds the others); the data set's size is checked once it is loaded."""
+    if args.command not in ("train", "sweep"):
+        return
+    config = config_from_args(args)
+    if args.command == "sweep":
+        _check_grid(args, config)
+    if args.resume:
+        config.validate_fields(given_settings(args))
+    else:
+        config.validate()
+
+
+def _check_grid(args: argparse.Namespace, config: Config) -> None:
+    """The sweep's lists: the grid's size from their lengths alone (before any member exists), then
+    each value as the setting it becomes in a member."""
+    from jaxlin import optimizers
+
+    for single, plural in (("learning_rate", "learning_rates"), ("momentum", "momentums")):
+        if single in given_settings(args) and getattr(args, plural) is not None:
+            raise ConfigError(f"give --{single.replace('_', '-')} or --{plural.replace('_', '-')}, not both")
+    flags = {plural: f"--{plural.replace('_', '-')}" for plural in GRID_LISTS}
+    check_grid_size({flags[plural]: len(getattr(args, plural) or (None,)) for plural in GRID_LISTS})
+    if args.momentums is not None and not args.resume \
+            and "momentum" not in optimizers.spec(config.optimizer).hyperparameters:
+        raise ConfigError(f"--momentums: the {config.optimizer} optimizer takes no momentum "
+                          f"(use --optimizer momentum)")
+    for plural, single in GRID_LISTS.items():
+        values = getattr(args, plural)
+        if values is None:
+            continue
+        check_no_repeats(flags[plural], values)
+        for value in values:
+            try:
+                check_setting(single, value)
+            except ConfigError as err:
+                raise ConfigError(f"{flags[plural]}: {err}") from None
+
+
 def _distributed_flags(args: argparse.Namespace) -> tuple | None:
     """The validated (coordinator, num_processes, process_id) of a multi-process run, or None."""
     if args.command != "train":
@@ -320,8 +388,19 @@ def _start_backend(args: argparse.Namespace) -> None:
 
     timing.marks["compile_cache_enabled"] = compile_cache.enable(args.no_compile_cache) is not None
     tick = time.perf_counter()
-    jax.devices()
+    _jax_devices(jax)
     timing.marks["backend_start"] = time.perf_counter() - tick
+
+
+def _jax_devices(jax) -> list:
+    """JAX's devices; a backend that cannot start (JAX_PLATFORMS=tpu without a TPU) is one line."""
+    try:
+        return jax.devices()
+    except RuntimeError as err:
+        platforms = os.environ.get("JAX_PLATFORMS")
+        where = f" (JAX_PLATFORMS={platforms})" if platforms else ""
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise ConfigError(f"JAX could not start its backend{where}: {first}") from None
 
 
 def _train(args: argparse.Namespace, stop: StopRequest | None, worker) -> int:
@@ -387,6 +466,9 @@ def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
         return _predict(args)
     settings = {name: getattr(args, name, getattr(DEFAULTS, name))
                 for name in ("dataset", "data_dir", "device", "source")}
+    import jax
+
+    _jax_devices(jax)
     metrics = run.evaluate_saved(args.params, settings["dataset"], settings["data_dir"], args.model,
                                  settings["device"], settings["source"])
     if args.json:
@@ -403,10 +485,17 @@ def main(argv: list[str] | None = None) -> int:
     from jaxlin import supervise
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_list_values(argv))
+    try:
+        check_settings(args)  # before JAX is imported
+    except ConfigError as err:
+        print(f"jaxlin: error: {err}", file=sys.stderr)
+        return 2
     child = supervise.is_child()
     if child:
         supervise.route_runtime_output()
+        if _streams_guarded:  # the new streams too (in the `jaxlin` command, not in-process calls)
+            _guard_streams()
         code = _main_with_stops(args, child)
         if code:  # skip JAX's shutdown barrier, which would wait for peers that may be gone
             supervise.exit_at_once(code)
@@ -432,6 +521,7 @@ def _main_with_stops(args: argparse.Namespace, child: bool) -> int:
     # a KeyboardInterrupt raised inside JAX's import or a garbage-collector callback could be lost.
     # Under a supervising parent, the parent turns a second signal into "at once".
     with StopRequest(repeat_exits=not child, raise_now=False) as stop:
+        _signal_ready()
         try:
             return _main(args, stop)
         except StopNow as now:  # during imports, a download or loading the data
@@ -444,6 +534,21 @@ def _main_with_stops(args: argparse.Namespace, child: bool) -> int:
             # any exception into an ImportError: it is still the user's stop.
             print(f"jaxlin: stopped by {stop.name} before training started; nothing saved", file=sys.stderr)
             return stop.exit_code
+
+
+# For tests: a path that jaxlin creates once its own SIGINT/SIGTERM handlers are installed, so that a
+# test can send a signal relative to what the process is doing, not to a wall clock.
+READY_FILE_ENV = "JAXLIN_TEST_READY_FILE"
+
+
+def _signal_ready() -> None:
+    path = os.environ.get(READY_FILE_ENV)
+    if path:
+        try:
+            with open(path, "a"):
+                pass
+        except OSError:
+            pass
 
 
 def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
@@ -497,10 +602,74 @@ def _several_processes() -> bool:
         return False
 
 
+class _DropWhenGone:
+    """stdout or stderr whose reader went away (`jaxlin train | head -1`): a write to it would raise
+    BrokenPipeError in the middle of the run. From the first one on, what is written there is dropped,
+    as most Unix tools do, and the run goes on to write its outputs and exits with its own code."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        # Python's documented recipe: the descriptor now leads to /dev/null, so what is still buffered
+        # and everything written later go nowhere, without an error (nor one at exit).
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+
+
+_streams_guarded = False
+
+
+def _guard_streams() -> None:
+    """stdout and stderr that are closed (`jaxlin train >&-`) or whose reader goes away do not end
+    the run: a closed one becomes /dev/null (and its descriptor is taken, so that no file opened
+    later gets it), and writes to a broken pipe are dropped."""
+    global _streams_guarded
+    _streams_guarded = True
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:  # Python found the descriptor closed when it started
+            try:
+                os.fstat(fd)
+            except OSError:
+                null = os.open(os.devnull, os.O_WRONLY)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+        stream = getattr(sys, name)
+        if not isinstance(stream, _DropWhenGone):
+            setattr(sys, name, _DropWhenGone(stream))
+
+
 def console() -> None:
     """The `jaxlin` command: `main`, then an exit that skips the interpreter's teardown of JAX and
     its threads (a third of a second here) once every output is written and flushed. A run of
     several processes exits normally: JAX's shutdown barrier lets the processes leave together."""
+    _guard_streams()
     try:
         code = main()
     except KeyboardInterrupt:  # before jaxlin's own handlers were installed
@@ -511,7 +680,7 @@ def console() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
     os._exit(code)
 

@@ -251,3 +251,86 @@ def test_the_cnn_trains_evaluates_saves_and_reloads_through_the_same_code(tiny_d
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == final
     assert main(["train", "--resume", "--output-dir", str(out), "--num-steps", "9", "--no-progress"]) == 0
     assert "Resuming" in capsys.readouterr().out
+
+
+def _command() -> list[str]:
+    exe = Path(sys.executable).with_name("jaxlin")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stdout", ["pipe closed at once", "pipe closed after one line", "closed"])
+def test_a_stdout_that_is_closed_or_whose_reader_left_does_not_stop_the_run(tiny_data_dir, tmp_path, stdout):
+    """`jaxlin train | head -1` and `jaxlin train >&-`: the run goes on, writes its outputs, exits 0."""
+    out, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
+    command = [*_command(), "train", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), *TINY_ARGS]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(stderr_path, "w") as stderr:
+        if stdout == "closed":
+            process = subprocess.Popen(["bash", "-c", 'exec "$@" >&-', "bash", *command], stderr=stderr, env=env)
+        else:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env)
+            if stdout == "pipe closed after one line":
+                assert process.stdout.readline().startswith(b"Data:")
+            process.stdout.close()  # no reader left: the run's next write to stdout is a broken pipe
+        code = process.wait(timeout=300)
+    errors = stderr_path.read_text()
+    assert code == 0, errors
+    assert "Traceback" not in errors and "Error" not in errors, errors
+    assert (out / "metrics.json").exists() and (out / "params.npz").exists()
+    assert FIGURES <= {p.name for p in out.iterdir()}
+
+
+def test_a_backend_that_cannot_start_is_one_line(tmp_path):
+    """JAX_PLATFORMS=tpu on a machine without libtpu fails inside JAX, locally (never run where a TPU
+    runtime is installed: it would look for TPUs)."""
+    import importlib.util
+
+    if importlib.util.find_spec("libtpu") is not None:
+        pytest.skip("libtpu is installed here")
+    env = {**os.environ, "JAX_PLATFORMS": "tpu"}
+    for argv in (["train", "--output-dir", str(tmp_path / "t")], ["sweep", "--output-dir", str(tmp_path / "s")],
+                 ["evaluate", str(tmp_path / "params.npz")]):
+        done = subprocess.run([*_command(), *argv, "--dry-run"] if argv[0] != "evaluate" else [*_command(), *argv],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("jaxlin: error: JAX could not start its backend (JAX_PLATFORMS=tpu): "), \
+            done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "out").symlink_to("out"), "output dir {out}: is a symlink loop"),
+    (lambda d: (d / "out").symlink_to("elsewhere"), "output dir {out}: is a symlink to elsewhere, which does not"),
+])
+def test_an_output_dir_that_is_a_bad_symlink_is_one_line(tiny_data_dir, tmp_path, capsys, make, message):
+    make(tmp_path)
+    for out in (tmp_path / "out", tmp_path / "out" / "sub"):
+        if "loop" not in message and out.name == "sub":
+            continue
+        assert train(tiny_data_dir, out) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"jaxlin: error: {message.format(out=out)}") and len(err.strip().splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out").is_symlink()
+
+
+def test_a_huge_sweep_grid_is_refused_from_its_sizes_before_any_member_is_built():
+    import tracemalloc
+
+    from jaxlin.config import MAX_SWEEP_MEMBERS, Config, ConfigError
+    from jaxlin.sweep import Grid
+
+    values = ",".join(str(i) for i in range(2000))
+    tracemalloc.start()
+    try:
+        code = main(["sweep", "--learning-rates", ",".join(f"0.{i + 1:04d}" for i in range(2000)), "--seeds",
+                     values, "--dry-run"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 2 and peak < 20_000_000  # 4 million member configs would take gigabytes
+    grid = Grid(learning_rates=tuple(0.001 * (i + 1) for i in range(300)), seeds=tuple(range(300)))
+    with pytest.raises(ConfigError, match=f"90,000 members .*; at most {MAX_SWEEP_MEMBERS:,}"):
+        grid.members(Config())
+    assert len(Grid(seeds=tuple(range(MAX_SWEEP_MEMBERS))).members(Config())) == MAX_SWEEP_MEMBERS

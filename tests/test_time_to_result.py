@@ -28,6 +28,34 @@ def test_help_and_argument_errors_import_neither_jax_nor_matplotlib(argv):
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
 
 
+_GRID_2000 = [",".join(f"0.{i + 1:04d}" for i in range(2000)), ",".join(str(i) for i in range(2000))]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--batch-size", "0"], "batch size must be at least 1, got 0"),
+    (["train", "--devices", "\u00b2"], "devices must be a number >= 1 or all, got '\u00b2'"),
+    (["train", "--learning-rate", "1e39"], "learning rate must be a finite number > 0 in float32"),
+    (["train", "--resume", "--unroll", "0"], "unroll must be at least 1, got 0"),
+    (["sweep", "--seeds", "-1,2"], "--seeds: seed must be in [0, 2**63), got -1"),
+    (["sweep", "--seeds=-1,2"], "--seeds: seed must be in [0, 2**63), got -1"),
+    (["sweep", "--learning-rates", "-0.1,0.2"], "--learning-rates: learning rate must be a finite number > 0"),
+    (["sweep", "--learning-rates", "0.1,1e39"], "--learning-rates: learning rate must be a finite number > 0 in"),
+    (["sweep", "--momentums", "0.5"], "--momentums: the sgd optimizer takes no momentum"),
+    (["sweep", "--seeds", "1,2,1"], "--seeds lists a value twice: 1"),
+    (["sweep", "--resume", "--data-seeds", "-3"], "--data-seeds: data seed must be in [0, 2**63), got -3"),
+    (["sweep", "--learning-rates", _GRID_2000[0], "--seeds", _GRID_2000[1], "--dry-run"],
+     "the sweep grid has 4,000,000 members (2,000 --learning-rates × 2,000 --seeds); at most 65,536"),
+])
+def test_bad_settings_are_one_line_before_jax_is_imported(argv, message, tmp_path):
+    script = ("import sys\nfrom jaxlin.cli import main\ncode = main(sys.argv[1:])\n"
+              "print(code, sorted(m for m in ('jax', 'jaxlib', 'matplotlib', 'optax', 'orbax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script, *argv, "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "2 []", done.stdout + done.stderr
+    assert done.stderr.startswith(f"jaxlin: error: {message}") and len(done.stderr.splitlines()) == 1, done.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_second_run_hits_the_compilation_cache_and_the_cache_can_be_turned_off(tiny_data_dir, tmp_path):
     first = _train(tiny_data_dir, tmp_path / "first")["timings"]["breakdown"]
     assert first["compile_cache"]["enabled"] and first["compile_cache"]["misses"] > 0
