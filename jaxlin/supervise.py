@@ -8,7 +8,9 @@ training in a child process whose runtime output (file descriptors 1 and 2, wher
 goes to this parent, while jaxlin's own output (Python's `sys.stdout`/`sys.stderr`: the
 progress bar, records, messages) goes straight to the terminal as before. When the child ends
 abnormally the parent says so in one line naming the coordinator, the runtime's own fatal
-message and a file holding the whole runtime log.
+message and a file holding the whole runtime log: `<output dir>/logs/runtime-process-<i>-of-<n>.log`,
+or a file in a private temporary directory when the output directory does not exist yet (it is
+never followed through a symbolic link, see `_RuntimeLog.save`).
 
 Signals: the parent forwards the first SIGINT/SIGTERM to the child, which stops after the
 current chunk (all processes agree on the step); a second one kills the child at once. The
@@ -115,16 +117,89 @@ class _RuntimeLog:
     def finish(self) -> None:
         self._thread.join(timeout=5)
 
-    def save(self, name: str) -> str:
-        """Writes the log to the temporary directory under `name` (one file per run and process:
-        a failure that repeats replaces its log instead of adding one)."""
-        path = os.path.join(tempfile.gettempdir(), name)
+    def save(self, output_dir: str, name: str) -> str:
+        """Writes the log as `<output_dir>/logs/<name>` (one file per run and process: a failure that
+        repeats replaces its log), or, when that cannot be written (no output directory yet, or a
+        `logs` that is a link or another user's), in a private directory of its own. Returns where.
+
+        Never through a symbolic link: the file is written as a new temporary file (O_EXCL,
+        O_NOFOLLOW) and renamed over `name`, so a link planted there is replaced, not followed."""
+        text = ("\n".join(self.lines) + "\n").encode("utf-8", "replace")
         try:
-            with open(path, "w") as file:
-                file.write("\n".join(self.lines) + "\n")
+            return _write_in_logs(output_dir, name, text)
+        except OSError:
+            pass
+        try:
+            private = tempfile.mkdtemp(prefix="jaxlin-runtime-")  # 0700, a new name
+            return _write_new(private, name, text)
         except OSError as err:
             return f"not saved ({err.strerror or err})"
-        return path
+
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _write_in_logs(output_dir: str, name: str, text: bytes) -> str:
+    """`<output_dir>/logs/name`, in an output directory that exists (none is created for a log)."""
+    import stat
+
+    top = os.open(output_dir, _DIR_FLAGS)
+    try:
+        try:
+            os.mkdir("logs", 0o755, dir_fd=top)
+        except FileExistsError:
+            pass
+        logs = os.open("logs", _DIR_FLAGS | _NOFOLLOW, dir_fd=top)  # a link named logs: ELOOP/ENOTDIR
+    finally:
+        os.close(top)
+    try:
+        info = os.fstat(logs)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise PermissionError(f"{output_dir}/logs is not this user's directory")
+        _replace_at(logs, name, text)
+    finally:
+        os.close(logs)
+    return os.path.join(os.path.abspath(output_dir), "logs", name)
+
+
+def _write_new(directory: str, name: str, text: bytes) -> str:
+    handle = os.open(directory, _DIR_FLAGS | _NOFOLLOW)
+    try:
+        _replace_at(handle, name, text)
+    finally:
+        os.close(handle)
+    return os.path.join(directory, name)
+
+
+def _replace_at(dir_fd: int, name: str, text: bytes) -> None:
+    """Writes `text` to a fresh temporary file in the directory `dir_fd` and renames it to `name`."""
+    import secrets
+
+    temporary = f".{name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                 0o600, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(text)
+        os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(temporary, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+def log_name(process: str) -> str:
+    """The runtime log's file name for `process` ("process 1 (of 2)" -> runtime-process-1-of-2.log)."""
+    import socket
+
+    match = re.fullmatch(r"process (\d+) \(of (\d+)\)", process)
+    if match:
+        return f"runtime-process-{match.group(1)}-of-{match.group(2)}.log"
+    host = re.sub(r"[^A-Za-z0-9]+", "-", socket.gethostname()).strip("-") or "host"
+    return f"runtime-{host}-{os.getpid()}.log"
 
 
 def _ask_kernel_to_signal_child_on_parent_death() -> None:
@@ -200,9 +275,9 @@ def run_supervised(argv: list[str], where: str, process: str, output_dir: str) -
     else:
         hint = ("not every process joined in time: are they all started, with the same --coordinator and "
                 "--num-processes and distinct --process-id?")
-    log_name = "jaxlin-runtime-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{where} {process}").strip("-") + ".log"
     print(f"jaxlin: error: {process} of the run through {where} was ended ({died}): {reason}; "
-          f"{hint}; runtime log: {log.save(log_name)}{_resume_hint(output_dir)}", file=sys.stderr)
+          f"{hint}; runtime log: {log.save(output_dir, log_name(process))}{_resume_hint(output_dir)}",
+          file=sys.stderr)
     return 1
 
 

@@ -183,7 +183,7 @@ def test_when_a_peer_dies_the_other_process_ends_within_the_timeout(mnist_dir, t
     assert "a peer process died or stopped answering" in last
     log = _runtime_log(last)
     assert "unhealthy" in log.read_text() or "Gloo" in log.read_text()
-    log.unlink()
+    assert log.parent == out / "logs"
 
 
 
@@ -216,13 +216,92 @@ def test_process_0_whose_peers_never_come_ends_in_one_line(tmp_path, tiny_data_d
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert "not every process joined in time" in lines[0] and "coordinator 127.0.0.1:" in lines[0]
     assert not (tmp_path / "out").exists()
-    _runtime_log(lines[0]).unlink()
+    _remove_log(_runtime_log(lines[0]))
 
 
 def _runtime_log(line: str) -> Path:
     import re
 
     return Path(re.search(r"runtime log: (\S+\.log)", line).group(1))
+
+
+def _remove_log(log: Path) -> None:
+    """Removes a runtime log, and the private directory it was written to if it has one."""
+    import shutil
+
+    if log.parent.name.startswith("jaxlin-runtime-"):
+        shutil.rmtree(log.parent)
+    else:
+        log.unlink()
+
+
+def test_a_runtime_log_never_follows_a_planted_link(tmp_path, tiny_data_dir):
+    """Another user's links at the old predictable /tmp name and at the new name in the run's output
+    directory: the targets stay untouched and the log lands in a regular file of this user's."""
+    import tempfile
+
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    port = _free_port()
+    old = Path(tempfile.gettempdir()) / f"jaxlin-runtime-coordinator-127-0-0-1-{port}-process-0-of-2.log"
+    old.symlink_to(target)
+    try:
+        (tmp_path / "out" / "logs").mkdir(parents=True)
+        (tmp_path / "out" / "logs" / "runtime-process-0-of-2.log").symlink_to(target)
+        done = _alone(tmp_path, tiny_data_dir, f"127.0.0.1:{port}")
+    finally:
+        old.unlink()
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert target.read_text() == "keep me"
+    log = _runtime_log(lines[0])
+    assert log == tmp_path / "out" / "logs" / "runtime-process-0-of-2.log"
+    assert not log.is_symlink() and log.is_file() and log.stat().st_mode & 0o077 == 0
+    assert log.read_text().strip() and not list(log.parent.glob(".*.tmp"))
+
+
+def _saved_log(output_dir: Path, name: str = "runtime-process-1-of-2.log") -> Path:
+    import io
+
+    from jaxlin.supervise import _RuntimeLog
+
+    log = _RuntimeLog(io.BytesIO(b"I0101 00:00:00.0 1 x.cc:1] hello\nF0101 00:00:00.0 1 x.cc:2] gone\n"))
+    log.finish()
+    return Path(log.save(str(output_dir), name))
+
+
+def test_the_runtime_log_goes_to_the_output_directory_through_no_link(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    (out / "logs").mkdir()
+    (out / "logs" / "runtime-process-1-of-2.log").symlink_to(target)
+    path = _saved_log(out)
+    assert path == out / "logs" / "runtime-process-1-of-2.log" and not path.is_symlink()
+    assert "gone" in path.read_text() and target.read_text() == "keep me"
+    assert _saved_log(out) == path and sorted(p.name for p in (out / "logs").iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("case", ["no output dir", "logs is a link", "logs is a file"])
+def test_the_runtime_log_falls_back_to_a_private_directory(tmp_path, case):
+    out = tmp_path / "run"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if case != "no output dir":
+        out.mkdir()
+        if case == "logs is a link":
+            (out / "logs").symlink_to(elsewhere)
+        else:
+            (out / "logs").write_text("not a directory")
+    path = _saved_log(out)
+    try:
+        assert path.is_file() and not path.is_symlink() and "gone" in path.read_text()
+        assert path.parent.name.startswith("jaxlin-runtime-") and path.parent.stat().st_mode & 0o777 == 0o700
+        assert not list(elsewhere.iterdir())
+        assert out.exists() == (case != "no output dir")
+    finally:
+        _remove_log(path)
 
 
 def test_a_coordinator_port_in_use_is_refused_at_once(tmp_path, tiny_data_dir):
