@@ -481,9 +481,21 @@ def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
     return 0
 
 
+def _replace_unencodable() -> None:
+    """Characters the streams' encoding lacks (`PYTHONIOENCODING=ascii`, a C locale) are written as
+    backslash escapes instead of raising UnicodeEncodeError: messages name paths, which may hold any."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream.errors == "strict":
+                stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # None, or a stream that cannot change
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxlin import supervise
 
+    _replace_unencodable()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(_join_list_values(argv))
     try:
@@ -514,6 +526,9 @@ def _main_with_stops(args: argparse.Namespace, child: bool) -> int:
     if args.command not in ("train", "sweep"):
         try:
             return _main(args, None)
+        except StopNow as now:  # raised by download.py's handlers: its partial files are removed
+            print(f"jaxlin: stopped by {now}", file=sys.stderr)
+            return 128 + now.signum
         except KeyboardInterrupt:
             print("jaxlin: interrupted", file=sys.stderr)
             return 130

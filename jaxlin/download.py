@@ -5,7 +5,9 @@ recompresses the files still verifies, and decompression stops once it passes th
 size the format promises (a gzip bomb costs at most that much). A download goes to
 a temporary file in the cache directory and is renamed into place only once
 verified: the cache never holds a failed or mismatching file. A mismatch, an HTTP
-error or a timeout moves on to the next mirror. Only the standard library is used.
+error, a timeout or a mirror that drips (see `MIN_BYTES_PER_SECOND`) moves on to the
+next mirror. SIGINT and SIGTERM during a download remove the partial file and the lock
+before the process stops. Only the standard library is used.
 
 `JAXLIN_MIRRORS` (comma-separated base URLs) replaces the built-in mirrors: air-gapped
 users point it at their own, and the tests at servers on 127.0.0.1.
@@ -21,7 +23,9 @@ import hashlib
 import http.client
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,8 +39,11 @@ MIRRORS_ENV = "JAXLIN_MIRRORS"
 CACHE_ENV = "JAXLIN_CACHE_DIR"
 # Seconds to connect and between reads: a mirror that stalls is left for the next one.
 TIMEOUT_SECONDS = 3.0
-# A mirror that drips (under 10 kB/s once 10 s have passed) is left too.
-MIN_BYTES_PER_SECOND, MIN_SPEED_AFTER_SECONDS = 10_000, 10.0
+# A mirror that drips (under 10 kB/s on average once 10 s have passed) is left too. The rate is
+# checked after every read, whatever it brought: reads return what has arrived, they do not wait
+# for a full block.
+MIN_BYTES_PER_SECOND = 10_000
+MIN_SPEED_AFTER_SECONDS = 10.0
 _READ_BLOCK = 1 << 16
 LOCK_FILE = ".download.lock"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -113,8 +120,11 @@ def dataset_cache(dataset: str) -> Path:
 def cached_files(dataset: str) -> Path | None:
     """The cache directory of `dataset` when it holds all four files, else None."""
     directory = dataset_cache(dataset)
-    if all(any((directory / (f.stem + suffix)).is_file() for suffix in (".gz", ""))
-           for f in FILES[dataset]):
+    try:
+        if all(any((directory / (f.stem + suffix)).is_file() for suffix in (".gz", ""))
+               for f in FILES[dataset]):
+            return directory
+    except OSError:  # unreadable (permissions): reading the data there names the file and the reason
         return directory
     return None
 
@@ -126,7 +136,11 @@ def _check_content(path: Path, expected: RemoteFile) -> str | None:
     digest, produced = hashlib.sha256(), 0
     limit = expected.size + 1
     try:
-        with open(path, "rb") as raw:
+        raw = open(path, "rb")
+    except OSError as err:
+        return f"cannot read it ({err.strerror or err})"
+    try:
+        with raw:
             compressed = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
@@ -159,10 +173,13 @@ def _fetch(url: str, destination, progress: bool, remote: RemoteFile) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "jaxlin"})
     with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
         total = response.headers.get("Content-Length")
+        # read1: whatever one receive brings (at least a byte, or a timeout), so a drip is measured
+        # as it arrives; read(n) would wait until n bytes have come, however slowly.
+        read = getattr(response, "read1", None) or response.read
         started, received = time.monotonic(), 0
         with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
                   desc=remote.stem, disable=not progress, leave=False) as bar:
-            while block := response.read(_READ_BLOCK):
+            while block := read(_READ_BLOCK):
                 received += len(block)
                 if received > limit:
                     raise _MirrorProblem(f"sent more than {limit} bytes, more than the file can be")
@@ -220,17 +237,21 @@ def download(dataset: str = "mnist", directory: str | os.PathLike | None = None,
         raise DownloadError(f"{target} exists and is not a directory")
     created = not target.exists()
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        with _locked(target):
-            for stale in target.glob(".*.part"):  # left by a killed download; none is in progress
-                stale.unlink(missing_ok=True)
-            for remote in FILES[dataset]:
-                found = _local_copy(target, remote)
-                if found is not None and _check_content(found, remote) is None:
-                    continue
-                log(f"Downloading {dataset} {remote.stem}.gz into {target}"
-                    + (f" (replacing a copy that does not verify: {found.name})" if found else ""))
-                fetch_file(dataset, remote, target, progress)
+        with _signals_stop():
+            target.mkdir(parents=True, exist_ok=True)
+            with _locked(target):
+                _remove_partial_files(target)  # left by a killed download; none is in progress
+                try:
+                    for remote in FILES[dataset]:
+                        found = _local_copy(target, remote)
+                        if found is not None and _check_content(found, remote) is None:
+                            continue
+                        log(f"Downloading {dataset} {remote.stem}.gz into {target}"
+                            + (f" (replacing a copy that does not verify: {found.name})" if found else ""))
+                        fetch_file(dataset, remote, target, progress)
+                except BaseException:
+                    _remove_partial_files(target)  # one a signal caught before its name was kept
+                    raise
     except OSError as err:
         raise DownloadError(f"cannot write the data into {target}: {err.strerror or err}") from err
     except BaseException:
@@ -240,20 +261,82 @@ def download(dataset: str = "mnist", directory: str | os.PathLike | None = None,
     return target
 
 
+def _remove_partial_files(directory: Path) -> None:
+    for partial in directory.glob(".*.part"):
+        partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _signals_stop():
+    """While downloading in a process with no plan of its own for SIGINT and SIGTERM (`jaxlin
+    download`, `jaxlin evaluate`), they raise `StopNow`: the code on the way out removes the partial
+    file and the lock, and the command reports the stop (exit 128 + the signal's number). A process
+    that handles them already (`jaxlin train`'s StopRequest) keeps its handlers. A second signal
+    while the first is being cleaned up after is ignored, so the cleanup finishes."""
+    from jaxlin.signals import STOP_SIGNALS, StopNow
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping: list[int] = []
+
+    def handle(signum, frame):
+        if stopping:
+            return
+        stopping.append(signum)
+        raise StopNow(signum)
+
+    previous = {}
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+            previous[signum] = signal.signal(signum, handle)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _local_copy(directory: Path, remote: RemoteFile) -> Path | None:
-    return next((directory / (remote.stem + suffix) for suffix in (".gz", "")
-                 if (directory / (remote.stem + suffix)).is_file()), None)
+    for suffix in (".gz", ""):
+        candidate = directory / (remote.stem + suffix)
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError:  # cannot even look (permissions): reading it will say why
+            return candidate
+    return None
 
 
 @contextlib.contextmanager
 def _locked(directory: Path):
-    """One download into a directory at a time: a second one waits, then finds the files there."""
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    """One download into a directory at a time: a second one waits, then finds the files there.
+
+    The lock file is removed on the way out, while still locked; a process that was waiting on
+    the removed file sees that the path no longer names what it locked and locks the new one."""
+    path = directory / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # removed by the download that held it: lock the new one
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def verify(directory: str | os.PathLike, dataset: str = "mnist") -> list[str]:
@@ -272,7 +355,7 @@ def verify(directory: str | os.PathLike, dataset: str = "mnist") -> list[str]:
         if problem:
             bad.append(f"{found}: {problem}")
         else:
-            lines.append(f"{found}: ok (sha256 {remote.sha256[:12]}…)")
+            lines.append(f"{found}: ok (sha256 {remote.sha256[:12]}...)")
     if bad:
         raise DownloadError("; ".join(bad))
     return lines
