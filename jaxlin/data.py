@@ -13,6 +13,7 @@ import functools
 import gzip
 import math
 import os
+import stat
 import zlib
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def read_idx(path: str | os.PathLike, expected_ndim: int | None = None,
     """
     path = Path(path)
     try:
-        with open(path, "rb") as raw:
+        with _open_regular(path) as raw:
             compressed = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
@@ -114,6 +115,20 @@ def read_idx(path: str | os.PathLike, expected_ndim: int | None = None,
         raise DataError(f"{path}: not enough memory to read it") from err
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
+
+
+def _open_regular(path: Path):
+    """`path` opened for reading once known to be a regular file: a FIFO or a device is refused without
+    waiting for a writer (the open does not block, fstat says what it is)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def _read_idx_stream(path: Path, stream, expected_ndim, item_shape, capacity: int) -> np.ndarray:
@@ -156,9 +171,22 @@ def _read_idx_stream(path: Path, stream, expected_ndim, item_shape, capacity: in
 
 
 def _find_idx_file(data_dir: Path, stem: str) -> Path:
+    """The file holding `stem` (gzip-compressed or not); one that cannot be looked at is named with the
+    reason, and so is one that is there but not a regular file (a directory, a FIFO)."""
+    irregular = None
     for name in (stem + ".gz", stem):
-        if (data_dir / name).is_file():
-            return data_dir / name
+        path = data_dir / name
+        try:
+            mode = path.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as err:  # e.g. a data directory without read or search permission
+            raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
+        if stat.S_ISREG(mode):
+            return path
+        irregular = irregular or path
+    if irregular is not None:
+        raise DataError(f"{irregular}: not a regular file")
     raise DataError(f"{data_dir}: missing {stem}.gz (or uncompressed {stem})")
 
 
@@ -185,9 +213,12 @@ def split_train(train: Split, validation_size: int = VALIDATION_SIZE) -> tuple[S
 def load_idx_dir(data_dir: str | os.PathLike, name: str = "mnist") -> Datasets:
     """Reads the four IDX files of an MNIST-format data set from a directory."""
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        problem = "is not a directory" if data_dir.exists() else "does not exist"
-        raise DataError(f"data directory {data_dir} {problem}")
+    try:
+        if not data_dir.is_dir():
+            problem = "is not a directory" if data_dir.exists() else "does not exist"
+            raise DataError(f"data directory {data_dir} {problem}")
+    except OSError as err:  # a parent directory without search permission
+        raise DataError(f"data directory {data_dir}: cannot read it ({err.strerror or err})") from err
     arrays = {}
     for key, stem in IDX_FILES.items():
         images = "images" in key

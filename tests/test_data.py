@@ -247,3 +247,90 @@ def test_a_header_promising_more_than_the_file_can_hold_is_refused_before_readin
     packed.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + np.array([10_000_000, 28, 28], ">u4").tobytes()))
     with pytest.raises(DataError, match="more than a file of its size can hold"):
         read_idx(packed)
+
+
+def test_a_fifo_or_a_directory_in_place_of_a_data_file_is_named(tmp_path):
+    import os
+    import threading
+
+    directory = write_dataset(tmp_path / "d", 5100, 20)
+    labels = directory / "t10k-labels-idx1-ubyte.gz"
+    labels.unlink()
+    os.mkfifo(labels)
+    outcome = []
+
+    def load():
+        try:
+            load_idx_dir(directory)
+        except DataError as err:
+            outcome.append(str(err))
+
+    # In a thread: should the FIFO ever be opened for reading, it would wait for a writer forever.
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert outcome == [f"{labels}: not a regular file"]
+    with pytest.raises(DataError, match="not a regular file"):
+        read_idx(labels)
+    labels.unlink()
+    labels.mkdir()
+    with pytest.raises(DataError, match=f"{labels}: not a regular file"):
+        load_idx_dir(directory)
+
+
+def _as_another_user() -> list[str]:
+    """The command prefix that drops root (whom permissions do not stop) for `nobody`; none when not root."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot test a permission error")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture
+def shared_tmp():
+    """A directory another user can enter (pytest's tmp_path is private to root)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="jaxlin-perm-"))
+    base.chmod(0o755)
+    yield base
+    for path in base.rglob("*"):
+        path.chmod(0o755)
+    shutil.rmtree(base)
+
+
+def test_an_unreadable_data_dir_or_file_is_cannot_read_naming_the_file(shared_tmp):
+    """chmod 000 on the data directory, then on its files: `jaxlin evaluate` run as a user who cannot read
+    them says which file and why, in one line, exit 2 (not "cannot write outputs")."""
+    import os
+    import subprocess
+
+    import jax
+
+    from jaxlin.checkpoint import save_params
+    from jaxlin.models import get_model
+
+    prefix = _as_another_user()
+    model = get_model("linear")
+    save_params(shared_tmp / "p.npz", model.init(jax.random.key(0)), model)
+    (shared_tmp / "p.npz").chmod(0o644)
+    closed = write_dataset(shared_tmp / "closed", 5100, 20)
+    closed.chmod(0o000)
+    files = write_dataset(shared_tmp / "files", 5100, 20)
+    for path in files.iterdir():
+        path.chmod(0o000)
+    env = {**os.environ, "HOME": str(shared_tmp), "JAXLIN_MIRRORS": "http://127.0.0.1:9/",
+           "JAXLIN_CACHE_DIR": str(shared_tmp / "cache")}
+    for directory in (closed, files):
+        run = subprocess.run([*prefix, sys.executable, "-m", "jaxlin.cli", "evaluate", str(shared_tmp / "p.npz"),
+                              "--data-dir", str(directory)], env=env, cwd=shared_tmp, capture_output=True,
+                             text=True, timeout=300, check=False)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr == (f"jaxlin: error: {directory / 'train-images-idx3-ubyte.gz'}: cannot read file "
+                              f"(Permission denied)\n")
