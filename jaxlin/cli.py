@@ -343,6 +343,9 @@ def _distributed_flags(args: argparse.Namespace) -> tuple | None:
         return None
     if not args.distributed and any(value is None for value in manual):
         raise ConfigError("--coordinator, --num-processes and --process-id go together (or use --distributed)")
+    if args.coordinator is not None and not args.coordinator.isascii():  # int() reads '²' as a digit it is not
+        raise ConfigError(f"--coordinator {args.coordinator}: expected HOST:PORT (a host name or IP address, "
+                          f"a port in 1..65535)")
     if args.num_processes is not None and args.num_processes < 1:
         raise ConfigError(f"--num-processes must be at least 1, got {args.num_processes}")
     if args.distributed_timeout < 1:

@@ -35,6 +35,8 @@ _GRID_2000 = [",".join(f"0.{i + 1:04d}" for i in range(2000)), ",".join(str(i) f
     (["train", "--batch-size", "0"], "batch size must be at least 1, got 0"),
     (["train", "--devices", "\u00b2"], "devices must be a number >= 1 or all, got '\u00b2'"),
     (["train", "--learning-rate", "1e39"], "learning rate must be a finite number > 0 in float32"),
+    (["train", "--coordinator", "127.0.0.1:\u00b2", "--num-processes", "1", "--process-id", "0"],
+     "--coordinator 127.0.0.1:\u00b2: expected HOST:PORT"),
     (["train", "--resume", "--unroll", "0"], "unroll must be at least 1, got 0"),
     (["sweep", "--seeds", "-1,2"], "--seeds: seed must be in [0, 2**63), got -1"),
     (["sweep", "--seeds=-1,2"], "--seeds: seed must be in [0, 2**63), got -1"),
