@@ -303,7 +303,7 @@ def test_a_backend_that_cannot_start_is_one_line(tmp_path):
 @pytest.mark.parametrize("make, message", [
     (lambda d: (d / "out").symlink_to("out"), "output dir {out}: is a symlink loop"),
     (lambda d: (d / "out").symlink_to("elsewhere"), "output dir {out}: is a symlink to elsewhere, which does not"),
-])
+], ids=["loop", "dangling"])
 def test_an_output_dir_that_is_a_bad_symlink_is_one_line(tiny_data_dir, tmp_path, capsys, make, message):
     make(tmp_path)
     for out in (tmp_path / "out", tmp_path / "out" / "sub"):
@@ -318,7 +318,7 @@ def test_an_output_dir_that_is_a_bad_symlink_is_one_line(tiny_data_dir, tmp_path
 def test_a_huge_sweep_grid_is_refused_from_its_sizes_before_any_member_is_built():
     import tracemalloc
 
-    from jaxlin.config import MAX_SWEEP_MEMBERS, Config, ConfigError
+    from jaxlin.config import MAX_SWEEP_MEMBERS, Config, ConfigError, check_grid_size
     from jaxlin.sweep import Grid
 
     values = ",".join(str(i) for i in range(2000))
@@ -333,4 +333,6 @@ def test_a_huge_sweep_grid_is_refused_from_its_sizes_before_any_member_is_built(
     grid = Grid(learning_rates=tuple(0.001 * (i + 1) for i in range(300)), seeds=tuple(range(300)))
     with pytest.raises(ConfigError, match=f"90,000 members .*; at most {MAX_SWEEP_MEMBERS:,}"):
         grid.members(Config())
-    assert len(Grid(seeds=tuple(range(MAX_SWEEP_MEMBERS))).members(Config())) == MAX_SWEEP_MEMBERS
+    assert check_grid_size(Grid(seeds=tuple(range(MAX_SWEEP_MEMBERS))).sizes()) == MAX_SWEEP_MEMBERS
+    with pytest.raises(ConfigError):
+        check_grid_size(Grid(seeds=tuple(range(MAX_SWEEP_MEMBERS)), data_seeds=(0, 1)).sizes())
