@@ -55,3 +55,32 @@ def test_evaluate_counts_every_test_image(tiny_data):
     assert report["accuracy"] == pytest.approx(np.mean(tiny_data.test.labels == 0))
     assert np.sum(report["confusion_matrix"]) == 1003
     assert np.asarray(report["confusion_matrix"])[:, 1:].sum() == 0
+
+
+def test_jaxlin_evaluate_verifies_the_params_and_notes_an_older_file(tiny_data_dir, tmp_path, capsys):
+    """`jaxlin evaluate` reads params through load_params: a file with its digest evaluates quietly, one
+    from an older jaxlin (no digest) evaluates with a one-line note, a damaged one is one error line."""
+    import zipfile
+
+    from jaxlin.checkpoint import DIGEST_KEY, save_params
+    from jaxlin.cli import main
+
+    model = get_model("linear")
+    save_params(tmp_path / "new.npz", model.init(jax.random.key(0)), model)
+    assert main(["evaluate", str(tmp_path / "new.npz"), "--data-dir", str(tiny_data_dir), "--json"]) == 0
+    assert capsys.readouterr().err == ""
+    with np.load(tmp_path / "new.npz", allow_pickle=False) as archive:
+        np.savez(tmp_path / "old.npz", **{name: archive[name] for name in archive.files if name != DIGEST_KEY})
+    assert main(["evaluate", str(tmp_path / "old.npz"), "--data-dir", str(tiny_data_dir), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == f"note: {tmp_path / 'old.npz'} has no digest (written by an older jaxlin); not verified\n"
+    assert out.startswith("{")
+    with zipfile.ZipFile(tmp_path / "new.npz") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["layers/0/b.npy"] = members["layers/0/b.npy"][:-4] + np.float32(1.0).tobytes()
+    with zipfile.ZipFile(tmp_path / "changed.npz", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    assert main(["evaluate", str(tmp_path / "changed.npz"), "--data-dir", str(tiny_data_dir)]) == 2
+    assert capsys.readouterr().err == (f"jaxlin: error: {tmp_path / 'changed.npz'}: params file is damaged "
+                                       f"(digest mismatch)\n")
