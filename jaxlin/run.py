@@ -29,7 +29,7 @@ from jaxlin.evaluate import evaluate
 from jaxlin.models import Model, ModelError, get_model
 from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, FollowerRunDir, RunDir, RunDirError, check_writable, to_json
 from jaxlin.signals import StopRequest
-from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, TrainState
+from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, CheckpointWriteError, DamagedCheckpoint, TrainState
 from jaxlin.parallel import (check_same_everywhere, failing_together, is_primary, max_over_processes,
                              resolve_placement, sync)
 from jaxlin.train import FitHooks, FitResult, Progress, fit
@@ -125,8 +125,10 @@ def write_figures(directory: Path, data: Datasets, model: Model, params, final: 
 class _RunHooks(FitHooks):
     """Streams records into the run directory, checkpoints through orbax, stops on signals."""
 
-    def __init__(self, run_dir: RunDir, store: CheckpointStore | None, config: Config, stop: StopRequest, log):
+    def __init__(self, run_dir: RunDir, store: CheckpointStore | None, config: Config, stop: StopRequest, log,
+                 model: Model):
         self.run_dir, self.store, self.config, self.stop, self.log = run_dir, store, config, stop, log
+        self.model_spec = model.spec  # what --resume checks that it rebuilds
         self.checkpoints = store is not None
         self.saved_step: int | None = None
 
@@ -139,7 +141,8 @@ class _RunHooks(FitHooks):
             self.log(accuracy_line(record["test_accuracy"], "before training"))
 
     def save(self, state: TrainState, progress: Progress, wait: bool = False) -> None:
-        self.store.save(state, {"config": self.config.to_dict(), "progress": dataclasses.asdict(progress)})
+        self.store.save(state, {"config": self.config.to_dict(), "progress": dataclasses.asdict(progress),
+                                "model": self.model_spec})
         if wait:
             self.store.wait()
         self.saved_step = state.step
@@ -154,46 +157,56 @@ class _RunHooks(FitHooks):
         return bool(agreed)
 
 
-def _checkpoint_record(store: CheckpointStore, step: int) -> tuple[Config, Progress]:
-    """The config and progress saved beside the train state of `step`."""
-    record = store.read_record(step)
-    if "grid" in record:  # not damaged: another kind of run, whose checkpoints must stay
-        raise ConfigError(f"{store.directory.parent} holds a jaxlin sweep, not a train run; continue it with "
-                          f"jaxlin sweep --resume --output-dir {shlex.quote(str(store.directory.parent))}")
+def _record_check(out: Path, config: Config | None = None, model: Model | None = None):
+    """The check `CheckpointStore.find_usable` applies to a verified record: a train run's, whose
+    model this command line rebuilds, and (given `config`) that the settings asked for continue."""
+    def check(step: int, record: dict) -> None:
+        if "grid" in record:  # another kind of run, whose checkpoints must stay
+            raise ConfigError(f"{out} holds a jaxlin sweep, not a train run; continue it with "
+                              f"jaxlin sweep --resume --output-dir {shlex.quote(str(out))}")
+        saved, _ = _parse_record(record, out, step)
+        rebuilt = build_model(saved)
+        recorded = record.get("model")
+        if recorded is not None and recorded != rebuilt.spec:
+            raise ConfigError(f"--resume: checkpoint {step} in {out} is of a model that `jaxlin train` does not "
+                              f"build ({_model_name(recorded)}); resume it the way it was started")
+        if model is not None and model.spec != rebuilt.spec:
+            raise ConfigError(f"--resume: checkpoint {step} in {out} is of model {rebuilt.describe()}, "
+                              f"not {model.describe()}")
+        if config is not None:
+            _check_resumable(saved, config, step, out)
+
+    return check
+
+
+def _model_name(spec) -> str:
+    return str(spec.get("name")) if isinstance(spec, dict) else "an unknown model"
+
+
+def _parse_record(record: dict, out: Path, step: int) -> tuple[Config, Progress]:
+    """The config and progress of a verified train record."""
     try:
         return Config.from_dict(record["config"]), Progress(**record["progress"])
     except (KeyError, TypeError, ValueError) as err:
-        raise checkpoint.CheckpointError(f"{store.directory / str(step)}: unreadable run record ({err})") from err
-
-
-def _latest_usable(store: CheckpointStore, log, model: Model | None = None, remove_damaged: bool = False):
-    """(step, config, progress, state or None) of the newest checkpoint that reads back; damaged newer
-    ones are reported (and removed, by the run that holds the directory). With `model`, the train state
-    is restored too."""
-    for step in store.steps():
-        try:
-            saved, progress = _checkpoint_record(store, step)
-            state = store.restore(step, _initial_state(saved, model)) if model is not None else None
-            return step, saved, progress, state
-        except checkpoint.CheckpointError as err:
-            action = "removed it" if remove_damaged else "skipping it"
-            log(f"jaxlin: checkpoint {step} is damaged, {action}: {err}")
-            if remove_damaged:
-                store.remove(step)
-    raise ConfigError(f"--resume: no complete checkpoint in {store.directory} (the run was stopped before its "
-                      f"first one was written; start it again with --overwrite)")
+        raise DamagedCheckpoint(f"{out / CHECKPOINT_DIR / str(step)}: unreadable run record ({err})") from err
 
 
 def resumed_config(config: Config, explicit: set[str]) -> Config:
-    """The config of the latest checkpoint in `config.output_dir` with the explicitly given settings
-    applied; refuses settings that would not continue the same run."""
+    """The config of the latest usable checkpoint in `config.output_dir` with the explicitly given
+    settings applied; refuses settings that would not continue the same run. Looks only: the run
+    that takes the directory's lock restores, verifies and sets damaged checkpoints aside."""
     out = Path(config.output_dir)
     if not (out / CHECKPOINT_DIR).is_dir():
         start = "start it with --overwrite" if RunDir(out).run_files() else "drop --resume to start"
         raise ConfigError(f"--resume: no checkpoints in {out} (nothing to resume; {start})")
     store = CheckpointStore(out, read_only=True)
-    step, saved, _, _ = _latest_usable(store, log=lambda line: None)
-    return _check_resumable(saved, saved.replace(**{name: getattr(config, name) for name in explicit}), step, out)
+    try:
+        usable = store.find_usable(_record_check(out))
+    finally:
+        store.close()
+    saved, _ = _parse_record(usable.record, out, usable.step)
+    return _check_resumable(saved, saved.replace(**{name: getattr(config, name) for name in explicit}),
+                            usable.step, out)
 
 
 def _check_resumable(saved: Config, wanted: Config, step: int, out: Path) -> Config:
@@ -277,22 +290,35 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
         if mode == "resume":
             if store is None:
                 raise ConfigError("--resume: checkpoints are off (--checkpoint-every 0)")
-            step, saved, saved_progress, state = _latest_usable(store, log, model, remove_damaged=is_primary())
+            with failing_together(*USER_ERRORS):  # every process verifies it before any is moved
+                usable = store.find_usable(_record_check(out, config, model),
+                                           lambda record: _initial_state(_parse_record(record, out, 0)[0], model),
+                                           log=log)
+            if is_primary():
+                store.set_aside_damaged(usable.damaged, log)
+            step, state = usable.step, usable.state
+            saved_progress = _parse_record(usable.record, out, step)[1]
             if step == config.num_steps and run_dir.has_finished_run():
                 log(f"The run in {out} already finished at step {step}; raise --num-steps to train on.")
                 return None
-            _check_resumable(saved, config, step, out)
             start = (state, saved_progress)
             records = run_dir.read_records(step)
             run_dir.unfinish()
             log(f"Resuming {out} from step {step} of {config.num_steps}.")
-        hooks = _RunHooks(run_dir, store, config, stop, log)
+        hooks = _RunHooks(run_dir, store, config, stop, log, model)
         hooks.last_recorded_step = records[-1]["step"] if records else None
         result = fit(config, data, model, eval_steps=eval_steps, progress=progress and is_primary(), start=start,
                      hooks=hooks)
-    finally:
         if store:
             store.close()  # waits for the last save: a checkpoint reported is a checkpoint on disk
+    except CheckpointWriteError as err:
+        raise write_failed(err, store, resume_command(out)) from err
+    except OSError as err:  # metrics.jsonl: the directory filled up, became read-only or vanished
+        what = f"cannot write {err.filename or out} ({err.strerror or err})"
+        raise write_failed(CheckpointWriteError(what, err), store, resume_command(out)) from err
+    finally:
+        if store:
+            close_quietly(store)
     if result.stopped:
         raise Stopped(_stopped_message(stop, result, hooks, out, config), stop.exit_code or 1)
     evaluations = records + result.evaluations
@@ -359,6 +385,26 @@ def _initial_state(config: Config, model: Model) -> TrainState:
     params = jax.eval_shape(model.init, jax.random.key(config.seed))
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
     return TrainState(params, make_optimizer(config).init(params), 0)
+
+
+def write_failed(err: CheckpointWriteError, store: CheckpointStore | None, resume: str) -> Exception:
+    """The one line for a save that failed: what failed, the last good checkpoint, how to resume. A lost
+    peer is the runtime's failure, reported as such (cli.py: exit 1)."""
+    cause = err.cause
+    if jax.process_count() > 1 and type(cause).__name__ in ("JaxRuntimeError", "XlaRuntimeError"):
+        return cause
+    good = store.saved_step if store is not None else None
+    if good is None:
+        return checkpoint.CheckpointError(f"{err}; no checkpoint of this run was completed")
+    return checkpoint.CheckpointError(f"{err}; the last good checkpoint is step {good} in {store.directory}. "
+                                      f"Free space or fix the directory, then resume with: {resume}")
+
+
+def close_quietly(store: CheckpointStore) -> None:
+    try:
+        store.close()
+    except checkpoint.CheckpointError:
+        pass  # already reported, or a failure behind another error
 
 
 def _stopped_message(stop: StopRequest, result: FitResult, hooks: _RunHooks, out: Path, config: Config) -> str:

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from collections.abc import Callable
 
-from jaxlin.state import CHECKPOINT_DIR
+from jaxlin.state import CHECKPOINT_DIR, SET_ASIDE_DIR
 
 LOCK_FILE = ".jaxlin.lock"
 RECORDS_FILE = "metrics.jsonl"
@@ -36,7 +36,7 @@ PARAMS_FILE = "params.npz"
 STAGING_PREFIX = ".staging-"
 FIGURES = ("example_images.png", "misclassified.png", "weights.png", "confusion_matrix.png",
            "learning_curve.png")
-RUN_FILES = (METRICS_FILE, RECORDS_FILE, PARAMS_FILE, *FIGURES, CHECKPOINT_DIR)
+RUN_FILES = (METRICS_FILE, RECORDS_FILE, PARAMS_FILE, *FIGURES, CHECKPOINT_DIR, SET_ASIDE_DIR)
 
 
 class RunDirError(ValueError):

@@ -10,6 +10,7 @@ outputs (`sweep.json` last, `sweep.png`, `best/`) published as a whole.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from pathlib import Path
 
@@ -22,11 +23,11 @@ from jaxlin.data import Datasets, load_datasets
 from jaxlin.evaluate import Evaluator
 from jaxlin.models import Model
 from jaxlin.parallel import MODELS_AXIS, resolve_placement, to_host
-from jaxlin.run import Stopped, build_model, library_versions, write_figures
+from jaxlin.run import Stopped, build_model, close_quietly, library_versions, write_failed, write_figures
 from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, RunDir, check_writable, to_json
 from jaxlin.schedule import checkpoint_schedule, chunks, eval_schedule
 from jaxlin.signals import StopRequest
-from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, TrainState
+from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, CheckpointWriteError, DamagedCheckpoint, TrainState
 from jaxlin.sweep import (BEST_DIR, HOST_OVERHEAD_BYTES, MEMORY_FRACTION, SWEEP_FIGURE, SWEEP_FILE, SWEEP_LAYOUT,
                           Grid, SweepTrainer, best_member, check_resumable, describe_member, estimate_memory, gib,
                           memory_limit, resume_command)
@@ -117,32 +118,29 @@ def _resumed_settings(config: Config, grid: Grid, explicit: set[str]) -> tuple[C
         raise ConfigError(f"--resume: no checkpoints in {out} (nothing to resume; drop --resume to start)")
     store = CheckpointStore(out, read_only=True)
     try:
-        step, saved, saved_grid, _ = _latest_record(store)
+        usable = store.find_usable(_sweep_record_check(out))
     finally:
         store.close()
-    return check_resumable(saved, saved_grid, config, grid, explicit, step, out)
+    saved, saved_grid = _parse_sweep_record(usable.record, out, usable.step)
+    return check_resumable(saved, saved_grid, config, grid, explicit, usable.step, out)
 
 
-class NotASweep(ConfigError):
-    """A checkpoint that reads back but is a `jaxlin train` run's: refused, never removed as damaged."""
+def _sweep_record_check(out: Path):
+    """A verified record must be a sweep's (a train run's checkpoints are refused, never set aside)."""
+    def check(step: int, record: dict) -> None:
+        if "grid" not in record:
+            raise ConfigError(f"{out} holds a jaxlin train run, not a sweep; continue it with "
+                              f"jaxlin train --resume --output-dir {shlex.quote(str(out))}")
+        _parse_sweep_record(record, out, step)
+
+    return check
 
 
-def _latest_record(store: CheckpointStore, log=lambda line: None, remove_damaged: bool = False):
-    """(step, config, grid, record) of the newest checkpoint whose record reads back as a sweep's."""
-    for step in store.steps():
-        try:
-            record = store.read_record(step)
-            if "grid" not in record:
-                raise NotASweep(f"{store.directory.parent} holds a jaxlin train run, not a sweep; continue it "
-                                f"with jaxlin train --resume --output-dir {store.directory.parent}")
-            return step, Config.from_dict(record["config"]), Grid.from_dict(record["grid"]), record
-        except NotASweep:
-            raise
-        except (checkpoint.CheckpointError, KeyError, TypeError, ValueError) as err:
-            log(f"jaxlin: checkpoint {step} is damaged, {'removed it' if remove_damaged else 'skipping it'}: {err}")
-            if remove_damaged:
-                store.remove(step)
-    raise ConfigError(f"--resume: no complete sweep checkpoint in {store.directory}")
+def _parse_sweep_record(record: dict, out: Path, step: int) -> tuple[Config, Grid]:
+    try:
+        return Config.from_dict(record["config"]), Grid.from_dict(record["grid"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DamagedCheckpoint(f"{out / CHECKPOINT_DIR / str(step)}: unreadable run record ({err})") from err
 
 
 @dataclasses.dataclass
@@ -174,7 +172,7 @@ class _SweepLoop:
 
     def save(self, state: TrainState, wait: bool = False) -> None:
         record = {"config": self.config.to_dict(), "grid": self.grid.to_dict(),
-                  "progress": dataclasses.asdict(self.progress())}
+                  "progress": dataclasses.asdict(self.progress()), "model": self.trainer.model.spec}
         self.store.save(state, record)
         if wait:
             self.store.wait()
@@ -214,8 +212,12 @@ class _SweepLoop:
         saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if self.store else 0, evals)
         if fresh and self.store:
             self.save(state, wait=True)
-        if state.step in evals and last_recorded != state.step:
-            self.evaluate(state)
+        if state.step in evals:
+            if last_recorded == state.step:  # resumed after this step's evaluation: its window is closed
+                self.loss_sum[:] = 0
+                self.loss_count[:] = 0
+            else:
+                self.evaluate(state)
         bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, unit="step", leave=False)
         with bar:
             for start, length in chunks(state.step, config.num_steps, config.steps_per_call, evals, saves):
@@ -237,17 +239,12 @@ class _SweepLoop:
 
 
 def _restore(store: CheckpointStore, trainer: SweepTrainer, log) -> tuple[TrainState, _Progress, int]:
+    """The newest sweep checkpoint that verifies, restored onto the trainer's devices; damaged newer ones
+    are set aside."""
     like = jax.tree.map(np.asarray, to_host(trainer.init_state()))
-    for _ in range(len(store.steps())):
-        step, _, _, record = _latest_record(store, log, remove_damaged=True)
-        try:
-            state = store.restore(step, like)
-        except checkpoint.CheckpointError as err:
-            log(f"jaxlin: checkpoint {step} is damaged, removed it: {err}")
-            store.remove(step)
-            continue
-        return trainer.place(state), _Progress(**record["progress"]), step
-    raise ConfigError(f"--resume: no complete sweep checkpoint in {store.directory}")
+    usable = store.find_usable(_sweep_record_check(store.run_dir), lambda record: like, log=log)
+    store.set_aside_damaged(usable.damaged, log)
+    return trainer.place(usable.state), _Progress(**usable.record["progress"]), usable.step
 
 
 def _sweep_in(run_dir: RunDir, config: Config, grid: Grid, members: list[Config], data: Datasets, model: Model,
@@ -279,9 +276,16 @@ def _sweep_in(run_dir: RunDir, config: Config, grid: Grid, members: list[Config]
                               len(data.validation))
             state = loop.run(state, progress, fresh=mode != "resume",
                              last_recorded=records[-1]["step"] if records else None)
+            if store:
+                store.close()  # waits for the last save
+        except CheckpointWriteError as err:
+            raise write_failed(err, store, resume_command(out)) from err
+        except OSError as err:  # metrics.jsonl: the directory filled up, became read-only or vanished
+            what = f"cannot write {err.filename or out} ({err.strerror or err})"
+            raise write_failed(CheckpointWriteError(what, err), store, resume_command(out)) from err
         finally:
             if store:
-                store.close()
+                close_quietly(store)
         if state.step < config.num_steps:
             if loop.saved_step == state.step:
                 message = (f"jaxlin: stopped by {stop.name} at step {state.step} of {config.num_steps}; checkpoint "
