@@ -583,7 +583,7 @@ def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
     if stop is not None:
         stop.raise_pending()  # the heavy imports (JAX) are done
     try:
-        code = _run(args, stop)
+        code = supervise.run_reporting_runtime_failures(_run, args, stop)  # a lost peer: one line
     except Stopped as stopped:
         print(stopped, file=sys.stderr)
         return stopped.exit_code

@@ -33,6 +33,7 @@ import threading
 
 RUNTIME_FD_ENV = "JAXLIN_RUNTIME_LOG_FD"
 JOINED = "jaxlin: joined the distributed run"  # the child's word to the parent, on the runtime stream
+FAILED = "jaxlin: the runtime failed: "  # the child's word that it ends on a runtime error (then its text)
 _LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]*\] ?(.*)$")  # absl: F1201 00:05:20.8 19267 f.cc:80] text
 _KEEP_LINES = 400
 _routed = False  # this process is a supervised child whose descriptors 1 and 2 go to the parent
@@ -62,8 +63,12 @@ def report_joined() -> None:
 
 
 def route_runtime_output() -> None:
-    """In the child: Python's streams keep the terminal; file descriptors 1 and 2 go to the parent."""
+    """In the child: Python's streams keep the terminal; file descriptors 1 and 2 go to the parent,
+    and so do the libraries' Python logging (orbax, absl) and the tracebacks of background threads
+    (orbax's save thread, when a peer is lost mid-save): they belong in the runtime log."""
     global _routed
+    import logging
+
     runtime_fd = int(os.environ.pop(RUNTIME_FD_ENV))
     sys.stdout.flush()
     sys.stderr.flush()
@@ -73,6 +78,82 @@ def route_runtime_output() -> None:
     os.dup2(runtime_fd, 2)
     os.close(runtime_fd)
     _routed = True
+    runtime = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    handler = logging.StreamHandler(runtime)
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(threadName)s: %(message)s"))
+    logging.getLogger().addHandler(handler)  # before anyone's basicConfig, which would take the terminal
+    threading.excepthook = _thread_exception_to_runtime_log
+
+
+def _runtime_write(text: str) -> None:
+    try:
+        os.write(2, text.encode("utf-8", "backslashreplace"))
+    except OSError:  # the parent is gone
+        pass
+
+
+def _thread_exception_to_runtime_log(args) -> None:
+    """threading.excepthook of a supervised child: the traceback goes to the runtime log."""
+    import traceback
+
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    _runtime_write(f"Exception in thread {name}:\n{text}")
+
+
+def _chain(err: BaseException):
+    """`err`, its causes and contexts, and the `cause` that jaxlin's wrapping errors keep."""
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+
+
+def runtime_failure(err: BaseException) -> BaseException | None:
+    """The error of JAX's distributed runtime behind `err` (a collective or a barrier that failed,
+    usually because a peer died or stopped answering, often wrapped by orbax), or None."""
+    links = [link for link in _chain(err) if isinstance(link, BaseException)]
+    for link in links:  # the runtime's own error first: it names the peer (orbax wraps it in a TimeoutError)
+        if type(link).__name__ in ("JaxRuntimeError", "XlaRuntimeError"):
+            return link
+    for link in links:
+        if isinstance(link, TimeoutError) and "barrier" in str(link).lower():
+            return link
+    return None
+
+
+def run_reporting_runtime_failures(function, *args):
+    """`function(*args)`; in a supervised child, a runtime failure (see `runtime_failure`) is not a
+    traceback on the terminal: its traceback goes to the runtime log and its text to the parent,
+    which reports it in one line with the coordinator and the log's path. Returns 1 then."""
+    from jaxlin.config import ConfigError
+
+    try:
+        return function(*args)
+    except ConfigError:  # jaxlin's own one line (e.g. a coordinator it could not join)
+        raise
+    except Exception as err:
+        cause = runtime_failure(err) if _routed else None
+        if cause is None:
+            raise
+        report_failure(err, cause)
+        return 1
+
+
+def report_failure(err: BaseException, cause: BaseException) -> None:
+    """In the child: the whole error to the runtime log, its runtime error's first line to the parent."""
+    import traceback
+
+    _runtime_write("".join(traceback.format_exception(err)))
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0].strip()
+    _runtime_write("\n" + FAILED + first[:1000] + "\n")
 
 
 class _RuntimeLog:
@@ -84,6 +165,7 @@ class _RuntimeLog:
         self.error: str | None = None
         self._in_fatal = False
         self.joined = False
+        self.failed: str | None = None  # the child's runtime failure, as it reported it (`FAILED`)
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -92,6 +174,9 @@ class _RuntimeLog:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             if line == JOINED:
                 self.joined = True
+                continue
+            if line.startswith(FAILED) and self.failed is None:
+                self.failed = line[len(FAILED):].strip() or "no message from JAX's runtime"
                 continue
             self.lines.append(line)
             match = _LOG_LINE.match(line)
@@ -109,10 +194,20 @@ class _RuntimeLog:
 
     def reason(self) -> str:
         """The runtime's own words for the failure, shortened to its status when it has one."""
-        text = self.fatal or self.error or "no message from JAX's runtime"
+        text = self.fatal or self.failed or self.error or "no message from JAX's runtime"
         if "absl::Status:" in text:
             text = text.split("absl::Status:", 1)[1].split(" The tasks have crashed")[0].strip()
         return text if len(text) <= 300 else text[:297] + "..."
+
+    def lost_peer(self) -> str | None:
+        """Which process the runtime said was lost ("process 1"), when it said so."""
+        for line in [self.fatal or "", self.failed or "", *reversed(self.lines)]:
+            match = (re.search(r"unhealthy \(stopped sending heartbeats\): ([\d, ]+)", line)
+                     or re.search(r"[Tt]ask (\d+) heartbeat timeout", line))
+            if match:
+                numbers = [n for n in re.split(r"[, ]+", match.group(1)) if n]
+                return ("process " if len(numbers) == 1 else "processes ") + ", ".join(numbers)
+        return None
 
     def finish(self) -> None:
         self._thread.join(timeout=5)
@@ -262,20 +357,24 @@ def run_supervised(argv: list[str], where: str, process: str, output_dir: str) -
         print(f"jaxlin: stopped by {name} at once (second signal); checkpoints already on disk are kept"
               f"{_resume_hint(output_dir)}", file=sys.stderr)
         return 128 + forward.signum
-    if code >= 0:
+    if code >= 0 and log.failed is None:
         return code
-    died = signal.Signals(-code).name
+    how = f"was ended ({signal.Signals(-code).name})" if code < 0 else "failed"
     reason = log.reason()
+    lost = log.lost_peer()
+    pair = re.fullmatch(r"process ([01]) \(of 2\)", process)
+    if lost is None and pair:  # gloo names an address only; of two processes, the lost one is the other
+        lost = f"process {1 - int(pair.group(1))}"
     if "Failed to add port" in reason:
         hint = "the coordinator's port is taken (another run, or a second process 0?)"
-    elif -code == signal.SIGKILL and log.fatal is None:
+    elif code == -signal.SIGKILL and log.fatal is None:
         hint = "this process was killed from outside (out of memory, a user or the scheduler)"
     elif log.joined:
-        hint = "a peer process died or stopped answering"
+        hint = "a peer process died or stopped answering" + (f" (lost: {lost})" if lost else "")
     else:
         hint = ("not every process joined in time: are they all started, with the same --coordinator and "
                 "--num-processes and distinct --process-id?")
-    print(f"jaxlin: error: {process} of the run through {where} was ended ({died}): {reason}; "
+    print(f"jaxlin: error: {process} of the run through {where} {how}: {reason}; "
           f"{hint}; runtime log: {log.save(output_dir, log_name(process))}{_resume_hint(output_dir)}",
           file=sys.stderr)
     return 1

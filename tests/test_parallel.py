@@ -24,7 +24,7 @@ def _jaxlin(*args, devices: int = 4, cwd=None):
 
 def _params(out: Path) -> dict:
     with np.load(out / "params.npz", allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files if name != "__model__"}
+        return {name: archive[name] for name in archive.files if not name.startswith("__")}  # not __model__, __digest__
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +185,38 @@ def test_when_a_peer_dies_the_other_process_ends_within_the_timeout(mnist_dir, t
     assert "unhealthy" in log.read_text() or "Gloo" in log.read_text()
     assert log.parent == out / "logs"
 
+
+
+def test_a_peer_killed_while_a_checkpoint_is_saved_is_one_line(mnist_dir, tmp_path):
+    """A checkpoint every step, and process 1's worker SIGKILLed while one is being written: process 0's
+    orbax save fails in a collective or a barrier (in the main thread or orbax's background thread);
+    the user sees one line naming the coordinator, the lost process and the runtime log."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    processes = _training_pair(mnist_dir, out, "--checkpoint-every", "1", "--eval-every", "100000",
+                               "--distributed-timeout", "10", records=1)
+    checkpoints, deadline = out / "checkpoints", time.monotonic() + 120
+
+    def mid_save() -> bool:
+        names = [p.name for p in checkpoints.iterdir()] if checkpoints.is_dir() else []
+        return sum(n.isdigit() for n in names) >= 2 and any(not n.isdigit() for n in names)
+
+    while not mid_save() and time.monotonic() < deadline:  # orbax's temporary directory of a save
+        assert all(p.poll() is None for p in processes)
+        time.sleep(0.005)
+    worker = int(Path(f"/proc/{processes[1].pid}/task/{processes[1].pid}/children").read_text().split()[0])
+    os.kill(worker, signal.SIGKILL)
+    _, err1 = processes[1].communicate(timeout=90)
+    _, err = processes[0].communicate(timeout=90)
+    lines = err.strip().splitlines()
+    assert processes[0].returncode == 1 and len(lines) == 1, err
+    assert lines[0].startswith("jaxlin: error: process 0 (of 2) of the run through coordinator 127.0.0.1:"), err
+    assert "a peer process died or stopped answering (lost: process 1)" in lines[0] and "Resume with" in lines[0]
+    log = _runtime_log(lines[0])
+    assert log.parent == out / "logs" and log.read_text().strip()
+    assert len(err1.strip().splitlines()) == 1 and "killed from outside" in err1
 
 
 def test_killing_one_launcher_stops_its_worker_and_the_peer_after_the_same_chunk(mnist_dir, tmp_path):
