@@ -406,3 +406,52 @@ def test_processes_started_with_different_settings_refuse_at_once(tmp_path, tiny
     assert [p.returncode for p in processes] == [2, 2]
     for err in errors:
         assert "the processes of this run were started with different settings" in err and "Traceback" not in err
+
+
+def test_runtime_failures_are_found_behind_wrappers():
+    from jaxlin.supervise import runtime_failure
+
+    class JaxRuntimeError(RuntimeError):  # matched by name, as JAX's own is
+        pass
+
+    class Wrapper(Exception):  # like jaxlin's CheckpointWriteError, which keeps `cause`
+        def __init__(self, cause):
+            super().__init__("cannot write checkpoint 3")
+            self.cause = cause
+
+    lost = JaxRuntimeError("UNKNOWN: Gloo AllGather failed: Connection reset by peer")
+    try:
+        try:
+            raise lost
+        except JaxRuntimeError as err:
+            raise TimeoutError("Timed out while waiting for async_commit_complete barrier.") from err
+    except TimeoutError as err:
+        timeout = err
+    assert runtime_failure(Wrapper(timeout)) is lost  # the runtime's words, not orbax's wrapper
+    assert runtime_failure(Wrapper(TimeoutError("Timed out while waiting for a barrier"))) is not None
+    assert runtime_failure(OSError(28, "No space left on device")) is None
+    assert runtime_failure(Wrapper(OSError(28, "No space left on device"))) is None
+
+
+def test_a_supervised_child_keeps_library_logs_and_thread_tracebacks_off_the_terminal():
+    """What orbax logs from its save thread, and what escapes a background thread, goes to the runtime
+    stream (the parent's log); jaxlin's own lines still reach the terminal."""
+    script = """
+import logging, os, sys, threading
+from jaxlin import supervise
+supervise.route_runtime_output()
+logging.getLogger("absl").error("Failed to run 4 Handler Commit operations in background save thread")
+thread = threading.Thread(target=lambda: 1 / 0, name="async_save")
+thread.start()
+thread.join()
+print("jaxlin: a line for the user", file=sys.stderr)
+"""
+    read_fd, write_fd = os.pipe()
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "JAXLIN_RUNTIME_LOG_FD": str(write_fd)},
+                          pass_fds=(write_fd,), capture_output=True, text=True, timeout=120, check=False)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as runtime:
+        log = runtime.read()
+    assert done.returncode == 0 and done.stderr == "jaxlin: a line for the user\n", done.stderr
+    assert "Failed to run 4 Handler Commit operations" in log
+    assert "Exception in thread async_save" in log and "ZeroDivisionError" in log
