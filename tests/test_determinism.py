@@ -63,17 +63,20 @@ def _train(data_dir: Path, out: Path, cache: Path) -> dict:
 @pytest.mark.slow
 def test_runs_with_fresh_or_damaged_caches_agree_bit_for_bit(mnist_dir, tmp_path):
     """Each run has a cache of its own (as on another machine); one holds a damaged dot-layouts.json,
-    the file where jaxlin once cached a measured choice."""
+    the file where jaxlin once cached a measured choice; the last reuses the first's cache (its
+    compiled programs)."""
     damaged = tmp_path / "cache-damaged"
     damaged.mkdir()
     (damaged / "dot-layouts.json").write_text("{garbage")
     runs = [_train(mnist_dir, tmp_path / name, tmp_path / f"cache-{name}") for name in ("a", "b")]
     runs.append(_train(mnist_dir, tmp_path / "c", damaged))
+    runs.append(_train(mnist_dir, tmp_path / "d", tmp_path / "cache-a"))  # compiled programs loaded from a's cache
     assert not (tmp_path / "cache-a" / "dot-layouts.json").exists()
     assert (damaged / "dot-layouts.json").read_text() == "{garbage"
     for other in runs[1:]:
         assert other.keys() == runs[0].keys()
         for name in runs[0]:
             np.testing.assert_array_equal(other[name], runs[0][name], err_msg=name)
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["timings"]["breakdown"]["compile_cache"]["hits"]
     config = json.loads((tmp_path / "a" / "metrics.json").read_text())["config"]
     assert config["dot_layout"] == "batched"  # "auto", resolved and recorded
