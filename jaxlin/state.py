@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -136,6 +137,23 @@ def check_readable(directory: Path) -> None:
                         pass
             except OSError as err:
                 refuse(path, err)
+
+
+def _quiet_abandoned_reads() -> None:
+    """A restore that fails on a damaged file leaves tensorstore reads in flight; when they complete,
+    their callbacks find orbax's event loop closed and Python prints the "unraisable" RuntimeError.
+    The failure was already reported as a damaged checkpoint: drop that one message."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxlin_quiet_abandoned_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._jaxlin_quiet_abandoned_reads = True
+    sys.unraisablehook = hook
 
 
 class _HeldLogs(logging.Handler):
@@ -311,6 +329,7 @@ class CheckpointStore:
             restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
             tree = restored.state
         except Exception as err:
+            _quiet_abandoned_reads()
             raise DamagedCheckpoint(f"{where}: cannot restore its train state ({first_line(err)})") from err
         expected = (record.get(DIGEST_KEY) or {}).get("state")
         if expected is not None and state_digest(tree) != expected:

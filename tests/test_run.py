@@ -65,8 +65,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_data_di
     lines = []
     again = train_and_evaluate(config.replace(num_steps=60), progress=False, log=lines.append, mode="resume",
                                explicit={"num_steps"})
-    assert any(line.startswith("jaxlin: checkpoint 50 is damaged, removed it") for line in lines)
+    assert any(line.startswith("jaxlin: checkpoint 50 is damaged and was not used") for line in lines)
     assert again["resumed_from_step"] == 40 and not (checkpoints / "50").exists()
+    assert (tmp_path / "run" / "checkpoints-set-aside" / "50-damaged").is_dir()  # set aside, never deleted
     assert again["evaluations"][:3] == first["evaluations"]
 
 

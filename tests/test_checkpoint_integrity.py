@@ -1,0 +1,283 @@
+"""Checkpoints you can trust: `--resume` never deletes one and never trains on a damaged one.
+
+Every test runs `jaxlin train` as a real process on real checkpoint files, then damages,
+locks, edits or starves them as a user's machine would, and checks three things: what the
+user is told (one line, no traceback), what is left on disk (nothing removed; damaged
+checkpoints set aside), and the params (bit for bit those of a run that was never touched).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxlin.state import CHECKPOINT_DIR, SET_ASIDE_DIR, record_digest
+
+pytestmark = pytest.mark.slow
+STEPS = ["--num-steps", "30", "--eval-every", "10", "--batch-size", "50"]
+
+
+def _command() -> list[str]:
+    exe = Path(sys.executable).with_name("jaxlin")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
+
+
+def jaxlin(data_dir: Path, *args: str, prefix: tuple[str, ...] = (), timeout: float = 300):
+    env = {**os.environ, "JAXLIN_DATA_DIR": str(data_dir)}
+    return subprocess.run([*prefix, *_command(), *args, "--no-progress"], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def train(data_dir: Path, out: Path, *args: str, **kwargs):
+    return jaxlin(data_dir, "train", "--output-dir", str(out), "--no-figures", *args, **kwargs)
+
+
+def params(out: Path) -> dict:
+    with np.load(out / "params.npz") as archive:
+        return {name: archive[name] for name in archive.files if name.startswith("layers/")}
+
+
+def assert_same_params(a: Path, b: Path) -> None:
+    x, y = params(a), params(b)
+    assert x.keys() == y.keys()
+    for name in x:
+        np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+
+
+def steps_in(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / CHECKPOINT_DIR).iterdir())
+
+
+def one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("jaxlin: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def flip_bytes(path: Path, count: int = 16) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(max(0, middle - count // 2), min(len(data), middle + count // 2 + 1)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def record_file(checkpoint: Path) -> Path:
+    return checkpoint / "record" / "metadata"
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_data_dir, tmp_path_factory) -> Path:
+    """A run stopped at step 30 (checkpoints 10, 20 and 30), to copy and damage."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    done = train(tiny_data_dir, out, *STEPS)
+    assert done.returncode == 0, done.stderr
+    assert steps_in(out) == ["10", "20", "30"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data_dir, tmp_path_factory) -> Path:
+    """The same run trained to step 40 in one go, without checkpoints."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    done = train(tiny_data_dir, out, "--num-steps", "40", "--eval-every", "10", "--batch-size", "50",
+                 "--checkpoint-every", "0")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def copy_of(finished: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    return out
+
+
+def checkpoint_files(finished: Path) -> list[str]:
+    newest = finished / CHECKPOINT_DIR / "30"
+    return sorted(str(p.relative_to(newest)) for p in newest.rglob("*") if p.is_file() and p.stat().st_size)
+
+
+def test_flipped_bytes_in_any_file_of_the_newest_checkpoint_are_never_trained_on(tiny_data_dir, finished, reference,
+                                                                                 tmp_path):
+    """Every file of checkpoint 30 in turn: the resume either finds it intact (the flip touched nothing
+    it reads) or sets it aside and resumes from step 20; either way the params are the untouched
+    run's, and no checkpoint is removed."""
+    names = checkpoint_files(finished)
+    assert any("/d/" in name for name in names) and "record/metadata" in names
+    set_aside, outcomes = 0, {}
+    for name in names:
+        out = copy_of(finished, tmp_path / name.replace("/", "_"))
+        flip_bytes(out / CHECKPOINT_DIR / "30" / name)
+        done = train(tiny_data_dir, out, "--resume", "--num-steps", "40")
+        assert done.returncode == 0, f"{name}: {done.stderr}"
+        assert "Traceback" not in done.stderr, name
+        assert_same_params(out, reference)
+        outcomes[name] = "is damaged" in done.stdout
+        if outcomes[name]:
+            set_aside += 1
+            assert (out / SET_ASIDE_DIR / "30-damaged" / name).is_file(), name
+            assert "Resuming" in done.stdout and "from step 20" in done.stdout, name
+        # Nothing removed: 10 is dropped only by orbax keeping the latest 3 (20, 30, 40) as asked.
+        kept = set(steps_in(out)) | {p.name.split("-")[0] for p in (out / SET_ASIDE_DIR).glob("*")}
+        assert {"20", "30", "40"} <= kept, name
+    # The record and the file holding the arrays' data are always read: a flip there is always caught.
+    # (Flips in files that a restore does not read, or in bytes of them it does not use, change nothing.)
+    assert outcomes["record/metadata"] and set_aside >= 2, [n for n, hit in outcomes.items() if hit]
+
+
+def test_an_edited_record_is_damage_not_another_run(tiny_data_dir, finished, reference, tmp_path):
+    """The record says "mlp" (or "adam") but was not written so: set aside, the older checkpoints used,
+    and no refusal naming a flag the user never passed."""
+    for field, value in (("model", "mlp"), ("optimizer", "adam")):
+        out = copy_of(finished, tmp_path / field)
+        path = record_file(out / CHECKPOINT_DIR / "30")
+        record = json.loads(path.read_text())
+        record["config"][field] = value
+        path.write_text(json.dumps(record))
+        done = train(tiny_data_dir, out, "--resume", "--num-steps", "40")
+        assert done.returncode == 0, done.stderr
+        assert "checkpoint 30 is damaged" in done.stdout and "changed after it was written" in done.stdout
+        assert f"set aside as {SET_ASIDE_DIR}/30-damaged" in done.stdout
+        assert_same_params(out, reference)
+
+
+def test_an_unreadable_checkpoint_is_refused_and_nothing_is_moved(tiny_data_dir, finished, tmp_path):
+    """Permissions: the run's user cannot read the newest checkpoint's data. Exit 2 naming the file;
+    every checkpoint stays where it was; once readable again, the resume uses it."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the capability that lets root read any file")
+    out = copy_of(finished, tmp_path)
+    data = sorted((out / CHECKPOINT_DIR / "30").rglob("d/*"))
+    for path in data:
+        path.chmod(0)
+    before = steps_in(out)
+    # Root without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH obeys permission bits like any user.
+    drop = ("setpriv", "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search")
+    done = train(tiny_data_dir, out, "--resume", "--num-steps", "40", prefix=drop)
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "cannot read it (Permission denied)" in line and "nothing was moved" in line
+    assert steps_in(out) == before and not (out / SET_ASIDE_DIR).exists()
+    for path in data:
+        path.chmod(0o644)
+    done = train(tiny_data_dir, out, "--resume", "--num-steps", "40", prefix=drop)
+    assert done.returncode == 0, done.stderr
+    assert "from step 30" in done.stdout
+
+
+def test_a_different_run_is_refused_naming_the_setting_and_both_values(tiny_data_dir, finished, tmp_path):
+    out = copy_of(finished, tmp_path)
+    before = steps_in(out)
+    done = train(tiny_data_dir, out, "--resume", "--model", "mlp")
+    assert done.returncode == 2
+    assert "--model mlp (the checkpoint has linear)" in one_error_line(done.stderr)
+    assert steps_in(out) == before and not (out / SET_ASIDE_DIR).exists()
+
+
+MODEL_FROM_PYTHON = """
+import sys
+from jaxlin import models, run
+from jaxlin.config import Config
+
+base = models.get_model("mlp", hidden_sizes=(8,))
+mine = base._replace(name="mine")  # a user's own model, given from Python
+run.build_model = lambda config: mine
+run.train_and_evaluate(Config(num_steps=20, eval_every=10, batch_size=50, output_dir=sys.argv[1]), progress=False,
+                       figures=False)
+"""
+
+
+def test_a_model_that_resume_cannot_rebuild_is_refused_before_anything_is_touched(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
+    made = subprocess.run([sys.executable, "-c", MODEL_FROM_PYTHON, str(out)], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert made.returncode == 0, made.stderr
+    before = steps_in(out)
+    done = train(tiny_data_dir, out, "--resume", "--num-steps", "30")
+    assert done.returncode == 2, done.stderr
+    assert "a model that `jaxlin train` does not build (mine)" in one_error_line(done.stderr)
+    assert steps_in(out) == before and not (out / SET_ASIDE_DIR).exists()
+
+
+def test_a_record_without_a_digest_from_an_older_jaxlin_is_used_with_a_note(tiny_data_dir, finished, reference,
+                                                                            tmp_path):
+    out = copy_of(finished, tmp_path)
+    path = record_file(out / CHECKPOINT_DIR / "30")
+    record = json.loads(path.read_text())
+    del record["digest"], record["model"]
+    path.write_text(json.dumps(record))
+    done = train(tiny_data_dir, out, "--resume", "--num-steps", "40")
+    assert done.returncode == 0, done.stderr
+    assert "checkpoint 30 has no digest (written by an older jaxlin)" in done.stdout
+    assert "from step 30" in done.stdout
+    assert_same_params(out, reference)
+
+
+def test_a_record_digest_covers_everything_but_itself():
+    record = {"config": {"model": "linear"}, "progress": {"loss_sum": 1.5}}
+    digest = record_digest(record)
+    assert record_digest({**record, "digest": {"record": "x"}}) == digest
+    assert record_digest({**record, "progress": {"loss_sum": 1.5000001}}) != digest
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 KiB tmpfs: room for a checkpoint or two of the linear model, then a full disk."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_resumes_to_the_same_bits(tiny_data_dir, small_disk,
+                                                                                 tmp_path):
+    out = small_disk / "run"
+    args = ["--num-steps", "200", "--eval-every", "20", "--batch-size", "50"]
+    done = train(tiny_data_dir, out, *args)
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr)
+    assert "No space left on device" in line and "the last good checkpoint is step" in line
+    assert f"resume with: jaxlin train --resume --output-dir {out}" in line
+    assert len(done.stderr.splitlines()) <= 3, done.stderr  # no orbax or tensorstore log lines
+    good = int(line.split("the last good checkpoint is step ")[1].split()[0])
+    assert str(good) in steps_in(out)
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+    resumed = train(tiny_data_dir, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from step {good} " in resumed.stdout
+    whole = tmp_path / "whole"
+    assert train(tiny_data_dir, whole, *args).returncode == 0
+    assert_same_params(out, whole)
+
+
+def test_a_directory_that_vanishes_mid_run_is_one_line(tiny_data_dir, tmp_path):
+    out, moved = tmp_path / "run", tmp_path / "moved"
+    env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
+    process = subprocess.Popen([*_command(), "train", "--output-dir", str(out), "--no-progress", "--no-figures",
+                                "--num-steps", str(10**7), "--eval-every", "5", "--batch-size", "50"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not ((out / CHECKPOINT_DIR).is_dir() and len(steps_in(out)) >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    out.rename(moved)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 2, stderr
+    line = one_error_line(stderr)
+    assert str(out) in line and "the last good checkpoint is step" in line
+    assert any(p.name.isdigit() for p in (moved / CHECKPOINT_DIR).iterdir())
