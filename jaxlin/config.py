@@ -83,7 +83,8 @@ class Config:
     unroll: int = setting(1, "steps unrolled per iteration of the fused loop's lax.scan")
     dot_layout: str = setting(
         "auto", "how the fused loop lays out the model's dots: plain, batched (a singleton vmap), or auto: "
-                "the faster of the two, measured once per shape on this machine and cached", choices=DOT_LAYOUTS)
+                "batched for a single dense layer (the linear model) in the fused loop on one CPU device, else plain "
+                "(a fixed rule, so the same flags give the same bits; see layout.py)", choices=DOT_LAYOUTS)
     loop: str = setting("fused", "fused: many steps per compiled call on device-resident data; "
                                  "per-step: one call per host-fed batch", choices=LOOPS)
     device: str = setting("auto", "where to compute; auto: JAX's first device", choices=DEVICES,

@@ -367,7 +367,6 @@ def _breakdown(timings: dict, data_seconds: float, figures_seconds: float, writi
         "backend_start_seconds": timing.marks.get("backend_start"),
         "data_load_seconds": data_seconds,
         "compile_seconds": timings["compile_seconds"],
-        "dot_layout_probe_seconds": timings.get("dot_layout_probe_seconds"),
         "compile_cache": {"enabled": timing.marks.get("compile_cache_enabled", False), **compile_cache.counts()},
         "training_seconds": timings["train_seconds"],
         "evaluation_seconds": timings["eval_seconds"],

@@ -25,8 +25,8 @@ _MACHINE_CACHE: dict[str, Path] = {}
 @pytest.fixture(scope="module", autouse=True)
 def machine_cache(tmp_path_factory):
     """One jaxlin cache for every run of this module, as on one machine: the runs compared bit for bit
-    (an uninterrupted reference, interrupted and resumed runs) share the cached dot-layout choice
-    (see `jaxlin.layout`) and compiled programs, as runs on one machine do."""
+    (an uninterrupted reference, interrupted and resumed runs) share compiled programs, as runs on one
+    machine do (their bits do not depend on it: tests/test_determinism.py)."""
     _MACHINE_CACHE["dir"] = tmp_path_factory.mktemp("machine-cache")
     yield
     _MACHINE_CACHE.clear()
