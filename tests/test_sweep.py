@@ -204,6 +204,9 @@ def test_a_stopped_sweep_resumes_to_the_same_bits(tiny_data_dir, tmp_path):
     assert main(["sweep", "--resume", "--no-progress", "--output-dir", str(out)]) == 0
     a, b = (json.loads((d / "sweep.json").read_text()) for d in (whole, out))
     assert [m["validation_curve"] for m in a["members"]] == [m["validation_curve"] for m in b["members"]]
+    # Each record's train loss is the mean over its own window only, also the first after the resume.
+    assert [r["train_loss"] for r in a["evaluations"]] == [r["train_loss"] for r in b["evaluations"]]
+    assert [m["final_train_loss"] for m in a["members"]] == [m["final_train_loss"] for m in b["members"]]
     with np.load(whole / "best" / "params.npz") as x, np.load(out / "best" / "params.npz") as y:
         for name in x.files:
             np.testing.assert_array_equal(x[name], y[name])
