@@ -281,3 +281,58 @@ def test_a_directory_that_vanishes_mid_run_is_one_line(tiny_data_dir, tmp_path):
     line = one_error_line(stderr)
     assert str(out) in line and "the last good checkpoint is step" in line
     assert any(p.name.isdigit() for p in (moved / CHECKPOINT_DIR).iterdir())
+
+
+def test_a_directory_made_read_only_mid_run_is_one_line(tiny_data_dir, tmp_path):
+    """A read-only bind mount laid over the output directory while the run goes on: every file the run
+    opens from then on is on a read-only file system."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("bind mounts need root")
+    out = tmp_path / "run"
+    env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
+    process = subprocess.Popen([*_command(), "train", "--output-dir", str(out), "--no-progress", "--no-figures",
+                                "--num-steps", str(10**7), "--eval-every", "5", "--batch-size", "50"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mounted = False
+    try:
+        deadline = time.monotonic() + 240
+        while not ((out / CHECKPOINT_DIR).is_dir() and len(steps_in(out)) >= 2):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        bind = subprocess.run(["mount", "--bind", "-o", "ro", str(out), str(out)], capture_output=True, text=True,
+                              check=False)
+        if bind.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {bind.stderr.strip()}")
+        mounted = True
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(out)], check=True)
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if mounted:
+            subprocess.run(["umount", "-l", str(out)], check=False)
+    assert process.returncode == 2, stderr
+    line = one_error_line(stderr)
+    assert "Read-only file system" in line and "the last good checkpoint is step" in line
+    good = line.split("the last good checkpoint is step ")[1].split()[0]
+    assert good in steps_in(out)
+
+
+SWEEP = ["--learning-rates", "0.1,0.5", "--num-steps", "30", "--eval-every", "10", "--batch-size", "50"]
+
+
+def test_a_damaged_sweep_checkpoint_is_set_aside_and_the_sweep_ends_as_untouched(tiny_data_dir, tmp_path):
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    for directory in (whole, out):
+        done = jaxlin(tiny_data_dir, "sweep", "--output-dir", str(directory), *SWEEP)
+        assert done.returncode == 0, done.stderr
+    (out / "sweep.json").unlink()  # as if stopped at step 30
+    for path in (out / CHECKPOINT_DIR / "30").rglob("d/*"):
+        flip_bytes(path)
+    done = jaxlin(tiny_data_dir, "sweep", "--resume", "--output-dir", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "checkpoint 30 is damaged and was not used" in done.stdout
+    assert (out / SET_ASIDE_DIR / "30-damaged").is_dir() and "from step 20" in done.stdout
+    a, b = (json.loads((d / "sweep.json").read_text()) for d in (whole, out))
+    assert [m["validation_curve"] for m in a["members"]] == [m["validation_curve"] for m in b["members"]]
+    assert_same_params(whole / "best", out / "best")
