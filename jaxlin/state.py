@@ -140,9 +140,10 @@ def check_readable(directory: Path) -> None:
 
 
 def _quiet_abandoned_reads() -> None:
-    """A restore that fails on a damaged file leaves tensorstore reads in flight; when they complete,
-    their callbacks find orbax's event loop closed and Python prints the "unraisable" RuntimeError.
-    The failure was already reported as a damaged checkpoint: drop that one message."""
+    """A read that fails on a damaged file (a restore, orbax's metadata) leaves tensorstore reads in
+    flight; when they complete, their callbacks find orbax's event loop closed and Python prints the
+    "unraisable" RuntimeError. The failure itself is reported as a damaged checkpoint: drop that one
+    message, for as long as the process lives (the callbacks come late)."""
     previous = sys.unraisablehook
     if getattr(previous, "_jaxlin_quiet_abandoned_reads", False):
         return
@@ -201,6 +202,7 @@ class CheckpointStore:
         self._failed: CheckpointWriteError | None = None
         self._logs = _HeldLogs()
         self._logs.take()
+        _quiet_abandoned_reads()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
             create=not read_only, read_only=read_only, enable_async_checkpointing=True,
@@ -329,7 +331,6 @@ class CheckpointStore:
             restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
             tree = restored.state
         except Exception as err:
-            _quiet_abandoned_reads()
             raise DamagedCheckpoint(f"{where}: cannot restore its train state ({first_line(err)})") from err
         expected = (record.get(DIGEST_KEY) or {}).get("state")
         if expected is not None and state_digest(tree) != expected:
@@ -339,11 +340,12 @@ class CheckpointStore:
         return TrainState(tree["params"], tree["opt_state"], int(tree["step"]))
 
     def saved_shapes(self, step: int) -> list[tuple[tuple[int, ...], str]] | None:
-        """(shape, dtype) of each saved array in flattening order, from orbax's metadata; None when
-        the metadata cannot be read (the restore then says why)."""
+        """(shape, dtype) of each saved array in flattening order, from orbax's metadata of the state;
+        None when that cannot be read (the restore then says why)."""
         try:
-            metadata = self._manager.item_metadata(step)["state"]
-            leaves = jax.tree_util.tree_leaves(metadata, is_leaf=lambda x: hasattr(x, "shape"))
+            metadata = self._ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+            tree = getattr(metadata, "tree", metadata)
+            leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: hasattr(x, "shape"))
             return [(tuple(leaf.shape), str(np.dtype(leaf.dtype))) for leaf in leaves]
         except Exception:
             return None
@@ -388,7 +390,7 @@ class CheckpointStore:
         saved = self.saved_shapes(step)
         wanted = [(tuple(np.shape(x)), str(np.asarray(x).dtype)) for x in jax.tree_util.tree_leaves(
             _state_tree(like))]
-        if saved is not None and len(saved) == len(wanted) and saved != wanted:
+        if saved is not None and saved != wanted:
             from jaxlin.config import ConfigError
 
             raise ConfigError(f"--resume: checkpoint {step} in {self.directory} holds a train state of other shapes "

@@ -208,6 +208,32 @@ def test_a_model_that_resume_cannot_rebuild_is_refused_before_anything_is_touche
     assert steps_in(out) == before and not (out / SET_ASIDE_DIR).exists()
 
 
+OPTIMIZER_FROM_PYTHON = """
+import sys
+import optax
+from jaxlin import run, train
+from jaxlin.config import Config
+
+train.make_optimizer = lambda config: optax.adam(1e-3)  # a user's own optimizer, given from Python
+run.train_and_evaluate(Config(num_steps=20, eval_every=10, batch_size=50, output_dir=sys.argv[1]), progress=False,
+                       figures=False)
+"""
+
+
+def test_an_optimizer_that_resume_cannot_rebuild_is_refused_before_anything_is_touched(tiny_data_dir, tmp_path):
+    """The record says sgd, the state holds Adam's moments: another run's state, not damage."""
+    out = tmp_path / "run"
+    env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
+    made = subprocess.run([sys.executable, "-c", OPTIMIZER_FROM_PYTHON, str(out)], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert made.returncode == 0, made.stderr
+    before = steps_in(out)
+    done = train(tiny_data_dir, out, "--resume", "--num-steps", "30")
+    assert done.returncode == 2, done.stderr
+    assert "holds a train state of other shapes" in one_error_line(done.stderr)
+    assert steps_in(out) == before and not (out / SET_ASIDE_DIR).exists()
+
+
 def test_a_record_without_a_digest_from_an_older_jaxlin_is_used_with_a_note(tiny_data_dir, finished, reference,
                                                                             tmp_path):
     out = copy_of(finished, tmp_path)
