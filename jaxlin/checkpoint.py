@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import stat
 import sys
 import tempfile
 import zipfile
@@ -28,6 +27,7 @@ import jax
 import numpy as np
 
 from jaxlin.config import MAX_PARAMS
+from jaxlin.files import NotARegularFile, open_regular
 from jaxlin.models import Model, model_from_spec
 
 MODEL_KEY = "__model__"
@@ -98,30 +98,23 @@ def save_params(path: str | os.PathLike, params, model: Model) -> None:
     atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
-def _open_regular(path: Path):
-    """`path` opened for reading once it is known to be a regular file: a FIFO or a device is
-    refused without blocking (the open does not wait for a writer, fstat says what it is)."""
+def _open_params(path: Path):
+    """The params file opened for reading; a FIFO or device is refused without waiting (`files`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return open_regular(path)
     except FileNotFoundError as err:
         raise CheckpointError(f"{path}: no such params file") from err
+    except IsADirectoryError as err:
+        raise CheckpointError(f"{path}: is a directory, not a params file") from err
+    except NotARegularFile as err:
+        raise CheckpointError(f"{path}: not a regular file (a params file is an .npz written by `jaxlin train`)") \
+            from err
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read the params file ({err.strerror or err})") from err
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise CheckpointError(f"{path}: is a directory, not a params file")
-        if not stat.S_ISREG(mode):
-            raise CheckpointError(f"{path}: not a regular file (a params file is an .npz written by `jaxlin train`)")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    with _open_regular(path) as handle:
+    with _open_params(path) as handle:
         try:
             magic = handle.read(4)
         except OSError as err:

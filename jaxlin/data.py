@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxlin.config import DATASETS, NUM_CLASSES
+from jaxlin.files import NotARegularFile, open_regular
 
 DATA_DIR_ENV = "JAXLIN_DATA_DIR"
 IMAGE_SHAPE = (28, 28)
@@ -102,7 +103,7 @@ def read_idx(path: str | os.PathLike, expected_ndim: int | None = None,
     """
     path = Path(path)
     try:
-        with _open_regular(path) as raw:
+        with open_regular(path) as raw:
             compressed = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
@@ -113,22 +114,10 @@ def read_idx(path: str | os.PathLike, expected_ndim: int | None = None,
         raise DataError(f"{path}: corrupt or truncated gzip data ({err})") from err
     except MemoryError as err:
         raise DataError(f"{path}: not enough memory to read it") from err
+    except (NotARegularFile, IsADirectoryError) as err:
+        raise DataError(f"{path}: not a regular file") from err
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
-
-
-def _open_regular(path: Path):
-    """`path` opened for reading once known to be a regular file: a FIFO or a device is refused without
-    waiting for a writer (the open does not block, fstat says what it is)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DataError(f"{path}: not a regular file")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
 
 
 def _read_idx_stream(path: Path, stream, expected_ndim, item_shape, capacity: int) -> np.ndarray:

@@ -9,13 +9,12 @@ kept, and placed in 28x28 with its centre of mass at the centre.
 from __future__ import annotations
 
 import dataclasses
-import os
-import stat
 from pathlib import Path
 
 import numpy as np
 
 from jaxlin.data import IMAGE_SHAPE
+from jaxlin.files import NotARegularFile, open_regular
 
 BOX = 20  # MNIST's digits fit a 20x20 box inside the 28x28 image
 _INK_THRESHOLD = 0.2  # of the brightest pixel: what counts as part of the digit when cropping
@@ -38,26 +37,18 @@ class Prediction:
         return [(int(c), float(self.probabilities[c])) for c in order]
 
 
-def _open_regular(path: str | Path):
-    """`path` opened for reading, once known to be a regular file: a FIFO (or a device) is refused
-    without waiting for a writer."""
+def _open_image(path: str | Path):
+    """The image file opened for reading; a FIFO or device is refused without waiting (`files`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return open_regular(path)
     except FileNotFoundError as err:
         raise ImageError(f"{path}: no such file") from err
+    except IsADirectoryError as err:
+        raise ImageError(f"{path}: is a directory") from err
+    except NotARegularFile as err:
+        raise ImageError(f"{path}: not a regular file") from err
     except OSError as err:
         raise ImageError(f"{path}: cannot read it ({err.strerror or err})") from err
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise ImageError(f"{path}: is a directory")
-        if not stat.S_ISREG(mode):
-            raise ImageError(f"{path}: not a regular file")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -66,7 +57,7 @@ def load_image(path: str | Path) -> np.ndarray:
 
     from PIL import Image, UnidentifiedImageError
 
-    with _open_regular(path) as handle:
+    with _open_image(path) as handle:
         try:
             with warnings.catch_warnings():
                 # Pillow only warns between its two size limits; such an image costs gigabytes.
