@@ -311,11 +311,8 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
                      hooks=hooks)
         if store:
             store.close()  # waits for the last save: a checkpoint reported is a checkpoint on disk
-    except CheckpointWriteError as err:
-        raise write_failed(err, store, resume_command(out)) from err
-    except OSError as err:  # metrics.jsonl: the directory filled up, became read-only or vanished
-        what = f"cannot write {err.filename or out} ({err.strerror or err})"
-        raise write_failed(CheckpointWriteError(what, err), store, resume_command(out)) from err
+    except (CheckpointWriteError, OSError) as err:
+        raise write_failed(err, store, out, resume_command(out)) from err
     finally:
         if store:
             close_quietly(store)
@@ -386,9 +383,13 @@ def _initial_state(config: Config, model: Model) -> TrainState:
     return TrainState(params, make_optimizer(config).init(params), 0)
 
 
-def write_failed(err: CheckpointWriteError, store: CheckpointStore | None, resume: str) -> Exception:
-    """The one line for a save that failed: what failed, the last good checkpoint, how to resume. A lost
-    peer is the runtime's failure, reported as such (cli.py: exit 1)."""
+def write_failed(err: CheckpointWriteError | OSError, store: CheckpointStore | None, out: Path,
+                 resume: str) -> Exception:
+    """The one line for a write that failed while training (a checkpoint, or metrics.jsonl when the
+    directory filled up, became read-only or vanished): what failed, the last good checkpoint, how to
+    resume. A lost peer is the runtime's failure, reported as such (cli.py: exit 1)."""
+    if isinstance(err, OSError):
+        err = CheckpointWriteError(f"cannot write {err.filename or out} ({err.strerror or err})", err)
     cause = err.cause
     if jax.process_count() > 1 and type(cause).__name__ in ("JaxRuntimeError", "XlaRuntimeError"):
         return cause

@@ -278,11 +278,8 @@ def _sweep_in(run_dir: RunDir, config: Config, grid: Grid, members: list[Config]
                              last_recorded=records[-1]["step"] if records else None)
             if store:
                 store.close()  # waits for the last save
-        except CheckpointWriteError as err:
-            raise write_failed(err, store, resume_command(out)) from err
-        except OSError as err:  # metrics.jsonl: the directory filled up, became read-only or vanished
-            what = f"cannot write {err.filename or out} ({err.strerror or err})"
-            raise write_failed(CheckpointWriteError(what, err), store, resume_command(out)) from err
+        except (CheckpointWriteError, OSError) as err:
+            raise write_failed(err, store, out, resume_command(out)) from err
         finally:
             if store:
                 close_quietly(store)

@@ -182,55 +182,39 @@ def test_a_different_run_is_refused_naming_the_setting_and_both_values(tiny_data
     assert steps_in(out) == before and not (out / SET_ASIDE_DIR).exists()
 
 
-MODEL_FROM_PYTHON = """
+# Runs made from Python with what the command line cannot rebuild (run with the output dir as argv[1]).
+TRAIN_FROM_PYTHON = """
 import sys
-from jaxlin import models, run
+from jaxlin import run
 from jaxlin.config import Config
 
-base = models.get_model("mlp", hidden_sizes=(8,))
-mine = base._replace(name="mine")  # a user's own model, given from Python
-run.build_model = lambda config: mine
 run.train_and_evaluate(Config(num_steps=20, eval_every=10, batch_size=50, output_dir=sys.argv[1]), progress=False,
                        figures=False)
 """
+FROM_PYTHON = {
+    # A user's own model: the record names it, and `jaxlin train` builds no such model.
+    "model": ("from jaxlin import models, run\n"
+              "run.build_model = lambda config: models.get_model('mlp', hidden_sizes=(8,))._replace(name='mine')",
+              "a model that `jaxlin train` does not build (mine)"),
+    # A user's own optimizer: the record says sgd, the state holds Adam's moments.
+    "optimizer": ("import optax\nfrom jaxlin import train\ntrain.make_optimizer = lambda config: optax.adam(1e-3)",
+                  "holds a train state of other shapes"),
+}
 
 
-def test_a_model_that_resume_cannot_rebuild_is_refused_before_anything_is_touched(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("what", FROM_PYTHON)
+def test_what_resume_cannot_rebuild_is_refused_before_anything_is_touched(tiny_data_dir, tmp_path, what):
+    """Another run's state, not damage: refused with exit 2, nothing moved."""
+    patch, message = FROM_PYTHON[what]
     out = tmp_path / "run"
     env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
-    made = subprocess.run([sys.executable, "-c", MODEL_FROM_PYTHON, str(out)], env=env, capture_output=True,
+    made = subprocess.run([sys.executable, "-c", patch + TRAIN_FROM_PYTHON, str(out)], env=env, capture_output=True,
                           text=True, timeout=300, check=False)
     assert made.returncode == 0, made.stderr
     before = steps_in(out)
     done = train(tiny_data_dir, out, "--resume", "--num-steps", "30")
     assert done.returncode == 2, done.stderr
-    assert "a model that `jaxlin train` does not build (mine)" in one_error_line(done.stderr)
-    assert steps_in(out) == before and not (out / SET_ASIDE_DIR).exists()
-
-
-OPTIMIZER_FROM_PYTHON = """
-import sys
-import optax
-from jaxlin import run, train
-from jaxlin.config import Config
-
-train.make_optimizer = lambda config: optax.adam(1e-3)  # a user's own optimizer, given from Python
-run.train_and_evaluate(Config(num_steps=20, eval_every=10, batch_size=50, output_dir=sys.argv[1]), progress=False,
-                       figures=False)
-"""
-
-
-def test_an_optimizer_that_resume_cannot_rebuild_is_refused_before_anything_is_touched(tiny_data_dir, tmp_path):
-    """The record says sgd, the state holds Adam's moments: another run's state, not damage."""
-    out = tmp_path / "run"
-    env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
-    made = subprocess.run([sys.executable, "-c", OPTIMIZER_FROM_PYTHON, str(out)], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert made.returncode == 0, made.stderr
-    before = steps_in(out)
-    done = train(tiny_data_dir, out, "--resume", "--num-steps", "30")
-    assert done.returncode == 2, done.stderr
-    assert "holds a train state of other shapes" in one_error_line(done.stderr)
+    assert message in one_error_line(done.stderr)
     assert steps_in(out) == before and not (out / SET_ASIDE_DIR).exists()
 
 
