@@ -390,6 +390,10 @@ def write_failed(err: CheckpointWriteError | OSError, store: CheckpointStore | N
     resume. A lost peer is the runtime's failure, reported as such (cli.py: exit 1)."""
     if isinstance(err, OSError):
         err = CheckpointWriteError(f"cannot write {err.filename or out} ({err.strerror or err})", err)
+    if not out.is_dir():  # moved or removed under the run: its checkpoints went wherever it went
+        return checkpoint.CheckpointError(
+            f"output dir {out} was moved or removed while the run was going ({err}); its checkpoints are "
+            f"wherever it went: resume it there with --resume --output-dir pointing at it")
     cause = err.cause
     if jax.process_count() > 1 and type(cause).__name__ in ("JaxRuntimeError", "XlaRuntimeError"):
         return cause

@@ -52,6 +52,7 @@ from jaxlin.checkpoint import CheckpointError
 CHECKPOINT_DIR = "checkpoints"
 SET_ASIDE_DIR = "checkpoints-set-aside"
 DIGEST_KEY = "digest"
+OLDER_RECORD_KEYS = frozenset({"config", "progress", "grid"})  # a record of jaxlin before digests
 _LOGGERS = ("absl", "orbax", "tensorstore")
 
 
@@ -107,6 +108,12 @@ def record_digest(record: dict) -> str:
     """sha256 of a record's canonical JSON, its digest entry left out."""
     body = {key: value for key, value in record.items() if key != DIGEST_KEY}
     return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def is_older_record(record: dict) -> bool:
+    """A record written before checkpoints carried digests: it holds nothing but what those held. Any
+    other record without a whole digest was changed (e.g. its digest removed to pass it off as older)."""
+    return DIGEST_KEY not in record and set(record) <= OLDER_RECORD_KEYS
 
 
 def _host_copy(tree):
@@ -252,10 +259,20 @@ class CheckpointStore:
             self._manager.save(int(state.step), force=True, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(tree), record=ocp.args.JsonSave(record)))
         except Exception as err:  # the previous save's failure surfaces here too
-            self._fail(int(state.step), err)
+            self._fail(self._failed_step(int(state.step)), err)
         if self._pending is not None and self._pending != int(state.step):
             self.saved_step = self._pending  # orbax finished the previous save before starting this one
         self._pending = int(state.step)
+
+    def _failed_step(self, step: int) -> int:
+        """The step whose write failed when `save(step)` raised: the background save before it, unless
+        that one is complete on disk (then it is the newest good checkpoint)."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending == step:
+            return step
+        if (self.directory / str(pending)).is_dir():
+            return step
+        return pending
 
     def wait(self) -> None:
         """Returns once every save started is on disk; raises CheckpointWriteError if one failed."""
@@ -289,9 +306,19 @@ class CheckpointStore:
         # A background save's failure surfaces at the next save: name the step whose write failed.
         written = re.search(r"/(\d+)\.orbax-checkpoint-tmp", " ".join(_chain_texts(err)))
         step = int(written.group(1)) if written else step
+        self.saved_step = self._newest_on_disk()
         what = f"checkpoint {step}" if step is not None else "a checkpoint"
         self._failed = CheckpointWriteError(f"cannot write {what} in {self.directory}: {reason}", err)
         raise self._failed from err
+
+    def _newest_on_disk(self) -> int | None:
+        """The newest complete checkpoint (orbax renames a save into `<step>` only once it is whole); what
+        this store last knew if the directory cannot be listed (it vanished)."""
+        try:
+            steps = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir()]
+        except OSError:
+            return self.saved_step
+        return max(steps, default=None)
 
     def _raise_failed(self) -> None:
         if self._failed is not None:
@@ -310,15 +337,16 @@ class CheckpointStore:
             raise DamagedCheckpoint(f"{where}: cannot read its run record ({first_line(err)})") from err
         if not isinstance(record, dict):
             raise DamagedCheckpoint(f"{where}: its run record is not a JSON object")
-        digest = record.get(DIGEST_KEY)
-        if digest is not None:
+        if not is_older_record(record):
+            digest = record.get(DIGEST_KEY)
             try:
-                intact = digest["record"] == record_digest(record)
-            except (TypeError, KeyError, ValueError):
+                intact = (isinstance(digest.get("state"), str)
+                          and digest["record"] == record_digest(record))
+            except (AttributeError, TypeError, KeyError, ValueError):
                 intact = False
             if not intact:
                 raise DamagedCheckpoint(f"{where}: its run record was changed after it was written "
-                                        f"(its digest does not match)")
+                                        f"(its digest is missing or does not match)")
         return record
 
     def restore(self, step: int, like: TrainState, record: dict) -> TrainState:
@@ -332,8 +360,7 @@ class CheckpointStore:
             tree = restored.state
         except Exception as err:
             raise DamagedCheckpoint(f"{where}: cannot restore its train state ({first_line(err)})") from err
-        expected = (record.get(DIGEST_KEY) or {}).get("state")
-        if expected is not None and state_digest(tree) != expected:
+        if not is_older_record(record) and state_digest(tree) != record[DIGEST_KEY]["state"]:
             raise DamagedCheckpoint(f"{where}: its train state does not match its digest (changed on disk)")
         if int(tree["step"]) != step:
             raise DamagedCheckpoint(f"{where}: holds the state of step {int(tree['step'])}")
@@ -364,7 +391,7 @@ class CheckpointStore:
             check_readable(self.directory / str(step))
             try:
                 record = self.read_record(step)
-                if DIGEST_KEY not in record and log:
+                if is_older_record(record) and log:
                     log(f"jaxlin: note: checkpoint {step} has no digest (written by an older jaxlin); "
                         f"it is used without being verified")
                 check(step, record)
@@ -398,14 +425,16 @@ class CheckpointStore:
                               f"command line, e.g. a model given from Python); resume it the way it was started")
 
     def set_aside_damaged(self, damaged: list[tuple[int, str]], log) -> None:
-        """Moves the damaged checkpoints that `find_usable` skipped aside, saying so."""
+        """Moves the damaged checkpoints that `find_usable` skipped aside, saying so. One that cannot be
+        moved would be in the way of the resumed run's save of that step: refused before training."""
         for step, why in damaged:
             try:
                 target = self.set_aside(step, "damaged")
             except OSError as err:
-                log(f"jaxlin: checkpoint {step} is damaged and was skipped ({why}); it could not be set aside "
-                    f"({err.strerror or err})")
-                continue
+                raise UnreadableCheckpoint(
+                    f"checkpoint {step} in {self.directory} is damaged ({why}) and could not be set aside into "
+                    f"{self.run_dir / SET_ASIDE_DIR} ({err.strerror or err}); move it out of {self.directory} "
+                    f"and resume again") from err
             log(f"jaxlin: checkpoint {step} is damaged and was not used ({why}); set aside as "
                 f"{target.relative_to(self.run_dir)}")
 

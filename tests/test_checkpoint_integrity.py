@@ -289,8 +289,11 @@ def test_a_directory_that_vanishes_mid_run_is_one_line(tiny_data_dir, tmp_path):
     _, stderr = process.communicate(timeout=240)
     assert process.returncode == 2, stderr
     line = one_error_line(stderr)
-    assert str(out) in line and "the last good checkpoint is step" in line
+    assert f"output dir {out} was moved or removed while the run was going" in line
     assert any(p.name.isdigit() for p in (moved / CHECKPOINT_DIR).iterdir())
+    newest = max(int(name) for name in steps_in(moved) if name.isdigit())
+    done = train(tiny_data_dir, moved, "--resume", "--num-steps", str(newest + 10))
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_directory_made_read_only_mid_run_is_one_line(tiny_data_dir, tmp_path):
@@ -346,3 +349,45 @@ def test_a_damaged_sweep_checkpoint_is_set_aside_and_the_sweep_ends_as_untouched
     a, b = (json.loads((d / "sweep.json").read_text()) for d in (whole, out))
     assert [m["validation_curve"] for m in a["members"]] == [m["validation_curve"] for m in b["members"]]
     assert_same_params(whole / "best", out / "best")
+
+
+def test_a_record_whose_digest_was_removed_is_damage_not_an_older_record(tiny_data_dir, finished, reference, tmp_path):
+    """Passing a changed checkpoint off as an older jaxlin's (its digest emptied, removed or renamed) does
+    not get its state used unverified."""
+    edits = {"emptied": lambda r: r["digest"].pop("state"), "null": lambda r: r.update(digest=None),
+             "renamed": lambda r: r.update(digesu=r.pop("digest")), "removed": lambda r: r.pop("digest")}
+    for name, edit in edits.items():
+        out = copy_of(finished, tmp_path / name)
+        path = record_file(out / CHECKPOINT_DIR / "30")
+        record = json.loads(path.read_text())
+        edit(record)
+        path.write_text(json.dumps(record))
+        for data in (out / CHECKPOINT_DIR / "30").rglob("d/*"):
+            flip_bytes(data)
+        done = train(tiny_data_dir, out, "--resume", "--num-steps", "40")
+        assert done.returncode == 0, done.stderr
+        assert "checkpoint 30 is damaged" in done.stdout and "no digest" not in done.stdout, name
+        assert_same_params(out, reference)
+
+
+def test_a_damaged_checkpoint_that_cannot_be_set_aside_is_refused_before_training(tiny_data_dir, finished, tmp_path):
+    out = copy_of(finished, tmp_path)
+    (out / SET_ASIDE_DIR).write_text("in the way")
+    for data in (out / CHECKPOINT_DIR / "30").rglob("d/*"):
+        flip_bytes(data)
+    done = train(tiny_data_dir, out, "--resume", "--num-steps", "40")
+    assert done.returncode == 2, done.stderr
+    assert "checkpoint 30 in" in one_error_line(done.stderr) and "could not be set aside" in done.stderr
+    assert steps_in(out) == ["10", "20", "30"] and "Resuming" not in done.stdout
+
+
+def test_overwrite_leaves_nothing_of_the_other_command(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    done = jaxlin(tiny_data_dir, "sweep", "--output-dir", str(out), *SWEEP)
+    assert done.returncode == 0, done.stderr
+    done = train(tiny_data_dir, out, "--overwrite", *STEPS)
+    assert done.returncode == 0, done.stderr
+    assert not any((out / name).exists() for name in ("sweep.json", "sweep.png", "best"))
+    done = jaxlin(tiny_data_dir, "sweep", "--overwrite", "--output-dir", str(out), *SWEEP)
+    assert done.returncode == 0, done.stderr
+    assert not (out / "params.npz").exists() and not (out / "metrics.json").exists()
