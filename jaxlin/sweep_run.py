@@ -212,6 +212,8 @@ class _SweepLoop:
         saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if self.store else 0, evals)
         if fresh and self.store:
             self.save(state, wait=True)
+        elif self.store:
+            self.saved_step = state.step  # a resumed sweep's first state is its checkpoint
         if state.step in evals:
             if last_recorded == state.step:  # resumed after this step's evaluation: its window is closed
                 self.loss_sum[:] = 0
@@ -222,6 +224,9 @@ class _SweepLoop:
         with bar:
             for start, length in chunks(state.step, config.num_steps, config.steps_per_call, evals, saves):
                 if self.stop:
+                    # A stop that came after the last chunk's save check still leaves its state on disk.
+                    if self.store and self.saved_step != state.step:
+                        self.save(state)
                     break
                 tick, compiled_before = time.perf_counter(), self.trainer.compile_seconds
                 state, losses = self.trainer.run_chunk(state, length)

@@ -322,10 +322,12 @@ class _TrainLoop:
         from tqdm.auto import tqdm
 
         config = self.trainer.config
+        saved_at = None if self.fresh else state.step  # a resumed run's first state is its checkpoint
         if self.fresh and self.hooks.checkpoints:
             # A fresh run's first checkpoint is on disk before anything else is recorded: whatever
             # kills the run later, `--resume` has a state to start from.
             self.hooks.save(state, self.progress(), wait=True)
+            saved_at = state.step
         if state.step in self.evals:
             if self.hooks.last_recorded_step == state.step:  # resumed after this step's evaluation
                 self.loss_sum, self.loss_count = 0.0, 0
@@ -337,6 +339,10 @@ class _TrainLoop:
             for start, length in chunks(state.step, config.num_steps, config.steps_per_call,
                                         self.evals, self.saves):
                 if self.hooks.should_stop():
+                    # A stop that came after the last chunk's save check (during its evaluation, say)
+                    # still leaves the state it stops at on disk.
+                    if self.hooks.checkpoints and saved_at != state.step:
+                        self.hooks.save(state, self.progress())
                     break
                 tick, compiled_before = time.perf_counter(), self.trainer.compile_seconds
                 state, losses = self.trainer.run_chunk(state, length)
@@ -352,6 +358,7 @@ class _TrainLoop:
                 # evaluation, so a run resumed here can still record this step's evaluation.
                 if state.step in self.saves or (self.hooks.should_stop() and self.hooks.checkpoints):
                     self.hooks.save(state, self.progress())
+                    saved_at = state.step
                 if state.step in self.evals:
                     postfix["test_acc"] = f"{self.evaluate(state):.2%}"
                 bar.set_postfix(postfix, refresh=False)

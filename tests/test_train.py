@@ -175,3 +175,29 @@ def test_the_fused_chunk_refuses_an_order_shorter_than_its_steps(tiny_data):
 def test_config_refuses_settings_that_cannot_run(changes, message):
     with pytest.raises(ConfigError, match=message):
         Config().replace(**changes).validate()
+
+
+def test_a_stop_that_comes_during_an_evaluation_still_saves_the_state_it_stops_at(tiny_data):
+    """The stop request lands after the chunk's save check (here: while step 20 is evaluated, and
+    checkpoints are only every 1,000 steps): the run still saves step 20 before it ends."""
+    from jaxlin.train import FitHooks
+
+    class StopDuringEvaluation(FitHooks):
+        checkpoints = True
+
+        def __init__(self):
+            self.saved, self.stop = [], False
+
+        def on_evaluation(self, record):
+            self.stop = self.stop or record["step"] == 20
+
+        def save(self, state, progress, wait=False):
+            self.saved.append((state.step, progress.loss_count))
+
+        def should_stop(self):
+            return self.stop
+
+    hooks = StopDuringEvaluation()
+    result = fit(TINY.replace(checkpoint_every=1000), tiny_data, get_model("linear"), progress=False, hooks=hooks)
+    assert result.stopped and result.state.step == 20
+    assert hooks.saved == [(0, 0), (20, 0)]  # the evaluation at 20 closed its loss window
