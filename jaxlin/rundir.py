@@ -2,6 +2,8 @@
 
 Layout of `--output-dir`:
 - `checkpoints/`: the train state every few steps (see `state`);
+- `checkpoints-set-aside/`: checkpoints that `--resume` found damaged, moved here, never deleted;
+- `logs/`: a multi-process run's runtime log, when it failed (see `supervise`);
 - `metrics.jsonl`: one JSON line per evaluation, appended and flushed as it happens;
 - `params.npz`, five figures, and `metrics.json` last: the finished run. They are
   written into a staging directory inside the output directory and moved into
@@ -11,8 +13,9 @@ Layout of `--output-dir`:
   directory. The OS drops the lock when that process ends, however it ends, so a
   crash never leaves the directory locked; the file only holds the holder's PID.
 
-Only these names are ever removed (by `--overwrite`), and only stale staging
-directories, which a killed run leaves, are cleaned up by the next one.
+Only these names (and a sweep's outputs: `sweep.json`, `sweep.png`, `best/`) are ever
+removed, by `--overwrite`; `logs/` stays. Stale staging directories, which a killed run
+leaves, are cleaned up by the next one.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ STAGING_PREFIX = ".staging-"
 FIGURES = ("example_images.png", "misclassified.png", "weights.png", "confusion_matrix.png",
            "learning_curve.png")
 RUN_FILES = (METRICS_FILE, RECORDS_FILE, PARAMS_FILE, *FIGURES, CHECKPOINT_DIR, SET_ASIDE_DIR)
+SWEEP_OUTPUTS = ("sweep.json", "sweep.png", "best")  # what `jaxlin sweep` writes besides records and checkpoints
+# Everything jaxlin writes into an output directory, by either command: what `--overwrite` removes, so that
+# a train run written over a sweep (or the reverse) leaves nothing of the other behind.
+JAXLIN_OUTPUTS = tuple(dict.fromkeys((*RUN_FILES, *SWEEP_OUTPUTS)))
 
 
 class RunDirError(ValueError):
@@ -217,9 +224,11 @@ class RunDir:
         return (self.path / self.layout.finished_file).is_file()
 
     def remove_run(self) -> None:
-        """Removes a previous run's outputs (`--overwrite`); other files stay."""
-        for name in self.run_files():
+        """Removes a previous run's outputs, of either command (`--overwrite`); other files stay."""
+        for name in JAXLIN_OUTPUTS:
             target = self.path / name
+            if not (target.exists() or target.is_symlink()):
+                continue
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             else:

@@ -44,12 +44,12 @@ from jaxlin.data import Datasets
 from jaxlin.evaluate import Evaluator, make_predict_fn, to_float_images
 from jaxlin.models import Model
 from jaxlin.parallel import Placement, to_host
-from jaxlin.rundir import RECORDS_FILE, Layout
+from jaxlin.rundir import RECORDS_FILE, SWEEP_OUTPUTS, Layout
 from jaxlin.sampler import EpochSampler, check_window
 from jaxlin.state import CHECKPOINT_DIR, SET_ASIDE_DIR, TrainState
 from jaxlin.train import make_update_fn, run_keys
 
-SWEEP_FILE, SWEEP_FIGURE, BEST_DIR = "sweep.json", "sweep.png", "best"
+SWEEP_FILE, SWEEP_FIGURE, BEST_DIR = SWEEP_OUTPUTS
 SWEEP_RECORD_FIELDS = {"step": (int,), "validation_accuracy": (list,), "train_loss": (list,),
                        "elapsed_seconds": (float, int)}
 SWEEP_LAYOUT = Layout((SWEEP_FILE, RECORDS_FILE, SWEEP_FIGURE, BEST_DIR, CHECKPOINT_DIR, SET_ASIDE_DIR),
