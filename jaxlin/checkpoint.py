@@ -223,5 +223,5 @@ def load_params(path: str | os.PathLike, model: Model | None = None, input_size:
             raise CheckpointError(f"{path}: {name} holds non-finite values")
     leaves = [arrays[name] for name, _ in names]
     if stored_digest is None:
-        log(f"note: {path} has no digest (written by an older jaxlin); not verified")
+        log(f"jaxlin: note: {path} has no digest (written by an older jaxlin); not verified")
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(expected), leaves), model

@@ -233,6 +233,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     if not 1 <= args.top <= 10:
         raise ConfigError(f"--top must be in 1..10, got {args.top}")
+    import jax
+
+    _jax_devices(jax)
     results = predict_files(args.params, args.images)
     if args.json:
         print(json.dumps([{"path": r.path, "label": r.label, "probabilities": r.probabilities, "error": r.error}
@@ -399,7 +402,7 @@ def _jax_devices(jax) -> list:
     """JAX's devices; a backend that cannot start (JAX_PLATFORMS=tpu without a TPU) is one line."""
     try:
         return jax.devices()
-    except RuntimeError as err:
+    except Exception as err:  # RuntimeError for an unknown platform, AssertionError for a missing plugin
         platforms = os.environ.get("JAX_PLATFORMS")
         where = f" (JAX_PLATFORMS={platforms})" if platforms else ""
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]

@@ -208,8 +208,8 @@ def test_a_file_from_an_older_jaxlin_without_a_digest_loads_with_a_note(tmp_path
     np.savez(tmp_path / "old.npz", **arrays)
     loaded, loaded_model = load_params(tmp_path / "old.npz")
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
-    assert capsys.readouterr().err == (f"note: {tmp_path / 'old.npz'} has no digest (written by an older jaxlin); "
-                                       f"not verified\n")
+    assert capsys.readouterr().err == (f"jaxlin: note: {tmp_path / 'old.npz'} has no digest (written by an older "
+                                       f"jaxlin); not verified\n")
     lines = []
     load_params(tmp_path / "old.npz", log=lines.append)
     assert len(lines) == 1 and capsys.readouterr().err == ""

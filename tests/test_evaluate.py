@@ -73,7 +73,7 @@ def test_jaxlin_evaluate_verifies_the_params_and_notes_an_older_file(tiny_data_d
         np.savez(tmp_path / "old.npz", **{name: archive[name] for name in archive.files if name != DIGEST_KEY})
     assert main(["evaluate", str(tmp_path / "old.npz"), "--data-dir", str(tiny_data_dir), "--json"]) == 0
     out, err = capsys.readouterr()
-    assert err == f"note: {tmp_path / 'old.npz'} has no digest (written by an older jaxlin); not verified\n"
+    assert err == f"jaxlin: note: {tmp_path / 'old.npz'} has no digest (written by an older jaxlin); not verified\n"
     assert out.startswith("{")
     with zipfile.ZipFile(tmp_path / "new.npz") as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
