@@ -289,10 +289,11 @@ def test_a_backend_that_cannot_start_is_one_line(tmp_path):
     if importlib.util.find_spec("libtpu") is not None:
         pytest.skip("libtpu is installed here")
     env = {**os.environ, "JAX_PLATFORMS": "tpu"}
-    for argv in (["train", "--output-dir", str(tmp_path / "t")], ["sweep", "--output-dir", str(tmp_path / "s")],
-                 ["evaluate", str(tmp_path / "params.npz")]):
-        done = subprocess.run([*_command(), *argv, "--dry-run"] if argv[0] != "evaluate" else [*_command(), *argv],
-                              env=env, capture_output=True, text=True, timeout=300)
+    for argv in (["train", "--output-dir", str(tmp_path / "t"), "--dry-run"],
+                 ["sweep", "--output-dir", str(tmp_path / "s"), "--dry-run"],
+                 ["evaluate", str(tmp_path / "params.npz")],
+                 ["predict", str(tmp_path / "params.npz"), str(tmp_path / "digit.png")]):
+        done = subprocess.run([*_command(), *argv], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("jaxlin: error: JAX could not start its backend (JAX_PLATFORMS=tpu): "), \
             done.stderr
