@@ -239,10 +239,16 @@ def resume_conflicts(saved: Config, wanted: Config) -> list[str]:
     """The settings in which `wanted` differs from a checkpoint's config, as flags with both values."""
     conflicts = []
     for name in CONFIG_FIELDS:
-        if name not in RESUMABLE_CHANGES and getattr(saved, name) != getattr(wanted, name):
+        if name not in RESUMABLE_CHANGES and _effective(saved, name) != _effective(wanted, name):
             conflicts.append(f"--{name.replace('_', '-')} {_show(getattr(wanted, name))} "
                              f"(the checkpoint has {_show(getattr(saved, name))})")
     return conflicts
+
+
+def _effective(config: Config, name: str):
+    """A setting as the run uses it: no data seed means the seed's batch order (`train.run_keys`)."""
+    value = getattr(config, name)
+    return config.seed if name == "data_seed" and value is None else value
 
 
 def _show(value) -> str:

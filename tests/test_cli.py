@@ -337,3 +337,13 @@ def test_a_huge_sweep_grid_is_refused_from_its_sizes_before_any_member_is_built(
     assert check_grid_size(Grid(seeds=tuple(range(MAX_SWEEP_MEMBERS))).sizes()) == MAX_SWEEP_MEMBERS
     with pytest.raises(ConfigError):
         check_grid_size(Grid(seeds=tuple(range(MAX_SWEEP_MEMBERS)), data_seeds=(0, 1)).sizes())
+
+
+
+def test_resume_conflicts_compare_settings_as_the_run_uses_them():
+    from jaxlin.config import Config, resume_conflicts
+
+    saved = Config(seed=3)
+    assert resume_conflicts(saved, saved.replace(data_seed=3)) == []  # no data seed: the seed's order
+    assert resume_conflicts(saved, saved.replace(data_seed=4)) == ["--data-seed 4 (the checkpoint has the default)"]
+    assert resume_conflicts(saved, saved.replace(learning_rate=0.1)) == ["--learning-rate 0.1 (the checkpoint has 0.5)"]
