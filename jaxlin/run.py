@@ -27,7 +27,8 @@ from jaxlin.data import DATA_DIR_ENV, DataError, Datasets, load_datasets, resolv
 from jaxlin.download import DownloadError
 from jaxlin.evaluate import evaluate
 from jaxlin.models import Model, ModelError, get_model
-from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, FollowerRunDir, RunDir, RunDirError, check_writable, to_json
+from jaxlin.rundir import (METRICS_FILE, PARAMS_FILE, FollowerRunDir, RunDir, RunDirError, RunDirGone, check_writable,
+                           to_json)
 from jaxlin.signals import StopRequest
 from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, CheckpointWriteError, DamagedCheckpoint, TrainState
 from jaxlin.parallel import (check_same_everywhere, failing_together, is_primary, max_over_processes,
@@ -141,6 +142,7 @@ class _RunHooks(FitHooks):
             self.log(accuracy_line(record["test_accuracy"], "before training"))
 
     def save(self, state: TrainState, progress: Progress, wait: bool = False) -> None:
+        self.run_dir.check_still_here()
         self.store.save(state, {"config": self.config.to_dict(), "progress": dataclasses.asdict(progress),
                                 "model": self.model_spec})
         if wait:
@@ -388,12 +390,12 @@ def write_failed(err: CheckpointWriteError | OSError, store: CheckpointStore | N
     """The one line for a write that failed while training (a checkpoint, or metrics.jsonl when the
     directory filled up, became read-only or vanished): what failed, the last good checkpoint, how to
     resume. A lost peer is the runtime's failure, reported as such (cli.py: exit 1)."""
+    if isinstance(err, RunDirGone) or not out.is_dir():  # its checkpoints went wherever it went
+        return checkpoint.CheckpointError(
+            f"output dir {out} was moved or removed while the run was going; its checkpoints are wherever it "
+            f"went: resume it there with --resume --output-dir pointing at it")
     if isinstance(err, OSError):
         err = CheckpointWriteError(f"cannot write {err.filename or out} ({err.strerror or err})", err)
-    if not out.is_dir():  # moved or removed under the run: its checkpoints went wherever it went
-        return checkpoint.CheckpointError(
-            f"output dir {out} was moved or removed while the run was going ({err}); its checkpoints are "
-            f"wherever it went: resume it there with --resume --output-dir pointing at it")
     cause = err.cause
     if jax.process_count() > 1 and type(cause).__name__ in ("JaxRuntimeError", "XlaRuntimeError"):
         return cause

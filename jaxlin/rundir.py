@@ -21,6 +21,7 @@ leaves, are cleaned up by the next one.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import math
@@ -48,6 +49,10 @@ JAXLIN_OUTPUTS = tuple(dict.fromkeys((*RUN_FILES, *SWEEP_OUTPUTS)))
 
 class RunDirError(ValueError):
     """An output directory that this run cannot use."""
+
+
+class RunDirGone(FileNotFoundError):
+    """The output directory this run locked was moved or removed while it ran."""
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -238,7 +243,23 @@ class RunDir:
         """A resumed run is not finished until it writes `metrics.json` again."""
         (self.path / self.layout.finished_file).unlink(missing_ok=True)
 
+    def check_still_here(self) -> None:
+        """Raises RunDirGone when the directory this run locked is no longer at its path (moved or
+        removed): writing on would create a new directory there (orbax makes missing parents) and split
+        the run in two."""
+        if self._lock_fd is None:
+            return
+        try:
+            here = os.stat(self.path / LOCK_FILE, follow_symlinks=False)
+        except FileNotFoundError:
+            here = None
+        locked = os.fstat(self._lock_fd)
+        if here is None or (here.st_dev, here.st_ino) != (locked.st_dev, locked.st_ino):
+            raise RunDirGone(errno.ENOENT, "the output directory was moved or removed while the run was going",
+                             str(self.path))
+
     def append_record(self, record: dict) -> None:
+        self.check_still_here()
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
         fd = os.open(self.path / RECORDS_FILE, flags, 0o644)
         with os.fdopen(fd, "w") as handle:

@@ -173,6 +173,7 @@ class _SweepLoop:
     def save(self, state: TrainState, wait: bool = False) -> None:
         record = {"config": self.config.to_dict(), "grid": self.grid.to_dict(),
                   "progress": dataclasses.asdict(self.progress()), "model": self.trainer.model.spec}
+        self.run_dir.check_still_here()
         self.store.save(state, record)
         if wait:
             self.store.wait()
