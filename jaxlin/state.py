@@ -149,8 +149,9 @@ def check_readable(directory: Path) -> None:
 def _quiet_abandoned_reads() -> None:
     """A read that fails on a damaged file (a restore, orbax's metadata) leaves tensorstore reads in
     flight; when they complete, their callbacks find orbax's event loop closed and Python prints the
-    "unraisable" RuntimeError. The failure itself is reported as a damaged checkpoint: drop that one
-    message, for as long as the process lives (the callbacks come late)."""
+    "unraisable" RuntimeError, and asyncio logs their tasks' errors as never retrieved. The failure
+    itself is reported as a damaged checkpoint: drop those messages, for as long as the process lives
+    (they come late, even after the store is closed)."""
     previous = sys.unraisablehook
     if getattr(previous, "_jaxlin_quiet_abandoned_reads", False):
         return
@@ -162,6 +163,13 @@ def _quiet_abandoned_reads() -> None:
 
     hook._jaxlin_quiet_abandoned_reads = True
     sys.unraisablehook = hook
+    # The same reads' asyncio tasks, collected with their DATA_LOSS error unretrieved, are logged too.
+    logging.getLogger("asyncio").addFilter(_AbandonedTasks())
+
+
+class _AbandonedTasks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in str(record.msg)
 
 
 class _HeldLogs(logging.Handler):

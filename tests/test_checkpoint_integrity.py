@@ -391,3 +391,30 @@ def test_overwrite_leaves_nothing_of_the_other_command(tiny_data_dir, tmp_path):
     done = jaxlin(tiny_data_dir, "sweep", "--overwrite", "--output-dir", str(out), *SWEEP)
     assert done.returncode == 0, done.stderr
     assert not (out / "params.npz").exists() and not (out / "metrics.json").exists()
+
+
+def test_the_abandoned_reads_of_a_failed_restore_print_nothing(caplog):
+    """What tensorstore's reads of a damaged checkpoint leave behind once the failure was reported: an
+    asyncio future whose error nobody retrieves, a callback into a closed event loop."""
+    import asyncio
+    import gc
+
+    from jaxlin.state import _quiet_abandoned_reads
+
+    _quiet_abandoned_reads()
+    loop = asyncio.new_event_loop()
+    future = loop.create_future()
+    future.set_exception(ValueError("DATA_LOSS: Error reading step/.zarray"))
+    del future
+    gc.collect()
+    loop.close()
+    unraisable = []
+    previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        _quiet_abandoned_reads()  # chains to the hook in place
+        sys.unraisablehook(type("U", (), {"exc_value": RuntimeError("Event loop is closed")})())
+        sys.unraisablehook(type("U", (), {"exc_value": RuntimeError("something else")})())
+    finally:
+        sys.unraisablehook = previous
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert [str(u.exc_value) for u in unraisable] == ["something else"]
