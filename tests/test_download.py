@@ -297,12 +297,11 @@ def test_verifying_a_gzip_bomb_stops_one_byte_past_the_promised_size(tmp_path):
     assert download._check_content(bomb, LABELS) == "holds more than 10008 bytes, expected 10008"
 
 
-def _interruptible() -> None:
-    """In the child: SIGINT as a terminal delivers it. A test suite started in the background by a
-    non-interactive shell inherits SIGINT ignored, and a program keeps an ignored SIGINT ignored."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# `jaxlin` with SIGINT handled as in an interactive start (Python's KeyboardInterrupt): a suite started in
+# the background by a non-interactive shell passes SIGINT on ignored, and a program keeps an ignored
+# SIGINT ignored. (Set in the child itself: a preexec_fn would fork a process that runs JAX's threads.)
+INTERRUPTIBLE = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "sys.argv[0] = 'jaxlin'; runpy.run_module('jaxlin.cli', run_name='__main__')")
 
 
 def _wait_for(predicate, seconds: float = 120) -> bool:
@@ -320,9 +319,8 @@ def test_a_signal_during_jaxlin_download_removes_the_partial_file_and_the_lock(m
 
     target = tmp_path / "data"
     env = {**os.environ, MIRRORS_ENV: mirrors("drip").url, CACHE_ENV: str(tmp_path / "cache")}
-    run = subprocess.Popen([sys.executable, "-m", "jaxlin.cli", "download", "--dir", str(target), "--no-progress"],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           preexec_fn=_interruptible)
+    run = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE, "download", "--dir", str(target), "--no-progress"],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert _wait_for(lambda: list(target.glob(".*.part")) and (target / download.LOCK_FILE).exists())
         run.send_signal(getattr(signal, signum))
