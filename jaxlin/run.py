@@ -314,7 +314,7 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
         if store:
             store.close()  # waits for the last save: a checkpoint reported is a checkpoint on disk
     except (CheckpointWriteError, OSError) as err:
-        raise write_failed(err, store, out, resume_command(out)) from err
+        raise write_failed(err, store, run_dir, resume_command(out)) from err
     finally:
         if store:
             close_quietly(store)
@@ -385,12 +385,15 @@ def _initial_state(config: Config, model: Model) -> TrainState:
     return TrainState(params, make_optimizer(config).init(params), 0)
 
 
-def write_failed(err: CheckpointWriteError | OSError, store: CheckpointStore | None, out: Path,
+def write_failed(err: CheckpointWriteError | OSError, store: CheckpointStore | None, run_dir: RunDir,
                  resume: str) -> Exception:
     """The one line for a write that failed while training (a checkpoint, or metrics.jsonl when the
     directory filled up, became read-only or vanished): what failed, the last good checkpoint, how to
     resume. A lost peer is the runtime's failure, reported as such (cli.py: exit 1)."""
-    if isinstance(err, RunDirGone) or not out.is_dir():  # its checkpoints went wherever it went
+    out = run_dir.path
+    # Moved or removed under the run (an in-flight save may have made a new directory at its path):
+    # its checkpoints went wherever it went.
+    if isinstance(err, RunDirGone) or not out.is_dir() or not run_dir.still_here():
         return checkpoint.CheckpointError(
             f"output dir {out} was moved or removed while the run was going; its checkpoints are wherever it "
             f"went: resume it there with --resume --output-dir pointing at it")

@@ -258,6 +258,13 @@ class RunDir:
             raise RunDirGone(errno.ENOENT, "the output directory was moved or removed while the run was going",
                              str(self.path))
 
+    def still_here(self) -> bool:
+        try:
+            self.check_still_here()
+        except RunDirGone:
+            return False
+        return True
+
     def append_record(self, record: dict) -> None:
         self.check_still_here()
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW

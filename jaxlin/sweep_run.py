@@ -285,7 +285,7 @@ def _sweep_in(run_dir: RunDir, config: Config, grid: Grid, members: list[Config]
             if store:
                 store.close()  # waits for the last save
         except (CheckpointWriteError, OSError) as err:
-            raise write_failed(err, store, out, resume_command(out)) from err
+            raise write_failed(err, store, run_dir, resume_command(out)) from err
         finally:
             if store:
                 close_quietly(store)
