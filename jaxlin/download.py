@@ -164,6 +164,11 @@ class _MirrorProblem(Exception):
     """This mirror will not do: try the next."""
 
 
+# The signal `_signals_stop` turned into StopNow, kept in case the exception was raised inside a callback
+# that cannot raise (Python then drops it): the download loop raises it again.
+_stop_pending: list[int] = []
+
+
 def _fetch(url: str, destination, progress: bool, remote: RemoteFile) -> None:
     """Streams `url` into `destination`, giving up on a mirror that sends more than the file can
     be (even stored uncompressed) or that falls below a minimum speed (a drip never ends)."""
@@ -180,6 +185,10 @@ def _fetch(url: str, destination, progress: bool, remote: RemoteFile) -> None:
         with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
                   desc=remote.stem, disable=not progress, leave=False) as bar:
             while block := read(_READ_BLOCK):
+                if _stop_pending:  # a StopNow that a callback swallowed (JAX's garbage-collector hook)
+                    from jaxlin.signals import StopNow
+
+                    raise StopNow(_stop_pending[0])
                 received += len(block)
                 if received > limit:
                     raise _MirrorProblem(f"sent more than {limit} bytes, more than the file can be")
@@ -278,7 +287,8 @@ def _signals_stop():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stopping: list[int] = []
+    stopping = _stop_pending
+    stopping.clear()
 
     def handle(signum, frame):
         if stopping:
@@ -295,6 +305,7 @@ def _signals_stop():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        stopping.clear()
 
 
 def _local_copy(directory: Path, remote: RemoteFile) -> Path | None:
