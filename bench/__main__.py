@@ -15,7 +15,7 @@ from pathlib import Path
 from bench import report, runner
 from bench.worker import CONTENDERS
 from jaxlin.config import MODELS
-from jaxlin.data import DATA_DIR_ENV, DataError, load_idx_dir
+from jaxlin.data.datasets import DATA_DIR_ENV, DataError, load_idx_dir
 
 
 def device_slug(results: dict) -> str:

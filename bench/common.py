@@ -14,8 +14,8 @@ import time
 import numpy as np
 
 from jaxlin.config import Config, INPUT_SIZE, NUM_CLASSES
-from jaxlin.data import load_idx_dir
-from jaxlin.sampler import NextBatch
+from jaxlin.data.datasets import load_idx_dir
+from jaxlin.training.sampler import NextBatch
 
 TARGET_ACCURACY = 0.918
 LEARNING_RATE = Config().learning_rate  # the tutorial's 0.5

@@ -13,10 +13,10 @@ import optax
 
 from bench.common import (HIDDEN_SIZES, SHARED_MODELS, NextBatch, initial_params, learning_rate, thread_settings,
                           timed, train_until)
-from jaxlin.evaluate import make_accuracy_fn
+from jaxlin.training.evaluate import make_accuracy_fn
 from jaxlin.models import get_model
-from jaxlin.sampler import EpochSampler, epoch_window, shuffled_epoch
-from jaxlin.train import fused_train_chunk, make_fused_train, make_train_step
+from jaxlin.training.sampler import EpochSampler, epoch_window, shuffled_epoch
+from jaxlin.training.trainer import fused_train_chunk, make_fused_train, make_train_step
 
 
 def _jax_params(model: str, seed: int = 0):
@@ -158,10 +158,10 @@ class JaxlinFused(_JaxContender):
         return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up, "dot_layout": self.dot_layout}
 
     def _choose_layout(self, model: str, batch_size: int, unroll: int) -> str:
-        """The dot layout `jaxlin train` would use here (a fixed rule, see `jaxlin.layout`)."""
-        from jaxlin import layout
+        """The dot layout `jaxlin train` would use here (a fixed rule, see `jaxlin.runtime.dot_layout`)."""
+        from jaxlin.runtime import dot_layout as layout
         from jaxlin.config import Config
-        from jaxlin.parallel import resolve_placement
+        from jaxlin.runtime.devices import resolve_placement
 
         config = Config(model=model, hidden_sizes=HIDDEN_SIZES, batch_size=batch_size, unroll=unroll)
         return layout.choose(config, self._model(model), resolve_placement())
@@ -187,13 +187,13 @@ class JaxlinFused(_JaxContender):
 
 
 class JaxlinDataParallel(_JaxContender):
-    """jaxlin's fused loop over a 1-D mesh of `devices` devices (`jaxlin.parallel`): the data and
+    """jaxlin's fused loop over a 1-D mesh of `devices` devices (`jaxlin.runtime.devices`): the data and
     state replicated, each step's batch sharded, the gradient all-reduced by XLA. On a CPU the
     worker sees simulated devices (JAX_NUM_CPU_DEVICES) that share the same cores."""
 
     def setup(self, model: str, batch_size: int, num_steps: int, devices: int = 1,
               steps_per_call: int = 1000) -> dict:
-        from jaxlin.parallel import resolve_placement
+        from jaxlin.runtime.devices import resolve_placement
 
         self.placement = resolve_placement("auto", devices, batch_size)
         self.model, self.batch_size, self.num_steps = model, batch_size, num_steps
@@ -273,15 +273,15 @@ class JaxlinVmap(_JaxContender):
 
 
 class JaxlinSweep(_JaxContender):
-    """`jaxlin sweep`'s compiled loop (`jaxlin.sweep.SweepTrainer`): M linear models with their own
+    """`jaxlin sweep`'s compiled loop (`jaxlin.training.sweep.SweepTrainer`): M linear models with their own
     learning rates sharing one batch order, so each step is one wide matmul."""
 
     def setup(self, model: str, batch_size: int, num_steps: int, num_models: int = 8,
               steps_per_call: int = 1000) -> dict:
         from jaxlin.config import Config
-        from jaxlin.data import Datasets, Split
-        from jaxlin.parallel import resolve_placement
-        from jaxlin.sweep import Grid, SweepTrainer
+        from jaxlin.data.datasets import Datasets, Split
+        from jaxlin.runtime.devices import resolve_placement
+        from jaxlin.training.sweep import Grid, SweepTrainer
 
         self.num_steps, self.num_models = num_steps, num_models
         self.steps_per_call = min(steps_per_call, num_steps)

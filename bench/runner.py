@@ -258,7 +258,7 @@ def time_to_accuracy(names: list[str], plan: Plan, data_dir: str, native_blas: b
     """
     log(f"time to {plan.tta_target:.1%}: evaluating every {plan.tta_eval_every} steps, "
         f"{plan.tta_repeats} fresh processes each")
-    from jaxlin.data import load_idx_dir
+    from jaxlin.data.datasets import load_idx_dir
 
     num_train = len(load_idx_dir(data_dir).train)
     rows = {name: {"contender": name, "runs": []} for name in names}

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from bench.common import initial_params, learning_rate, thread_settings, timed, train_until
-from jaxlin.sampler import epoch_window
+from jaxlin.training.sampler import epoch_window
 
 
 class Tf2Loop:

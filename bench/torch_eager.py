@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from bench.common import initial_params, learning_rate, thread_settings, timed, train_until
-from jaxlin.sampler import NextBatch
+from jaxlin.training.sampler import NextBatch
 
 
 class TorchEager:

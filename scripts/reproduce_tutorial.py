@@ -13,8 +13,8 @@ import sys
 import numpy as np
 
 from jaxlin.config import Config
-from jaxlin.data import Datasets, load_datasets
-from jaxlin.run import accuracy_line, train_and_evaluate
+from jaxlin.data.datasets import Datasets, load_datasets
+from jaxlin.runs.train_run import accuracy_line, train_and_evaluate
 
 TUTORIAL_EVAL_STEPS = [0, 1, 10, 1000]
 

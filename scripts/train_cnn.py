@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from jaxlin.config import Config
-from jaxlin.run import train_and_evaluate
+from jaxlin.runs.train_run import train_and_evaluate
 
 # Chunks of 10 fully unrolled steps: XLA's CPU backend runs convolutions inside a loop (the fused
 # chunk's `lax.scan`) several times slower than unrolled ones (bench/NOTES.md).

@@ -10,9 +10,9 @@ outputs to --output-dir.
 import argparse
 import sys
 
-from jaxlin.cli import _hidden_sizes
+from jaxlin.cli.main import _hidden_sizes
 from jaxlin.config import Config
-from jaxlin.run import train_and_evaluate
+from jaxlin.runs.train_run import train_and_evaluate
 
 MLP_CONFIG = Config(model="mlp", hidden_sizes=(256,), activation="relu", optimizer="adam",
                     learning_rate=1e-3, batch_size=100, num_steps=5000, eval_every=500,

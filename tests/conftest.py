@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxlin.data import DATA_DIR_ENV, IDX_FILES
-from jaxlin.download import CACHE_ENV, MIRRORS_ENV
+from jaxlin.data.datasets import DATA_DIR_ENV, IDX_FILES
+from jaxlin.data.download import CACHE_ENV, MIRRORS_ENV
 
 # Port 9 (discard) on the loopback: nothing listens, so a connection is refused at once.
 CLOSED_LOOPBACK_MIRROR = "http://127.0.0.1:9/"
@@ -67,7 +67,7 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_data(tiny_data_dir):
-    from jaxlin.data import load_idx_dir
+    from jaxlin.data.datasets import load_idx_dir
 
     return load_idx_dir(tiny_data_dir)
 
@@ -87,6 +87,6 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
-    from jaxlin.data import load_idx_dir
+    from jaxlin.data.datasets import load_idx_dir
 
     return load_idx_dir(mnist_dir)

@@ -12,7 +12,7 @@ import optax
 from bench.common import NextBatch, initial_params, shared_order
 from bench.numpy_floor import sgd_step
 from jaxlin.models import get_model
-from jaxlin.train import make_update_fn
+from jaxlin.training.trainer import make_update_fn
 
 ROOT = Path(__file__).resolve().parents[1]
 

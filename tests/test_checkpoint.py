@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlin.checkpoint import MODEL_KEY, CheckpointError, load_params, save_params
+from jaxlin.runs.params_file import MODEL_KEY, CheckpointError, load_params, save_params
 from jaxlin.models import get_model
 
 
@@ -149,7 +149,7 @@ def _data_offset(path, member):
 
 
 def test_a_saved_file_is_verified_and_loads_without_a_note(tmp_path, capsys):
-    from jaxlin.checkpoint import DIGEST_KEY, params_digest
+    from jaxlin.runs.params_file import DIGEST_KEY, params_digest
 
     params, model = _save_mlp(tmp_path / "p.npz")
     with np.load(tmp_path / "p.npz", allow_pickle=False) as archive:
@@ -162,7 +162,7 @@ def test_a_saved_file_is_verified_and_loads_without_a_note(tmp_path, capsys):
 
 
 def test_a_flipped_byte_in_an_array_is_a_digest_mismatch(tmp_path, tiny_data_dir, capsys):
-    from jaxlin.cli import main
+    from jaxlin.cli.main import main
 
     _save_mlp(tmp_path / "p.npz")
     _rewrite_member(tmp_path / "p.npz", "layers/0/w.npy", lambda data: _flip(data, len(data) - 100))
@@ -193,7 +193,7 @@ def test_a_flipped_byte_in_a_stored_file_is_one_line_from_the_command(tmp_path, 
     _save_mlp(path)
     offset = _data_offset(path, "layers/0/w.npy") + 128 + 1000  # past the .npy header, inside the weights
     path.write_bytes(_flip(path.read_bytes(), offset))
-    run = subprocess.run([sys.executable, "-m", "jaxlin.cli", "evaluate", str(path), "--data-dir",
+    run = subprocess.run([sys.executable, "-m", "jaxlin.cli.main", "evaluate", str(path), "--data-dir",
                           str(tiny_data_dir)], env={**os.environ, "JAXLIN_MIRRORS": "http://127.0.0.1:9/"},
                          capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 2, run.stderr
@@ -286,7 +286,7 @@ def test_a_fifo_or_a_directory_as_params_is_refused_without_waiting(tmp_path, ti
     import os
     import threading
 
-    from jaxlin.cli import main
+    from jaxlin.cli.main import main
 
     os.mkfifo(tmp_path / "fifo.npz")
     codes = []

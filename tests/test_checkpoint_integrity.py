@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxlin.state import CHECKPOINT_DIR, SET_ASIDE_DIR, record_digest
+from jaxlin.runs.checkpoints import CHECKPOINT_DIR, SET_ASIDE_DIR, record_digest
 
 pytestmark = pytest.mark.slow
 STEPS = ["--num-steps", "30", "--eval-every", "10", "--batch-size", "50"]
@@ -25,7 +25,7 @@ STEPS = ["--num-steps", "30", "--eval-every", "10", "--batch-size", "50"]
 
 def _command() -> list[str]:
     exe = Path(sys.executable).with_name("jaxlin")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli.main"]
 
 
 def jaxlin(data_dir: Path, *args: str, prefix: tuple[str, ...] = (), timeout: float = 300):
@@ -185,7 +185,7 @@ def test_a_different_run_is_refused_naming_the_setting_and_both_values(tiny_data
 # Runs made from Python with what the command line cannot rebuild (run with the output dir as argv[1]).
 TRAIN_FROM_PYTHON = """
 import sys
-from jaxlin import run
+from jaxlin.runs import train_run as run
 from jaxlin.config import Config
 
 run.train_and_evaluate(Config(num_steps=20, eval_every=10, batch_size=50, output_dir=sys.argv[1]), progress=False,
@@ -399,7 +399,7 @@ def test_the_abandoned_reads_of_a_failed_restore_print_nothing(caplog):
     import asyncio
     import gc
 
-    from jaxlin.state import _quiet_abandoned_reads
+    from jaxlin.runs.checkpoints import _quiet_abandoned_reads
 
     _quiet_abandoned_reads()
     loop = asyncio.new_event_loop()

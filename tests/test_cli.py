@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import write_dataset
-from jaxlin.cli import main
+from jaxlin.cli.main import main
 
 FIGURES = {"example_images.png", "misclassified.png", "weights.png", "confusion_matrix.png",
            "learning_curve.png"}
@@ -190,7 +190,7 @@ def test_flags_reach_the_config(tiny_data_dir, tmp_path):
 def test_console_script_runs(tiny_data_dir, tmp_path):
     """The installed `jaxlin` entry point, in its own process."""
     exe = Path(sys.executable).with_name("jaxlin")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli.main"]
     env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
     done = subprocess.run([*command, "train", "--output-dir", str(tmp_path / "o"), *TINY_ARGS],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -212,7 +212,7 @@ def test_device_gpu_without_a_gpu_is_a_clear_error(tiny_data_dir, tmp_path, caps
 
 
 def test_a_failure_while_writing_leaves_no_final_output(tiny_data_dir, tmp_path, monkeypatch, capsys):
-    from jaxlin import checkpoint
+    from jaxlin.runs import params_file as checkpoint
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -255,7 +255,7 @@ def test_the_cnn_trains_evaluates_saves_and_reloads_through_the_same_code(tiny_d
 
 def _command() -> list[str]:
     exe = Path(sys.executable).with_name("jaxlin")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli.main"]
 
 
 @pytest.mark.slow
@@ -320,7 +320,7 @@ def test_a_huge_sweep_grid_is_refused_from_its_sizes_before_any_member_is_built(
     import tracemalloc
 
     from jaxlin.config import MAX_SWEEP_MEMBERS, Config, ConfigError, check_grid_size
-    from jaxlin.sweep import Grid
+    from jaxlin.training.sweep import Grid
 
     values = ",".join(str(i) for i in range(2000))
     tracemalloc.start()

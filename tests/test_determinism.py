@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxlin import layout
+from jaxlin.runtime import dot_layout as layout
 from jaxlin.config import Config
 from jaxlin.models import get_model
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlin.evaluate import Evaluator, confusion_matrix, evaluate, per_class_accuracy
+from jaxlin.training.evaluate import Evaluator, confusion_matrix, evaluate, per_class_accuracy
 from jaxlin.models import get_model
 
 
@@ -62,8 +62,8 @@ def test_jaxlin_evaluate_verifies_the_params_and_notes_an_older_file(tiny_data_d
     from an older jaxlin (no digest) evaluates with a one-line note, a damaged one is one error line."""
     import zipfile
 
-    from jaxlin.checkpoint import DIGEST_KEY, save_params
-    from jaxlin.cli import main
+    from jaxlin.runs.params_file import DIGEST_KEY, save_params
+    from jaxlin.cli.main import main
 
     model = get_model("linear")
     save_params(tmp_path / "new.npz", model.init(jax.random.key(0)), model)

@@ -34,7 +34,7 @@ def machine_cache(tmp_path_factory):
 
 def _command() -> list[str]:
     exe = Path(sys.executable).with_name("jaxlin")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli.main"]
 
 
 class Run:

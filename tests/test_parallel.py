@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxlin.cli import main
+from jaxlin.cli.main import main
 
 pytestmark = pytest.mark.slow
 
@@ -295,7 +295,7 @@ def test_a_runtime_log_never_follows_a_planted_link(tmp_path, tiny_data_dir):
 def _saved_log(output_dir: Path, name: str = "runtime-process-1-of-2.log") -> Path:
     import io
 
-    from jaxlin.supervise import _RuntimeLog
+    from jaxlin.runtime.supervise import _RuntimeLog
 
     log = _RuntimeLog(io.BytesIO(b"I0101 00:00:00.0 1 x.cc:1] hello\nF0101 00:00:00.0 1 x.cc:2] gone\n"))
     log.finish()
@@ -409,7 +409,7 @@ def test_processes_started_with_different_settings_refuse_at_once(tmp_path, tiny
 
 
 def test_runtime_failures_are_found_behind_wrappers():
-    from jaxlin.supervise import runtime_failure
+    from jaxlin.runtime.supervise import runtime_failure
 
     class JaxRuntimeError(RuntimeError):  # matched by name, as JAX's own is
         pass
@@ -438,7 +438,7 @@ def test_a_supervised_child_keeps_library_logs_and_thread_tracebacks_off_the_ter
     stream (the parent's log); jaxlin's own lines still reach the terminal."""
     script = """
 import logging, os, sys, threading
-from jaxlin import supervise
+from jaxlin.runtime import supervise
 supervise.route_runtime_output()
 logging.getLogger("absl").error("Failed to run 4 Handler Commit operations in background save thread")
 thread = threading.Thread(target=lambda: 1 / 0, name="async_save")

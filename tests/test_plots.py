@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from jaxlin import plots
+from jaxlin.runs import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

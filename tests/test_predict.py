@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxlin.checkpoint import save_params
-from jaxlin.cli import main
+from jaxlin.runs.params_file import save_params
+from jaxlin.cli.main import main
 from jaxlin.config import Config
-from jaxlin.evaluate import Evaluator
+from jaxlin.training.evaluate import Evaluator
 from jaxlin.models import get_model
-from jaxlin.predict import ImageError, to_mnist
-from jaxlin.train import fit
+from jaxlin.runs.predict import ImageError, to_mnist
+from jaxlin.training.trainer import fit
 
 NUM_DIGITS = 30
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-from jaxlin.cli import main
+from jaxlin.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 import json
 
 from jaxlin.config import Config
-from jaxlin.run import train_and_evaluate
+from jaxlin.runs.train_run import train_and_evaluate
 
 
 def _config(tmp_path, data_dir, **changes) -> Config:
@@ -74,7 +74,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_data_di
 def test_the_resume_command_is_quoted_for_the_shell():
     from pathlib import Path
 
-    from jaxlin.run import resume_command
+    from jaxlin.runs.train_run import resume_command
 
     assert resume_command(Path("my run")) == "jaxlin train --resume --output-dir 'my run'"
     assert resume_command(Path("plain")) == "jaxlin train --resume --output-dir plain"
@@ -83,7 +83,7 @@ def test_the_resume_command_is_quoted_for_the_shell():
 def test_a_dry_run_checks_the_output_directory(tiny_data_dir, tmp_path):
     import pytest
 
-    from jaxlin.rundir import RunDirError
+    from jaxlin.runs.rundir import RunDirError
 
     config = _config(tmp_path, tiny_data_dir)
     train_and_evaluate(config, progress=False, log=lambda line: None)

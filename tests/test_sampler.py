@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlin.sampler import EpochSampler, check_window, shuffled_epoch
+from jaxlin.training.sampler import EpochSampler, check_window, shuffled_epoch
 
 
 @pytest.mark.parametrize("num_examples, batch_size", [(50, 10), (53, 10), (7, 7), (10, 3)])

@@ -3,7 +3,7 @@
 import itertools
 import tracemalloc
 
-from jaxlin.schedule import StepSchedule, checkpoint_schedule, chunks, eval_schedule
+from jaxlin.training.schedule import StepSchedule, checkpoint_schedule, chunks, eval_schedule
 
 
 def test_chunks_end_at_evaluations():

@@ -14,14 +14,14 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlin.cli import main
+from jaxlin.cli.main import main
 from jaxlin.config import Config
-from jaxlin.data import Datasets, Split
+from jaxlin.data.datasets import Datasets, Split
 from jaxlin.models import get_model
-from jaxlin.parallel import resolve_placement
-from jaxlin.sweep import Grid, SweepTrainer, best_member
-from jaxlin.sweep_run import run_sweep
-from jaxlin.train import fit
+from jaxlin.runtime.devices import resolve_placement
+from jaxlin.training.sweep import Grid, SweepTrainer, best_member
+from jaxlin.runs.sweep_run import run_sweep
+from jaxlin.training.trainer import fit
 
 BASE = Config(num_steps=120, eval_every=40, batch_size=50, steps_per_call=40)
 MLP = BASE.replace(model="mlp", hidden_sizes=(16,))

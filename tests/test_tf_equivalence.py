@@ -17,9 +17,9 @@ import optax
 import pytest
 
 from bench.common import shared_order
-from jaxlin.evaluate import make_accuracy_fn
+from jaxlin.training.evaluate import make_accuracy_fn
 from jaxlin.models import get_model
-from jaxlin.train import make_fused_train, make_train_step
+from jaxlin.training.trainer import make_fused_train, make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_STEPS = 200

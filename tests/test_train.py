@@ -8,7 +8,7 @@ import pytest
 
 from jaxlin.config import Config, ConfigError
 from jaxlin.models import get_model
-from jaxlin.train import (DivergenceError, cross_entropy_loss, fit, make_fused_train, make_optimizer,
+from jaxlin.training.trainer import (DivergenceError, cross_entropy_loss, fit, make_fused_train, make_optimizer,
                           make_train_step)
 
 TINY = Config(num_steps=60, eval_every=20, batch_size=32)
@@ -180,7 +180,7 @@ def test_config_refuses_settings_that_cannot_run(changes, message):
 def test_a_stop_that_comes_during_an_evaluation_still_saves_the_state_it_stops_at(tiny_data):
     """The stop request lands after the chunk's save check (here: while step 20 is evaluated, and
     checkpoints are only every 1,000 steps): the run still saves step 20 before it ends."""
-    from jaxlin.train import FitHooks
+    from jaxlin.training.trainer import FitHooks
 
     class StopDuringEvaluation(FitHooks):
         checkpoints = True

@@ -1,8 +1,8 @@
 """The CNN update: one jitted step per call against the fused lax.scan chunk, rolled and unrolled."""
 import time, jax, jax.numpy as jnp, numpy as np, optax
 from jaxlin.models import get_model
-from jaxlin.train import make_update_fn, make_fused_train
-from jaxlin.data import load_idx_dir
+from jaxlin.training.trainer import make_update_fn, make_fused_train
+from jaxlin.data.datasets import load_idx_dir
 import os
 d = load_idx_dir(os.environ["JAXLIN_DATA_DIR"])  # the MNIST IDX directory
 m = get_model("cnn"); opt = optax.adam(1e-3)

@@ -2,10 +2,10 @@
 # Run from the repo root: JAXLIN_DATA_DIR=../shared/data/mnist python bench/experiments/first_call.py
 import os
 import time, numpy as np, jax
-from jaxlin.data import load_datasets
+from jaxlin.data.datasets import load_datasets
 from jaxlin.config import Config
 from jaxlin.models import get_model
-from jaxlin.train import Trainer
+from jaxlin.training.trainer import Trainer
 d = load_datasets('mnist', os.environ['JAXLIN_DATA_DIR'])
 c = Config(eval_every=100)
 t = Trainer(c, d, get_model('linear'), jax.devices()[0])

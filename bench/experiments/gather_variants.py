@@ -2,7 +2,7 @@
 # Run from the repo root: JAXLIN_DATA_DIR=../shared/data/mnist python bench/experiments/gather_variants.py
 import os
 import time, numpy as np, jax, jax.numpy as jnp
-from jaxlin.data import load_datasets
+from jaxlin.data.datasets import load_datasets
 d = load_datasets('mnist', os.environ['JAXLIN_DATA_DIR'])
 K, B = 1000, 100
 Xu8 = jnp.asarray(d.train.images_uint8)

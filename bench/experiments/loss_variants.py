@@ -2,8 +2,8 @@
 # Run from the repo root: JAXLIN_DATA_DIR=../shared/data/mnist python bench/experiments/loss_variants.py
 import os
 import time, sys, numpy as np, jax, jax.numpy as jnp, optax
-import jaxlin.train as T
-from jaxlin.data import load_datasets
+import jaxlin.training.trainer as T
+from jaxlin.data.datasets import load_datasets
 from jaxlin.models import get_model
 d = load_datasets('mnist', os.environ['JAXLIN_DATA_DIR'])
 m = get_model('linear'); opt = optax.sgd(0.5)

@@ -1,6 +1,6 @@
 """How close a shared-batch sweep of linear models gets to the matmul peak, and what costs it.
 
-Times `jaxlin.sweep.sweep_chunk` (1,000 steps, batch 100, one chunk) at M models against
+Times `jaxlin.training.sweep.sweep_chunk` (1,000 steps, batch 100, one chunk) at M models against
 variants: without the freezing of diverged members, with plain optax.sgd (learning rate
 shared) instead of `inject_hyperparams`, and with scan unroll 2 and 4. And the same sweep
 written by hand as one (784, M*10) matrix, without vmap. Interleaved, best of 5. Run from the repo root: `JAXLIN_DATA_DIR=../shared/data/mnist python
@@ -16,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlin import optimizers, sweep
-from jaxlin.data import load_idx_dir
+from jaxlin import optimizers
+
+from jaxlin.training import sweep
+from jaxlin.data.datasets import load_idx_dir
 from jaxlin.models import get_model
-from jaxlin.sampler import EpochSampler
+from jaxlin.training.sampler import EpochSampler
 
 STEPS, BATCH = 1000, 100
 

@@ -3,8 +3,8 @@
 import os
 import time, functools, numpy as np, jax, jax.numpy as jnp, optax
 import jaxlin.models as M
-from jaxlin.data import load_datasets
-from jaxlin.train import make_fused_train, fused_train_chunk
+from jaxlin.data.datasets import load_datasets
+from jaxlin.training.trainer import make_fused_train, fused_train_chunk
 d = load_datasets('mnist', os.environ['JAXLIN_DATA_DIR'])
 X = jnp.asarray(d.train.images_uint8); Y = jnp.asarray(d.train.labels)
 order = jnp.asarray(np.random.default_rng(0).permutation(55000 * 2) % 55000, jnp.int32)

@@ -2,7 +2,7 @@
 # Run from the repo root: JAXLIN_DATA_DIR=../shared/data/mnist python bench/experiments/xla_flags.py
 import os
 import time, sys, numpy as np, jax, jax.numpy as jnp, optax
-import jaxlin.train as T
+import jaxlin.training.trainer as T
 from jaxlin.models import get_model
 rng = np.random.default_rng(0)
 m = get_model('linear'); opt = optax.sgd(0.5)

@@ -13,8 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from jaxlin.data import load_idx_dir
-from jaxlin.sampler import NextBatch
+from jaxlin.data.datasets import load_idx_dir
+from jaxlin.training.sampler import NextBatch
 
 
 def main() -> int:

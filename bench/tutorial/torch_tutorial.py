@@ -11,8 +11,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))  # run a
 
 import torch
 
-from jaxlin.data import load_idx_dir
-from jaxlin.sampler import NextBatch
+from jaxlin.data.datasets import load_idx_dir
+from jaxlin.training.sampler import NextBatch
 
 
 def main() -> int:

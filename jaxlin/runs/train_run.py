@@ -21,19 +21,22 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxlin import checkpoint, optimizers
+from jaxlin.runs import params_file as checkpoint
+
+from jaxlin import optimizers
 from jaxlin.config import Config, ConfigError, resume_conflicts
-from jaxlin.data import DATA_DIR_ENV, DataError, Datasets, load_datasets, resolve_data_dir
-from jaxlin.download import DownloadError
-from jaxlin.evaluate import evaluate
+from jaxlin.data.datasets import DATA_DIR_ENV, DataError, Datasets, load_datasets, resolve_data_dir
+from jaxlin.data.download import DownloadError
+from jaxlin.training.evaluate import evaluate
 from jaxlin.models import Model, ModelError, get_model
-from jaxlin.rundir import (METRICS_FILE, PARAMS_FILE, FollowerRunDir, RunDir, RunDirError, RunDirGone, check_writable,
-                           to_json)
-from jaxlin.signals import StopRequest
-from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, CheckpointWriteError, DamagedCheckpoint, TrainState
-from jaxlin.parallel import (check_same_everywhere, failing_together, is_primary, max_over_processes,
+from jaxlin.runs.rundir import (METRICS_FILE, PARAMS_FILE, FollowerRunDir, RunDir, RunDirError, RunDirGone,
+                                check_writable, to_json)
+from jaxlin.runtime.signals import StopRequest
+from jaxlin.runs.checkpoints import CHECKPOINT_DIR, CheckpointStore, CheckpointWriteError, DamagedCheckpoint
+from jaxlin.training.state import TrainState
+from jaxlin.runtime.devices import (check_same_everywhere, failing_together, is_primary, max_over_processes,
                              resolve_placement, sync)
-from jaxlin.train import FitHooks, FitResult, Progress, fit
+from jaxlin.training.trainer import FitHooks, FitResult, Progress, fit
 
 MODES = ("new", "overwrite", "resume")
 # What a run reports in one line and exit 2 (see cli.py): in a multi-process run, the processes agree on them.
@@ -61,7 +64,7 @@ def library_versions() -> dict:
 
 def _git_commit() -> str | None:
     """The commit of a jaxlin source checkout (an editable install), else None."""
-    source = Path(__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]
     if not (source / ".git").exists():
         return None
     try:
@@ -118,7 +121,7 @@ def write_figures(directory: Path, data: Datasets, model: Model, params, final: 
     inputs = figure_inputs(data, model, params, final, evaluations, curve_key)
     if worker is not None and worker.draw(directory, inputs):
         return
-    from jaxlin import plots  # matplotlib: only when figures are drawn
+    from jaxlin.runs import plots  # matplotlib: only when figures are drawn
 
     plots.draw_run_figures(directory, **inputs)
 
@@ -359,8 +362,9 @@ def _train_in(run_dir: RunDir, config: Config, data: Datasets, model: Model, mod
 
 def _breakdown(timings: dict, data_seconds: float, figures_seconds: float, writing_seconds: float) -> dict:
     """Where this process's time went, from its start (see `timing`); phases not measured are None."""
-    from jaxlin import compile_cache, timing
+    from jaxlin.runtime import compile_cache
 
+    from jaxlin.runtime import timing
     return {
         "imports_seconds": timing.marks.get("imports"),  # interpreter start-up and imports
         "backend_start_seconds": timing.marks.get("backend_start"),
@@ -378,7 +382,7 @@ def _breakdown(timings: dict, data_seconds: float, figures_seconds: float, writi
 def _initial_state(config: Config, model: Model) -> TrainState:
     # `config` is the checkpoint's: its optimizer fixes the optimizer state's structure.
     """The structure and dtypes of a fresh train state (what a checkpoint restores into)."""
-    from jaxlin.train import make_optimizer
+    from jaxlin.training.trainer import make_optimizer
 
     params = jax.eval_shape(model.init, jax.random.key(config.seed))
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)

@@ -25,7 +25,7 @@ _listening = False
 
 
 def directory() -> Path:
-    from jaxlin.download import cache_dir
+    from jaxlin.data.download import cache_dir
 
     return cache_dir() / SUBDIR
 

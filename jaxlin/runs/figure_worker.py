@@ -2,7 +2,7 @@
 
 Importing matplotlib takes about half a second and drawing the five figures about as long
 again; a run used to pay both after training. `FigureWorker.start()` runs
-`python -m jaxlin.figures` as soon as `jaxlin train` knows it will draw figures: it imports
+`python -m jaxlin.runs.figure_worker` as soon as `jaxlin train` knows it will draw figures: it imports
 matplotlib while the main process imports JAX, loads the data, compiles and trains, then
 waits. At the end the main process hands it the inputs (an .npz in the run's staging
 directory and a JSON line) and writes params and metrics while it draws. The figures land
@@ -36,7 +36,7 @@ class FigureWorker:
     @classmethod
     def start(cls) -> FigureWorker | None:
         try:
-            process = subprocess.Popen([sys.executable, "-m", "jaxlin.figures"], stdin=subprocess.PIPE,
+            process = subprocess.Popen([sys.executable, "-m", "jaxlin.runs.figure_worker"], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         except OSError:
             return None
@@ -76,7 +76,7 @@ def main() -> int:
         signal.signal(signum, signal.SIG_IGN)
     import numpy as np
 
-    from jaxlin import plots  # the slow import, done while the run starts
+    from jaxlin.runs import plots  # the slow import, done while the run starts
 
     for line in sys.stdin:
         request = json.loads(line)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlin.data import IMAGE_SHAPE
-from jaxlin.files import NotARegularFile, open_regular
+from jaxlin.data.datasets import IMAGE_SHAPE
+from jaxlin.data.files import NotARegularFile, open_regular
 
 BOX = 20  # MNIST's digits fit a 20x20 box inside the 28x28 image
 _INK_THRESHOLD = 0.2  # of the brightest pixel: what counts as part of the digit when cropping
@@ -132,8 +132,8 @@ def predict_files(params_path: str, paths: list[str]) -> list[Prediction]:
     """One Prediction per path; a file that cannot be read gets an error and the others go on."""
     import jax
 
-    from jaxlin import checkpoint
-    from jaxlin.evaluate import to_float_images
+    from jaxlin.runs import params_file as checkpoint
+    from jaxlin.training.evaluate import to_float_images
 
     params, model = checkpoint.load_params(params_path)
     results, images = [], []

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from jaxlin.config import MAX_PARAMS
-from jaxlin.files import NotARegularFile, open_regular
+from jaxlin.data.files import NotARegularFile, open_regular
 from jaxlin.models import Model, model_from_spec
 
 MODEL_KEY = "__model__"

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from collections.abc import Callable
 
-from jaxlin.state import CHECKPOINT_DIR, SET_ASIDE_DIR
+from jaxlin.runs.checkpoints import CHECKPOINT_DIR, SET_ASIDE_DIR
 
 LOCK_FILE = ".jaxlin.lock"
 RECORDS_FILE = "metrics.jsonl"
@@ -283,7 +283,7 @@ class RunDir:
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
         kept = _valid_records(lines, up_to_step, self.layout.record_fields)
         if len(kept) != len(lines):
-            from jaxlin.checkpoint import atomic_write
+            from jaxlin.runs.params_file import atomic_write
 
             atomic_write(path, lambda h: h.write("".join(to_json(r) + "\n" for r in kept).encode()))
         return kept

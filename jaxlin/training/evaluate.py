@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin.data import NUM_CLASSES, Split
+from jaxlin.data.datasets import NUM_CLASSES, Split
 
 EVAL_BATCH_SIZE = 10_000
 
@@ -62,7 +62,7 @@ class Evaluator:
                  placement=None, predict_fn: Callable | None = None):
         """`placement` (see `parallel`): where to evaluate; over several devices each batch is
         sharded along its examples."""
-        from jaxlin.parallel import resolve_placement
+        from jaxlin.runtime.devices import resolve_placement
 
         placement = placement or resolve_placement()
         self.num_examples = len(labels)
@@ -81,7 +81,7 @@ class Evaluator:
     def predictions(self, params) -> np.ndarray:
         if self.num_examples == 0:
             return np.zeros(0, np.int64)
-        from jaxlin.parallel import to_host
+        from jaxlin.runtime.devices import to_host
 
         return to_host(self._predict(params, self._batches))[:self.num_examples]
 

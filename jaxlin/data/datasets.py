@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxlin.config import DATASETS, NUM_CLASSES
-from jaxlin.files import NotARegularFile, open_regular
+from jaxlin.data.files import NotARegularFile, open_regular
 
 DATA_DIR_ENV = "JAXLIN_DATA_DIR"
 IMAGE_SHAPE = (28, 28)
@@ -267,7 +267,7 @@ def load_datasets(name: str = "mnist", data_dir: str | os.PathLike | None = None
                   progress: bool = True, log=None) -> Datasets:
     """Loads `name` from the first of: `data_dir`, $JAXLIN_DATA_DIR, the download cache, a download
     from the mirrors (see `download`); or through tensorflow-datasets when `source` is "tfds"."""
-    from jaxlin import download
+    from jaxlin.data import download
 
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

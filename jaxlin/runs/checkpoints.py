@@ -42,24 +42,19 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
-from jaxlin.checkpoint import CheckpointError
+from jaxlin.runs.params_file import CheckpointError
+from jaxlin.training.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 SET_ASIDE_DIR = "checkpoints-set-aside"
 DIGEST_KEY = "digest"
 OLDER_RECORD_KEYS = frozenset({"config", "progress", "grid"})  # a record of jaxlin before digests
 _LOGGERS = ("absl", "orbax", "tensorstore")
-
-
-class TrainState(NamedTuple):
-    params: Any
-    opt_state: Any
-    step: int
 
 
 class UnreadableCheckpoint(CheckpointError):
@@ -119,13 +114,13 @@ def is_older_record(record: dict) -> bool:
 def _host_copy(tree):
     # A private host copy: the next compiled chunk donates (and so frees) the device buffers
     # while orbax may still be writing in the background.
-    from jaxlin.parallel import to_host
+    from jaxlin.runtime.devices import to_host
 
     return jax.tree.map(lambda x: np.array(x, copy=True), to_host(tree))
 
 
 def _state_tree(state: TrainState) -> dict:
-    return {"params": state.params, "opt_state": state.opt_state, "step": np.int64(state.step)}
+    return state.checkpoint_tree()
 
 
 def check_readable(directory: Path) -> None:
@@ -372,7 +367,7 @@ class CheckpointStore:
             raise DamagedCheckpoint(f"{where}: its train state does not match its digest (changed on disk)")
         if int(tree["step"]) != step:
             raise DamagedCheckpoint(f"{where}: holds the state of step {int(tree['step'])}")
-        return TrainState(tree["params"], tree["opt_state"], int(tree["step"]))
+        return type(like).from_checkpoint_tree(tree)
 
     def saved_shapes(self, step: int) -> list[tuple[tuple[int, ...], str]] | None:
         """(shape, dtype) of each saved array in flattening order, from orbax's metadata of the state;

@@ -33,7 +33,7 @@ import zlib
 from pathlib import Path
 
 from jaxlin.config import DATASETS
-from jaxlin.data import IDX_FILES
+from jaxlin.data.datasets import IDX_FILES
 
 MIRRORS_ENV = "JAXLIN_MIRRORS"
 CACHE_ENV = "JAXLIN_CACHE_DIR"
@@ -186,7 +186,7 @@ def _fetch(url: str, destination, progress: bool, remote: RemoteFile) -> None:
                   desc=remote.stem, disable=not progress, leave=False) as bar:
             while block := read(_READ_BLOCK):
                 if _stop_pending:  # a StopNow that a callback swallowed (JAX's garbage-collector hook)
-                    from jaxlin.signals import StopNow
+                    from jaxlin.runtime.signals import StopNow
 
                     raise StopNow(_stop_pending[0])
                 received += len(block)
@@ -282,7 +282,7 @@ def _signals_stop():
     file and the lock, and the command reports the stop (exit 128 + the signal's number). A process
     that handles them already (`jaxlin train`'s StopRequest) keeps its handlers. A second signal
     while the first is being cleaned up after is ignored, so the cleanup finishes."""
-    from jaxlin.signals import STOP_SIGNALS, StopNow
+    from jaxlin.runtime.signals import STOP_SIGNALS, StopNow
 
     if threading.current_thread() is not threading.main_thread():
         yield

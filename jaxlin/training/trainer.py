@@ -20,15 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlin import layout, optimizers
+from jaxlin.runtime import dot_layout as layout
+
+from jaxlin import optimizers
 from jaxlin.config import Config
-from jaxlin.data import Datasets
-from jaxlin.evaluate import Evaluator, to_float_images
+from jaxlin.data.datasets import Datasets
+from jaxlin.training.evaluate import Evaluator, to_float_images
 from jaxlin.models import Model
-from jaxlin.parallel import Placement, resolve_placement, to_host
-from jaxlin.sampler import EpochSampler, check_window
-from jaxlin.schedule import StepSchedule, checkpoint_schedule, chunks, eval_schedule
-from jaxlin.state import TrainState
+from jaxlin.runtime.devices import Placement, resolve_placement, to_host
+from jaxlin.training.sampler import EpochSampler, check_window
+from jaxlin.training.schedule import StepSchedule, checkpoint_schedule, chunks, eval_schedule
+from jaxlin.training.state import TrainState
 
 
 class DivergenceError(RuntimeError):

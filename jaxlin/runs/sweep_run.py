@@ -17,20 +17,21 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxlin import checkpoint
+from jaxlin.runs import params_file as checkpoint
 from jaxlin.config import Config, ConfigError
-from jaxlin.data import Datasets, load_datasets
-from jaxlin.evaluate import Evaluator
+from jaxlin.data.datasets import Datasets, load_datasets
+from jaxlin.training.evaluate import Evaluator
 from jaxlin.models import Model
-from jaxlin.parallel import MODELS_AXIS, resolve_placement, to_host
-from jaxlin.run import Stopped, build_model, close_quietly, library_versions, write_failed, write_figures
-from jaxlin.rundir import METRICS_FILE, PARAMS_FILE, RunDir, check_writable, to_json
-from jaxlin.schedule import checkpoint_schedule, chunks, eval_schedule
-from jaxlin.signals import StopRequest
-from jaxlin.state import CHECKPOINT_DIR, CheckpointStore, CheckpointWriteError, DamagedCheckpoint, TrainState
-from jaxlin.sweep import (BEST_DIR, HOST_OVERHEAD_BYTES, MEMORY_FRACTION, SWEEP_FIGURE, SWEEP_FILE, SWEEP_LAYOUT,
-                          Grid, SweepTrainer, best_member, check_resumable, describe_member, estimate_memory, gib,
-                          memory_limit, resume_command)
+from jaxlin.runtime.devices import MODELS_AXIS, resolve_placement, to_host
+from jaxlin.runs.train_run import Stopped, build_model, close_quietly, library_versions, write_failed, write_figures
+from jaxlin.runs.rundir import METRICS_FILE, PARAMS_FILE, RunDir, check_writable, to_json
+from jaxlin.training.schedule import checkpoint_schedule, chunks, eval_schedule
+from jaxlin.runtime.signals import StopRequest
+from jaxlin.runs.checkpoints import CHECKPOINT_DIR, CheckpointStore, CheckpointWriteError, DamagedCheckpoint
+from jaxlin.training.state import TrainState
+from jaxlin.training.sweep import (BEST_DIR, HOST_OVERHEAD_BYTES, MEMORY_FRACTION, SWEEP_FIGURE, SWEEP_FILE,
+                                   SWEEP_LAYOUT, Grid, SweepTrainer, best_member, check_resumable, describe_member,
+                                   estimate_memory, gib, memory_limit, resume_command)
 
 MODES = ("new", "overwrite", "resume")
 TABLE_ROWS = 24  # longer sweeps print their best rows only
@@ -304,7 +305,7 @@ def _sweep_in(run_dir: RunDir, config: Config, grid: Grid, members: list[Config]
         if best is not None else None
 
     def write(staging: Path) -> None:
-        from jaxlin import plots  # matplotlib: only when figures are drawn
+        from jaxlin.runs import plots  # matplotlib: only when figures are drawn
 
         curves = np.array([[np.nan if a is None else a for a in r["validation_accuracy"]]
                            for r in summary["evaluations"]]).T

@@ -336,7 +336,7 @@ def run_supervised(argv: list[str], where: str, process: str, output_dir: str) -
     ("process 1 (of 2)") for the message; `output_dir` is where a resume would start."""
     read_fd, write_fd = os.pipe()
     env = {**os.environ, RUNTIME_FD_ENV: str(write_fd)}
-    child = subprocess.Popen([sys.executable, "-m", "jaxlin.cli", *argv], env=env, pass_fds=(write_fd,),
+    child = subprocess.Popen([sys.executable, "-m", "jaxlin.cli.main", *argv], env=env, pass_fds=(write_fd,),
                              preexec_fn=_ask_kernel_to_signal_child_on_parent_death)
     os.close(write_fd)
     log = _RuntimeLog(os.fdopen(read_fd, "rb"))

@@ -40,14 +40,15 @@ import numpy as np
 
 from jaxlin import optimizers
 from jaxlin.config import Config, ConfigError, check_grid_size, check_no_repeats, resume_conflicts
-from jaxlin.data import Datasets
-from jaxlin.evaluate import Evaluator, make_predict_fn, to_float_images
+from jaxlin.data.datasets import Datasets
+from jaxlin.training.evaluate import Evaluator, make_predict_fn, to_float_images
 from jaxlin.models import Model
-from jaxlin.parallel import Placement, to_host
-from jaxlin.rundir import RECORDS_FILE, SWEEP_OUTPUTS, Layout
-from jaxlin.sampler import EpochSampler, check_window
-from jaxlin.state import CHECKPOINT_DIR, SET_ASIDE_DIR, TrainState
-from jaxlin.train import make_update_fn, run_keys
+from jaxlin.runtime.devices import Placement, to_host
+from jaxlin.runs.rundir import RECORDS_FILE, SWEEP_OUTPUTS, Layout
+from jaxlin.training.sampler import EpochSampler, check_window
+from jaxlin.runs.checkpoints import CHECKPOINT_DIR, SET_ASIDE_DIR
+from jaxlin.training.state import TrainState
+from jaxlin.training.trainer import make_update_fn, run_keys
 
 SWEEP_FILE, SWEEP_FIGURE, BEST_DIR = SWEEP_OUTPUTS
 SWEEP_RECORD_FIELDS = {"step": (int,), "validation_accuracy": (list,), "train_loss": (list,),

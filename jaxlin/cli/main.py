@@ -16,7 +16,7 @@ import sys
 import typing
 
 from jaxlin.config import CONFIG_FIELDS, Config, ConfigError, check_grid_size, check_no_repeats, check_setting
-from jaxlin.signals import StopNow, StopRequest
+from jaxlin.runtime.signals import StopNow, StopRequest
 
 DEFAULTS = Config()
 
@@ -229,7 +229,7 @@ def _predict_parser(subparsers) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from jaxlin.predict import predict_files
+    from jaxlin.runs.predict import predict_files
 
     if not 1 <= args.top <= 10:
         raise ConfigError(f"--top must be in 1..10, got {args.top}")
@@ -250,7 +250,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> None:
-    from jaxlin import download
+    from jaxlin.data import download
 
     if args.verify:
         for line in download.verify(args.verify, args.dataset):
@@ -362,12 +362,12 @@ def _start_distributed(args: argparse.Namespace) -> None:
     manual = _distributed_flags(args)
     if manual is None:
         return
-    from jaxlin import supervise
-    from jaxlin.parallel import start_distributed
+    from jaxlin.runtime import supervise
+    from jaxlin.runtime.devices import start_distributed
 
     start_distributed(*manual, timeout_seconds=args.distributed_timeout)
     supervise.report_joined()
-    from jaxlin.parallel import check_same_everywhere
+    from jaxlin.runtime.devices import check_same_everywhere
 
     # JAX takes the number of processes from process 0: a process told another number is misconfigured.
     check_same_everywhere(f"--num-processes {args.num_processes}")
@@ -375,7 +375,7 @@ def _start_distributed(args: argparse.Namespace) -> None:
 
 def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
     """A multi-process `jaxlin train` runs under a parent that reports runtime failures (supervise.py)."""
-    from jaxlin import supervise
+    from jaxlin.runtime import supervise
 
     coordinator, num_processes, process_id = _distributed_flags(args)
     where = f"coordinator {coordinator}" if coordinator else "the cluster's coordinator"
@@ -390,8 +390,10 @@ def _start_backend(args: argparse.Namespace) -> None:
 
     import jax
 
-    from jaxlin import compile_cache, timing
+    from jaxlin.runtime import compile_cache
 
+
+    from jaxlin.runtime import timing
     timing.marks["compile_cache_enabled"] = compile_cache.enable(args.no_compile_cache) is not None
     tick = time.perf_counter()
     _jax_devices(jax)
@@ -410,8 +412,9 @@ def _jax_devices(jax) -> list:
 
 
 def _train(args: argparse.Namespace, stop: StopRequest | None, worker) -> int:
-    from jaxlin import run, timing
+    from jaxlin.runs import train_run as run
 
+    from jaxlin.runtime import timing
     timing.marks["imports"] = timing.since_process_start()
     _start_distributed(args)
     _start_backend(args)
@@ -428,8 +431,8 @@ def _train(args: argparse.Namespace, stop: StopRequest | None, worker) -> int:
 
 
 def _sweep(args: argparse.Namespace, stop: StopRequest | None) -> int:
-    from jaxlin.sweep import Grid
-    from jaxlin.sweep_run import run_sweep
+    from jaxlin.training.sweep import Grid
+    from jaxlin.runs.sweep_run import run_sweep
 
     _start_backend(args)
     config = config_from_args(args)
@@ -453,7 +456,7 @@ def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
         # Started first: it imports matplotlib while this process imports JAX, loads data and trains.
         worker = None
         if not (args.no_figures or args.dry_run or args.distributed or args.process_id):
-            from jaxlin.figures import FigureWorker
+            from jaxlin.runs.figure_worker import FigureWorker
 
             worker = FigureWorker.start()
         try:
@@ -461,7 +464,7 @@ def _run(args: argparse.Namespace, stop: StopRequest | None) -> int:
         finally:
             if worker is not None:
                 worker.close()
-    from jaxlin import run
+    from jaxlin.runs import train_run as run
 
     if args.command == "sweep":
         return _sweep(args, stop)
@@ -499,7 +502,7 @@ def _replace_unencodable() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxlin import supervise
+    from jaxlin.runtime import supervise
 
     _replace_unencodable()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -573,15 +576,15 @@ def _signal_ready() -> None:
 
 
 def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
-    from jaxlin import supervise
-    from jaxlin.checkpoint import CheckpointError
-    from jaxlin.data import DataError
-    from jaxlin.download import DownloadError
+    from jaxlin.runtime import supervise
+    from jaxlin.runs.params_file import CheckpointError
+    from jaxlin.data.datasets import DataError
+    from jaxlin.data.download import DownloadError
     from jaxlin.models import ModelError
-    from jaxlin.predict import ImageError
-    from jaxlin.run import Stopped
-    from jaxlin.rundir import RunDirError
-    from jaxlin.train import DivergenceError
+    from jaxlin.runs.predict import ImageError
+    from jaxlin.runs.train_run import Stopped
+    from jaxlin.runs.rundir import RunDirError
+    from jaxlin.training.trainer import DivergenceError
 
     if stop is not None:
         stop.raise_pending()  # the heavy imports (JAX) are done

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxlin.checkpoint import atomic_write
-from jaxlin.data import IMAGE_SHAPE
+from jaxlin.runs.params_file import atomic_write
+from jaxlin.data.datasets import IMAGE_SHAPE
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Figure:

@@ -1,0 +1,3 @@
+from jaxlin.cli.main import console
+
+console()
