@@ -180,9 +180,9 @@ def test_config_refuses_settings_that_cannot_run(changes, message):
 def test_a_stop_that_comes_during_an_evaluation_still_saves_the_state_it_stops_at(tiny_data):
     """The stop request lands after the chunk's save check (here: while step 20 is evaluated, and
     checkpoints are only every 1,000 steps): the run still saves step 20 before it ends."""
-    from jaxlin.training.trainer import FitHooks
+    from jaxlin.training.loop import LoopHooks
 
-    class StopDuringEvaluation(FitHooks):
+    class StopDuringEvaluation(LoopHooks):
         checkpoints = True
 
         def __init__(self):

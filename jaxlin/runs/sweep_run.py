@@ -1,10 +1,10 @@
-"""The `jaxlin sweep` job: its output directory, host loop, checkpoints and outputs.
+"""The `jaxlin sweep` run kind: many members in one compiled program, chosen by validation.
 
-The compiled part (members, freezing, selection, memory) is in `sweep`. The directory
-follows `jaxlin train`'s rules (`rundir`): checked before data is loaded, locked while in
-use, `--overwrite` and `--resume`, records streamed to `metrics.jsonl` (one line per
-evaluation, every member's validation accuracy), checkpoints through orbax, and the
-outputs (`sweep.json` last, `sweep.png`, `best/`) published as a whole.
+The compiled part (members, freezing, memory) is in `training.sweep`; the session
+(`session.run`) is `jaxlin train`'s: the directory checked before data is loaded, locked while in
+use, `--overwrite` and `--resume`, several processes, the agreed stop. This kind adds the grid to
+the checkpoint record, records every member's validation accuracy (`metrics.jsonl`, one line per
+evaluation), and writes `sweep.json` (last), `sweep.png` and `best/` as a whole.
 """
 
 from __future__ import annotations
@@ -14,75 +14,136 @@ import shlex
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from jaxlin.runs import params_file as checkpoint
-from jaxlin.config import Config, ConfigError
-from jaxlin.data.datasets import Datasets, load_datasets
-from jaxlin.training.evaluate import Evaluator
+from jaxlin.config import Config, ConfigError, resume_conflicts
+from jaxlin.data.datasets import Datasets
 from jaxlin.models import Model
-from jaxlin.runtime.devices import MODELS_AXIS, resolve_placement, to_host
-from jaxlin.runs.train_run import Stopped, build_model, close_quietly, library_versions, write_failed, write_figures
-from jaxlin.runs.rundir import METRICS_FILE, PARAMS_FILE, RunDir, check_writable, to_json
-from jaxlin.training.schedule import checkpoint_schedule, chunks, eval_schedule
+from jaxlin.runs import params_file
+from jaxlin.runs.checkpoints import CHECKPOINT_DIR, SET_ASIDE_DIR, DamagedCheckpoint
+from jaxlin.runs.outputs import library_versions, write_figures
+from jaxlin.runs.rundir import METRICS_FILE, PARAMS_FILE, RECORDS_FILE, SWEEP_OUTPUTS, Layout, to_json
+from jaxlin.runs.session import Outcome, RunKind, Session, run
+from jaxlin.runs.session import resume_command as _resume_command
+from jaxlin.runtime.devices import MODELS_AXIS, Placement, resolve_placement
 from jaxlin.runtime.signals import StopRequest
-from jaxlin.runs.checkpoints import CHECKPOINT_DIR, CheckpointStore, CheckpointWriteError, DamagedCheckpoint
-from jaxlin.training.state import TrainState
-from jaxlin.training.sweep import (BEST_DIR, HOST_OVERHEAD_BYTES, MEMORY_FRACTION, SWEEP_FIGURE, SWEEP_FILE,
-                                   SWEEP_LAYOUT, Grid, SweepTrainer, best_member, check_resumable, describe_member,
-                                   estimate_memory, gib, memory_limit, resume_command)
+from jaxlin.training.evaluate import Evaluator
+from jaxlin.training.schedule import eval_schedule
+from jaxlin.training.state import SweepState
+from jaxlin.training.sweep import (HOST_OVERHEAD_BYTES, MEMORY_FRACTION, Grid, SweepTrainer, best_member,
+                                   describe_member, estimate_memory, gib, memory_limit)
 
-MODES = ("new", "overwrite", "resume")
+SWEEP_FILE, SWEEP_FIGURE, BEST_DIR = SWEEP_OUTPUTS
+SWEEP_RECORD_FIELDS = {"step": (int,), "validation_accuracy": (list,), "train_loss": (list,),
+                       "elapsed_seconds": (float, int)}
+SWEEP_LAYOUT = Layout((SWEEP_FILE, RECORDS_FILE, SWEEP_FIGURE, BEST_DIR, CHECKPOINT_DIR, SET_ASIDE_DIR),
+                      SWEEP_FILE, SWEEP_RECORD_FIELDS)
 TABLE_ROWS = 24  # longer sweeps print their best rows only
 
 
-def run_sweep(config: Config, grid: Grid, progress: bool = True, dry_run: bool = False, log=print,
-              mode: str = "new", explicit: set[str] | None = None, stop: StopRequest | None = None,
-              data: Datasets | None = None) -> dict | None:
-    """The `jaxlin sweep` job; returns what sweep.json holds (None for a dry run or nothing to do).
+def resume_command(out: Path) -> str:
+    return _resume_command("sweep", out)
 
-    mode and `explicit` as in `run.train_and_evaluate`; raises `Stopped` after SIGINT/SIGTERM."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if stop is None:
-        with StopRequest() as own:
-            return run_sweep(config, grid, progress, dry_run, log, mode, explicit, own, data)
-    started = time.perf_counter()
-    check_writable(config.output_dir)
-    RunDir(config.output_dir, SWEEP_LAYOUT).check_available(mode)
-    if mode == "resume":
-        config, grid = _resumed_settings(config, grid, explicit or set())
-    if config.data_dir:
-        config = config.replace(data_dir=str(Path(config.data_dir).absolute()))
-    if config.loop != "fused":
-        raise ConfigError(f"--loop {config.loop}: a sweep trains its members in the fused loop only")
-    model = build_model(config)
-    data = data or load_datasets(config.dataset, config.data_dir, config.source, progress=progress, log=log)
-    config.validate(len(data.train))
-    members = grid.members(config)
-    placement = resolve_placement(config.device, config.devices, axis=MODELS_AXIS)
-    need = estimate_memory(config, model, len(members), placement.num_devices, data)
-    limit, what = memory_limit(placement)
-    log(_describe(config, grid, members, data, model, placement.describe(), need, limit, what))
-    if what == "host memory":  # CPU devices (simulated ones too) share the host's memory
-        need = need * placement.num_devices + HOST_OVERHEAD_BYTES
-        where = f"on this host ({placement.num_devices} CPU device{'s' if placement.num_devices > 1 else ''})"
-    else:
-        where = "per device"
-    if need > MEMORY_FRACTION * limit:
-        raise ConfigError(f"a sweep of {len(members)} members needs about {gib(need)} {where}, more than "
-                          f"{MEMORY_FRACTION:.0%} of the {gib(limit)} of {what}; sweep fewer members or "
-                          f"spread them over more --devices")
-    if dry_run:
-        log(f"Dry run: settings and data are valid; nothing trained, nothing written to {config.output_dir}.")
-        return None
-    stop.defer()
-    if stop:
-        raise Stopped(f"jaxlin: stopped by {stop.name} before training started; nothing saved", stop.exit_code)
-    with RunDir(config.output_dir, SWEEP_LAYOUT) as run_dir:
-        return _sweep_in(run_dir, config, grid, members, data, model, placement, mode, stop, progress, log,
-                         time.perf_counter() - started, started)
+
+def check_resumable(saved: Config, saved_grid: Grid, wanted: Config, grid: Grid, explicit: set[str], step: int,
+                    out: Path) -> tuple[Config, Grid]:
+    """The checkpoint's config and grid with the given settings applied; refuses any that would not
+    continue the same sweep."""
+    wanted = saved.replace(**{name: getattr(wanted, name) for name in explicit | {"output_dir"}})
+    conflicts = resume_conflicts(saved, wanted)
+    for name, value in dataclasses.asdict(grid).items():
+        if value is not None and value != getattr(saved_grid, name):
+            conflicts.append(f"--{name.replace('_', '-')} {','.join(map(str, value))} (the checkpoint has "
+                             f"{','.join(map(str, getattr(saved_grid, name) or ())) or 'the default'})")
+    if conflicts:
+        raise ConfigError(f"--resume: settings differ from the checkpoint in {out}: {'; '.join(conflicts)}")
+    if wanted.num_steps < step:
+        raise ConfigError(f"--resume: --num-steps {wanted.num_steps} is below the checkpoint's step {step}")
+    return wanted, saved_grid
+
+
+def _parse_sweep_record(record: dict, out: Path, step: int) -> tuple[Config, Grid]:
+    try:
+        return Config.from_dict(record["config"]), Grid.from_dict(record["grid"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DamagedCheckpoint(f"{out / CHECKPOINT_DIR / str(step)}: unreadable run record ({err})") from err
+
+
+class SweepRun(RunKind):
+    """`jaxlin sweep` over `grid`: the members are `grid.members(config)`."""
+
+    command, noun, layout = "sweep", "sweep", SWEEP_LAYOUT
+
+    def __init__(self, grid: Grid):
+        self.grid = grid
+        self.members: list[Config] = []
+
+    def check(self, config: Config) -> None:
+        if config.loop != "fused":
+            raise ConfigError(f"--loop {config.loop}: a sweep trains its members in the fused loop only")
+
+    def record_check(self, out: Path, config: Config | None = None, model: Model | None = None):
+        """A verified record must be a sweep's (a train run's checkpoints are refused, never set aside)."""
+        def check(step: int, record: dict) -> None:
+            if "grid" not in record:
+                raise ConfigError(f"{out} holds a jaxlin train run, not a sweep; continue it with "
+                                  f"jaxlin train --resume --output-dir {shlex.quote(str(out))}")
+            _parse_sweep_record(record, out, step)
+
+        return check
+
+    def resumed_settings(self, record: dict, step: int, out: Path, config: Config, explicit: set[str]) -> Config:
+        saved, saved_grid = _parse_sweep_record(record, out, step)
+        config, self.grid = check_resumable(saved, saved_grid, config, self.grid, explicit, step, out)
+        return config
+
+    def plan(self, config: Config, data: Datasets, model: Model) -> tuple[Placement, str]:
+        self.members = self.grid.members(config)
+        placement = resolve_placement(config.device, config.devices, axis=MODELS_AXIS)
+        need = estimate_memory(config, model, len(self.members), placement.num_devices, data)
+        limit, what = memory_limit(placement)
+        text = _describe(config, self.grid, self.members, data, model, placement.describe(), need, limit, what)
+        if what == "host memory":  # CPU devices (simulated ones too) share the host's memory
+            need = need * placement.num_devices + HOST_OVERHEAD_BYTES
+            where = f"on this host ({placement.num_devices} CPU device{'s' if placement.num_devices > 1 else ''})"
+        else:
+            where = "per device"
+        if need > MEMORY_FRACTION * limit:
+            raise ConfigError(f"a sweep of {len(self.members)} members needs about {gib(need)} {where}, more than "
+                              f"{MEMORY_FRACTION:.0%} of the {gib(limit)} of {what}; sweep fewer members or "
+                              f"spread them over more --devices")
+        return placement, text
+
+    def trainer(self, config: Config, data: Datasets, model: Model, placement: Placement) -> SweepTrainer:
+        return SweepTrainer(config, self.members, data, model, placement)
+
+    def evals(self, config: Config):
+        return eval_schedule(config.num_steps, config.eval_every)
+
+    def record_fields(self, config: Config, model: Model) -> dict:
+        return {"config": config.to_dict(), "grid": self.grid.to_dict(), "model": model.spec}
+
+    def finish(self, session: Session, trainer: SweepTrainer, state: SweepState, loop, evaluations: list[dict]):
+        data, model = session.data, session.model
+        summary = _finish(trainer, state, loop, evaluations, session, self.grid)
+        best = summary["best"]
+        best_params = trainer.member_params(state, best) if best is not None else None
+        final = Evaluator(model.apply, data.test.images_uint8, data.test.labels, model.eval_batch_size)(best_params) \
+            if best is not None else None
+        members = self.members
+
+        def write(staging: Path) -> None:
+            from jaxlin.runs import plots  # matplotlib: only when figures are drawn
+
+            curves = np.array([[np.nan if a is None else a for a in r["validation_accuracy"]]
+                               for r in summary["evaluations"]]).T
+            plots.plot_sweep(summary["members"], [r["step"] for r in summary["evaluations"]], curves, best,
+                             staging / SWEEP_FIGURE)
+            if best is not None:
+                _write_best(staging / BEST_DIR, summary, best, best_params, final, data, model, members[best])
+            (staging / SWEEP_FILE).write_text(to_json(summary, indent=2) + "\n")
+
+        return Outcome(summary, write, before=[format_table(summary)])
 
 
 def _describe(config: Config, grid: Grid, members: list[Config], data: Datasets, model: Model, device: str,
@@ -113,219 +174,10 @@ def _listed(values) -> str:
     return ", ".join(shown)
 
 
-def _resumed_settings(config: Config, grid: Grid, explicit: set[str]) -> tuple[Config, Grid]:
-    out = Path(config.output_dir)
-    if not (out / CHECKPOINT_DIR).is_dir():
-        raise ConfigError(f"--resume: no checkpoints in {out} (nothing to resume; drop --resume to start)")
-    store = CheckpointStore(out, read_only=True)
-    try:
-        usable = store.find_usable(_sweep_record_check(out))
-    finally:
-        store.close()
-    saved, saved_grid = _parse_sweep_record(usable.record, out, usable.step)
-    return check_resumable(saved, saved_grid, config, grid, explicit, usable.step, out)
-
-
-def _sweep_record_check(out: Path):
-    """A verified record must be a sweep's (a train run's checkpoints are refused, never set aside)."""
-    def check(step: int, record: dict) -> None:
-        if "grid" not in record:
-            raise ConfigError(f"{out} holds a jaxlin train run, not a sweep; continue it with "
-                              f"jaxlin train --resume --output-dir {shlex.quote(str(out))}")
-        _parse_sweep_record(record, out, step)
-
-    return check
-
-
-def _parse_sweep_record(record: dict, out: Path, step: int) -> tuple[Config, Grid]:
-    try:
-        return Config.from_dict(record["config"]), Grid.from_dict(record["grid"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise DamagedCheckpoint(f"{out / CHECKPOINT_DIR / str(step)}: unreadable run record ({err})") from err
-
-
-@dataclasses.dataclass
-class _Progress:
-    """Per member, the losses since the previous evaluation (what a checkpoint carries with the state)."""
-
-    loss_sum: list[float]
-    loss_count: list[int]
-    elapsed_seconds: float = 0.0
-
-
-class _SweepLoop:
-    def __init__(self, trainer: SweepTrainer, run_dir: RunDir, store: CheckpointStore | None, config: Config,
-                 grid: Grid, stop: StopRequest, log, progress: _Progress, num_validation: int):
-        self.trainer, self.run_dir, self.store, self.config, self.grid = trainer, run_dir, store, config, grid
-        self.stop, self.log, self.num_validation = stop, log, num_validation
-        self.loss_sum = np.array(progress.loss_sum, np.float64)
-        self.loss_count = np.array(progress.loss_count, np.int64)
-        self.elapsed_before, self.started = progress.elapsed_seconds, time.perf_counter()
-        self.records: list[dict] = []
-        self.train_seconds = self.eval_seconds = 0.0
-        self.steps_trained = 0
-        self.saved_step: int | None = None
-        self.reported: set[int] = set()
-
-    def progress(self) -> _Progress:
-        return _Progress(self.loss_sum.tolist(), self.loss_count.tolist(),
-                         self.elapsed_before + time.perf_counter() - self.started)
-
-    def save(self, state: TrainState, wait: bool = False) -> None:
-        record = {"config": self.config.to_dict(), "grid": self.grid.to_dict(),
-                  "progress": dataclasses.asdict(self.progress()), "model": self.trainer.model.spec}
-        self.run_dir.check_still_here()
-        self.store.save(state, record)
-        if wait:
-            self.store.wait()
-        self.saved_step = state.step
-
-    def evaluate(self, state: TrainState) -> np.ndarray:
-        tick = time.perf_counter()
-        accuracy = self.trainer.validation(state.params) / self.num_validation
-        self.eval_seconds += time.perf_counter() - tick
-        losses = [s / c if c else None for s, c in zip(self.loss_sum.tolist(), self.loss_count.tolist())]
-        record = {"step": state.step, "validation_accuracy": accuracy.tolist(), "train_loss": losses,
-                  "elapsed_seconds": round(self.progress().elapsed_seconds, 3)}
-        self.loss_sum[:] = 0
-        self.loss_count[:] = 0
-        self.records.append(record)
-        self.run_dir.append_record(record)
-        return accuracy
-
-    def add_losses(self, losses: np.ndarray, start: int, frozen_at: np.ndarray) -> None:
-        """Sums each member's losses of the steps it trained (not those from its freezing on)."""
-        step_numbers = start + 1 + np.arange(losses.shape[0])[:, None]
-        trained = (frozen_at[None, :] < 0) | (step_numbers < frozen_at[None, :])
-        self.loss_sum += np.where(trained, losses, 0.0).sum(axis=0, dtype=np.float64)
-        self.loss_count += trained.sum(axis=0)
-        for member in np.flatnonzero(frozen_at >= 0):
-            if member not in self.reported:
-                self.reported.add(int(member))
-                lr = self.trainer.members[member].learning_rate
-                self.log(f"Member {member} (learning rate {lr}) diverged at step {frozen_at[member]}: frozen; "
-                         f"the others go on")
-
-    def run(self, state: TrainState, show_progress: bool, fresh: bool, last_recorded: int | None) -> TrainState:
-        from tqdm.auto import tqdm
-
-        config = self.config
-        evals = eval_schedule(config.num_steps, config.eval_every)
-        saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if self.store else 0, evals)
-        if fresh and self.store:
-            self.save(state, wait=True)
-        elif self.store:
-            self.saved_step = state.step  # a resumed sweep's first state is its checkpoint
-        if state.step in evals:
-            if last_recorded == state.step:  # resumed after this step's evaluation: its window is closed
-                self.loss_sum[:] = 0
-                self.loss_count[:] = 0
-            else:
-                self.evaluate(state)
-        bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, unit="step", leave=False)
-        with bar:
-            for start, length in chunks(state.step, config.num_steps, config.steps_per_call, evals, saves):
-                if self.stop:
-                    # A stop that came after the last chunk's save check still leaves its state on disk.
-                    if self.store and self.saved_step != state.step:
-                        self.save(state)
-                    break
-                tick, compiled_before = time.perf_counter(), self.trainer.compile_seconds
-                state, losses = self.trainer.run_chunk(state, length)
-                losses = np.asarray(to_host(losses))[:, :self.trainer.num_members]
-                self.train_seconds += time.perf_counter() - tick - (self.trainer.compile_seconds - compiled_before)
-                self.steps_trained += length
-                self.add_losses(losses, start, self.trainer.frozen_at(state))
-                if self.store and (state.step in saves or self.stop):
-                    self.save(state)
-                if state.step in evals:
-                    accuracy = self.evaluate(state)
-                    bar.set_postfix({"best_val_acc": f"{np.max(accuracy):.2%}"}, refresh=False)
-                bar.update(length)
-        return state
-
-
-def _restore(store: CheckpointStore, trainer: SweepTrainer, log) -> tuple[TrainState, _Progress, int]:
-    """The newest sweep checkpoint that verifies, restored onto the trainer's devices; damaged newer ones
-    are set aside."""
-    like = jax.tree.map(np.asarray, to_host(trainer.init_state()))
-    usable = store.find_usable(_sweep_record_check(store.run_dir), lambda record: like, log=log)
-    store.set_aside_damaged(usable.damaged, log)
-    return trainer.place(usable.state), _Progress(**usable.record["progress"]), usable.step
-
-
-def _sweep_in(run_dir: RunDir, config: Config, grid: Grid, members: list[Config], data: Datasets, model: Model,
-              placement, mode: str, stop: StopRequest, progress: bool, log, data_seconds: float,
-              started: float) -> dict | None:
-    out = run_dir.path
-    run_dir.check_available(mode)
-    if mode == "overwrite":
-        run_dir.remove_run()
-    store = CheckpointStore(out, keep=config.keep_checkpoints) if config.checkpoint_every != 0 else None
-    records: list[dict] = []
-    with jax.default_device(placement.local_device):
-        trainer = SweepTrainer(config, members, data, model, placement)
-        try:
-            if mode == "resume":
-                if store is None:
-                    raise ConfigError("--resume: checkpoints are off (--checkpoint-every 0)")
-                state, saved_progress, step = _restore(store, trainer, log)
-                if step == config.num_steps and run_dir.has_finished_run():
-                    log(f"The sweep in {out} already finished at step {step}; raise --num-steps to train on.")
-                    return None
-                records = run_dir.read_records(step)
-                run_dir.unfinish()
-                log(f"Resuming {out} from step {step} of {config.num_steps}.")
-            else:
-                state = trainer.init_state()
-                saved_progress = _Progress([0.0] * len(members), [0] * len(members))
-            loop = _SweepLoop(trainer, run_dir, store, config, grid, stop, log, saved_progress,
-                              len(data.validation))
-            state = loop.run(state, progress, fresh=mode != "resume",
-                             last_recorded=records[-1]["step"] if records else None)
-            if store:
-                store.close()  # waits for the last save
-        except (CheckpointWriteError, OSError) as err:
-            raise write_failed(err, store, run_dir, resume_command(out)) from err
-        finally:
-            if store:
-                close_quietly(store)
-        if state.step < config.num_steps:
-            if loop.saved_step == state.step:
-                message = (f"jaxlin: stopped by {stop.name} at step {state.step} of {config.num_steps}; checkpoint "
-                           f"saved in {out / CHECKPOINT_DIR}. Resume with: {resume_command(out)}")
-            else:
-                message = f"jaxlin: stopped by {stop.name} at step {state.step}; nothing new saved"
-            raise Stopped(message, stop.exit_code or 1)
-        summary = _finish(trainer, state, loop, records + loop.records, config, grid, data, model, placement,
-                          data_seconds, started)
-    best = summary["best"]
-    best_params = trainer.member_params(state, best) if best is not None else None
-    final = Evaluator(model.apply, data.test.images_uint8, data.test.labels, model.eval_batch_size)(best_params) \
-        if best is not None else None
-
-    def write(staging: Path) -> None:
-        from jaxlin.runs import plots  # matplotlib: only when figures are drawn
-
-        curves = np.array([[np.nan if a is None else a for a in r["validation_accuracy"]]
-                           for r in summary["evaluations"]]).T
-        plots.plot_sweep(summary["members"], [r["step"] for r in summary["evaluations"]], curves, best,
-                         staging / SWEEP_FIGURE)
-        if best is not None:
-            _write_best(staging / BEST_DIR, summary, best, best_params, final, data, model, members[best])
-        (staging / SWEEP_FILE).write_text(to_json(summary, indent=2) + "\n")
-
-    names = run_dir.publish(write)
-    log(format_table(summary))
-    log(f"Wrote {', '.join(names)} to {out}")
-    if stop:
-        raise Stopped(f"jaxlin: {stop.name} after the last step; the finished sweep is in {out}", stop.exit_code)
-    return summary
-
-
-def _finish(trainer: SweepTrainer, state: TrainState, loop: _SweepLoop, evaluations: list[dict], config: Config,
-            grid: Grid, data: Datasets, model: Model, placement, data_seconds: float, started: float) -> dict:
+def _finish(trainer: SweepTrainer, state: SweepState, loop, evaluations: list[dict], session: Session,
+             grid: Grid) -> dict:
     """sweep.json: every member's hyperparameters, curve and final accuracies; the best by validation."""
+    config, data, model = session.config, session.data, session.model
     frozen_at = trainer.frozen_at(state)
     diverged = [int(f) if f >= 0 else None for f in frozen_at]
     validation = evaluations[-1]["validation_accuracy"]
@@ -352,13 +204,13 @@ def _finish(trainer: SweepTrainer, state: TrainState, loop: _SweepLoop, evaluati
         "members": members,
         "evaluations": evaluations,
         "num_steps": state.step,
-        "timings": {"data_load_seconds": data_seconds, "compile_seconds": trainer.compile_seconds,
+        "timings": {"data_load_seconds": session.data_seconds, "compile_seconds": trainer.compile_seconds,
                     "train_seconds": train_seconds, "eval_seconds": loop.eval_seconds,
                     "steps_per_second": loop.steps_trained / train_seconds if train_seconds > 0 else None,
                     "model_steps_per_second": num_members * loop.steps_trained / train_seconds
                     if train_seconds > 0 else None,
-                    "total_seconds": time.perf_counter() - started},
-        "device": placement.describe(),
+                    "total_seconds": time.perf_counter() - session.started},
+        "device": session.placement.describe(),
         "versions": library_versions(),
         "model": model.describe(),
         "grid": grid.to_dict(),
@@ -374,7 +226,7 @@ def _write_best(directory: Path, summary: dict, best: int, params, final: dict, 
                     "train_loss": r["train_loss"][best], "elapsed_seconds": r["elapsed_seconds"]}
                    for r in summary["evaluations"]]
     write_figures(directory, data, model, params, final, evaluations, curve_key="validation_accuracy")
-    checkpoint.save_params(directory / PARAMS_FILE, params, model)
+    params_file.save_params(directory / PARAMS_FILE, params, model)
     metrics = {"member": best, "final_test_accuracy": final["accuracy"],
                "final_validation_accuracy": summary["best_validation_accuracy"],
                "final_test_per_class_accuracy": final["per_class_accuracy"],
@@ -423,3 +275,12 @@ def format_table(summary: dict) -> str:
                      f"{summary['best_validation_accuracy']:.2%}): test accuracy {summary['best_test_accuracy']:.2%}.")
         lines.append(f"{best_line} {speed}")
     return "\n".join(lines)
+
+
+def run_sweep(config: Config, grid: Grid, progress: bool = True, dry_run: bool = False, log=print,
+              mode: str = "new", explicit: set[str] | None = None, stop: StopRequest | None = None,
+              data: Datasets | None = None) -> dict | None:
+    """The `jaxlin sweep` job; returns what sweep.json holds (None for a dry run or nothing to do).
+
+    mode and `explicit` as in `train_run.train_and_evaluate`; raises `Stopped` after SIGINT/SIGTERM."""
+    return run(SweepRun(grid), config, mode, explicit, stop, progress, dry_run, data, log)

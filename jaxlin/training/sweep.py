@@ -29,32 +29,23 @@ import functools
 import itertools
 import math
 import os
-import shlex
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxlin import optimizers
-from jaxlin.config import Config, ConfigError, check_grid_size, check_no_repeats, resume_conflicts
+from jaxlin.config import Config, ConfigError, check_grid_size, check_no_repeats
 from jaxlin.data.datasets import Datasets
 from jaxlin.training.evaluate import Evaluator, make_predict_fn, to_float_images
 from jaxlin.models import Model
 from jaxlin.runtime.devices import Placement, to_host
-from jaxlin.runs.rundir import RECORDS_FILE, SWEEP_OUTPUTS, Layout
 from jaxlin.training.sampler import EpochSampler, check_window
-from jaxlin.runs.checkpoints import CHECKPOINT_DIR, SET_ASIDE_DIR
-from jaxlin.training.state import TrainState
+from jaxlin.training.state import SweepState
 from jaxlin.training.trainer import make_update_fn, run_keys
 
-SWEEP_FILE, SWEEP_FIGURE, BEST_DIR = SWEEP_OUTPUTS
-SWEEP_RECORD_FIELDS = {"step": (int,), "validation_accuracy": (list,), "train_loss": (list,),
-                       "elapsed_seconds": (float, int)}
-SWEEP_LAYOUT = Layout((SWEEP_FILE, RECORDS_FILE, SWEEP_FIGURE, BEST_DIR, CHECKPOINT_DIR, SET_ASIDE_DIR),
-                      SWEEP_FILE, SWEEP_RECORD_FIELDS)
 # Of the device's (or, on a CPU, the host's) memory, what a sweep may plan to hold.
 MEMORY_FRACTION = 0.8
 
@@ -174,11 +165,15 @@ def _member_keys(keys: list[jax.Array]) -> jax.Array:
 
 
 class SweepTrainer:
-    """The compiled sweep and its device-resident data; the state's `opt_state` slot carries
-    (optimizer states, frozen_at) so that one `TrainState` checkpoints the whole sweep."""
+    """The compiled sweep and its device-resident data, driven by `loop.Loop` like a single model:
+    its state is a `SweepState`, its evaluation every member's validation accuracy, and a member
+    whose loss is not finite is frozen and reported, not raised."""
 
     def __init__(self, base: Config, members: list[Config], data: Datasets, model: Model, placement: Placement):
         self.base, self.model, self.placement = base, model, placement
+        self.config = base
+        self.num_validation = len(data.validation)
+        self._reported: set[int] = set()
         self.num_members = len(members)
         padding = -len(members) % placement.num_devices
         self.members = members + [members[0]] * padding  # copies, dropped from every output
@@ -228,7 +223,7 @@ class SweepTrainer:
             count = jax.jit(jax.vmap(correct))
         return lambda params: np.asarray(to_host(count(params)))[:self.num_members]
 
-    def init_state(self) -> TrainState:
+    def init_state(self) -> SweepState:
         keys = _member_keys([run_keys(m.seed, m.data_seed)[0] for m in self.members])
         params = jax.vmap(self.model.init)(keys)
         names = hyperparameter_names(self.base)
@@ -236,11 +231,38 @@ class SweepTrainer:
         make = functools.partial(optimizers.make_injectable, self.base.optimizer)
         opt_state = jax.vmap(lambda p, hp: make(**hp).init(p))(params, values)
         frozen_at = jnp.full((len(self.members),), -1, jnp.int32)
-        return self.place(TrainState(params, (opt_state, frozen_at), 0))
+        return self.place(SweepState(params, opt_state, frozen_at, 0))
 
-    def place(self, state: TrainState) -> TrainState:
-        params, extra = self.placement.put((state.params, state.opt_state), self.member_sharding)
-        return TrainState(params, extra, state.step)
+    def place(self, state: SweepState) -> SweepState:
+        params, opt_state, frozen_at = self.placement.put((state.params, state.opt_state, state.frozen_at),
+                                                          self.member_sharding)
+        return SweepState(params, opt_state, frozen_at, state.step)
+
+    def state_template(self) -> SweepState:
+        """The structure and dtypes of the sweep's state as host arrays (what a checkpoint restores into)."""
+        return jax.tree.map(np.asarray, to_host(self.init_state()))
+
+    def evaluate(self, state: SweepState) -> dict:
+        return {"validation_accuracy": (self.validation(state.params) / self.num_validation).tolist()}
+
+    def take_losses(self, losses: np.ndarray, start_step: int, state: SweepState, report) -> tuple:
+        """Each member's losses of the steps it trained (not those from its freezing on); a member
+        frozen in this chunk is reported once."""
+        losses = losses[:, :self.num_members]
+        frozen_at = self.frozen_at(state)
+        step_numbers = start_step + 1 + np.arange(losses.shape[0])[:, None]
+        trained = (frozen_at[None, :] < 0) | (step_numbers < frozen_at[None, :])
+        for member in np.flatnonzero(frozen_at >= 0):
+            if member not in self._reported:
+                self._reported.add(int(member))
+                report(f"Member {member} (learning rate {self.members[member].learning_rate}) diverged at step "
+                       f"{frozen_at[member]}: frozen; the others go on")
+        return np.where(trained, losses, 0.0).sum(axis=0, dtype=np.float64), trained.sum(axis=0)
+
+    def postfix(self, losses: np.ndarray, evaluation: dict | None) -> dict:
+        if evaluation is None:
+            return {}
+        return {"best_val_acc": f"{np.max(evaluation['validation_accuracy']):.2%}"}
 
     def _orders(self, start_step: int, num_steps: int) -> tuple[jax.Array, int]:
         windows = {seed: s.window(start_step, num_steps) for seed, s in self._unique_samplers.items()}
@@ -250,23 +272,24 @@ class SweepTrainer:
         seeds = [m.data_seed for m in self.members]
         return self.placement.put(jnp.stack([windows[s][0] for s in seeds]), self.member_sharding), offset
 
-    def run_chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, jax.Array]:
+    def run_chunk(self, state: SweepState, num_steps: int) -> tuple[SweepState, jax.Array]:
         order, offset = self._orders(state.step, num_steps)
         check_window(order.shape[-1], offset, self.base.batch_size, num_steps)
         if num_steps not in self._compiled:
             tick = time.perf_counter()
             self._compiled[num_steps] = self._chunk.lower(
-                state.params, *state.opt_state, self.train_images_uint8, self.train_labels, order, offset,
-                state.step, batch_size=self.base.batch_size, num_steps=num_steps).compile()
+                state.params, state.opt_state, state.frozen_at, self.train_images_uint8, self.train_labels, order,
+                offset, state.step, batch_size=self.base.batch_size, num_steps=num_steps).compile()
             self.compile_seconds += time.perf_counter() - tick
         params, opt_state, frozen_at, losses = self._compiled[num_steps](
-            state.params, *state.opt_state, self.train_images_uint8, self.train_labels, order, offset, state.step)
-        return TrainState(params, (opt_state, frozen_at), state.step + num_steps), losses
+            state.params, state.opt_state, state.frozen_at, self.train_images_uint8, self.train_labels, order, offset,
+            state.step)
+        return SweepState(params, opt_state, frozen_at, state.step + num_steps), losses
 
-    def frozen_at(self, state: TrainState) -> np.ndarray:
-        return np.asarray(to_host(state.opt_state[1]))[:self.num_members]
+    def frozen_at(self, state: SweepState) -> np.ndarray:
+        return np.asarray(to_host(state.frozen_at))[:self.num_members]
 
-    def member_params(self, state: TrainState, index: int):
+    def member_params(self, state: SweepState, index: int):
         """One member's params (host arrays), as `jaxlin train` would save them."""
         return jax.tree.map(lambda x: np.asarray(x)[index], to_host(state.params))
 
@@ -318,25 +341,3 @@ def best_member(validation_accuracy: list[float | None], diverged_at: list[int |
     candidates = [i for i, (accuracy, diverged) in enumerate(zip(validation_accuracy, diverged_at))
                   if diverged is None and accuracy is not None]
     return max(candidates, key=lambda i: (validation_accuracy[i], -i)) if candidates else None
-
-
-def resume_command(out: Path) -> str:
-    return f"jaxlin sweep --resume --output-dir {shlex.quote(str(out))}"
-
-
-def check_resumable(saved: Config, saved_grid: Grid, wanted: Config, grid: Grid, explicit: set[str], step: int,
-                    out: Path) -> tuple[Config, Grid]:
-    """The checkpoint's config and grid with the given settings applied; refuses any that would not
-    continue the same sweep."""
-    wanted = saved.replace(**{name: getattr(wanted, name) for name in explicit | {"output_dir"}})
-    conflicts = resume_conflicts(saved, wanted)
-    for name, value in dataclasses.asdict(grid).items():
-        if value is not None and value != getattr(saved_grid, name):
-            conflicts.append(f"--{name.replace('_', '-')} {','.join(map(str, value))} (the checkpoint has "
-                             f"{','.join(map(str, getattr(saved_grid, name) or ())) or 'the default'})")
-    if conflicts:
-        raise ConfigError(f"--resume: settings differ from the checkpoint in {out}: {'; '.join(conflicts)}")
-    if wanted.num_steps < step:
-        raise ConfigError(f"--resume: --num-steps {wanted.num_steps} is below the checkpoint's step {step}")
-    return wanted, saved_grid
-

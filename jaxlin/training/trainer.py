@@ -29,7 +29,8 @@ from jaxlin.training.evaluate import Evaluator, to_float_images
 from jaxlin.models import Model
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host
 from jaxlin.training.sampler import EpochSampler, check_window
-from jaxlin.training.schedule import StepSchedule, checkpoint_schedule, chunks, eval_schedule
+from jaxlin.training.loop import Loop, LoopHooks, Progress
+from jaxlin.training.schedule import checkpoint_schedule, eval_schedule
 from jaxlin.training.state import TrainState
 
 
@@ -141,40 +142,11 @@ def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation
                    out_shardings=(replicated, replicated, replicated))
 
 
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """Where a run stands between evaluations: what a checkpoint must carry beside the train state
-    so that a resumed run reports the same `train_loss` and elapsed time."""
-
-    loss_sum: float = 0.0  # sum of the step losses since the previous evaluation (float64)
-    loss_count: int = 0
-    elapsed_seconds: float = 0.0  # wall time of the run so far, over all its sessions
-
-
-class FitHooks:
-    """What `fit` reports to its caller and asks of it; these defaults record nothing and never stop."""
-
-    checkpoints = False  # whether `save` keeps anything, so `fit` schedules checkpoints
-    last_recorded_step: int | None = None  # a resumed run does not evaluate its first step twice
-
-    def on_start(self, config: Config) -> None:
-        """The run's config as training starts, with what `fit` resolved (the dot layout)."""
-
-    def on_evaluation(self, record: dict) -> None:
-        """record: step, test_accuracy, train_loss (mean since the previous evaluation), elapsed_seconds."""
-
-    def save(self, state: TrainState, progress: Progress, wait: bool = False) -> None:
-        """Checkpoint `state` (on the device; copy what you keep); `wait`: return only once it is on disk."""
-
-    def should_stop(self) -> bool:
-        return False
-
-
 @dataclasses.dataclass
 class FitResult:
     params: list  # host arrays
     state: TrainState
-    evaluations: list[dict]  # this session's records, see `FitHooks.on_evaluation`
+    evaluations: list[dict]  # this session's records, see `LoopHooks.on_evaluation`
     timings: dict
     device: str
     stopped: bool = False  # True when `hooks.should_stop()` ended the run before its last step
@@ -236,6 +208,25 @@ class Trainer:
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[length]
 
+    def state_template(self) -> TrainState:
+        """The structure and dtypes of this trainer's state as host zeros (what a checkpoint restores into)."""
+        params = jax.eval_shape(self.model.init, self._init_key)
+        params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
+        return TrainState(params, self.optimizer.init(params), 0)
+
+    def evaluate(self, state: TrainState) -> dict:
+        return {"test_accuracy": self.evaluator.accuracy(state.params)}
+
+    def take_losses(self, losses: np.ndarray, start_step: int, state: TrainState, report) -> tuple:
+        check_finite(losses, start_step)
+        return np.sum(losses, dtype=np.float64), losses.shape[0]
+
+    def postfix(self, losses: np.ndarray, evaluation: dict | None) -> dict:
+        shown = {"loss": f"{float(losses[-1]):.4f}"}
+        if evaluation is not None:
+            shown["test_acc"] = f"{evaluation['test_accuracy']:.2%}"
+        return shown
+
     def run_chunk(self, state: TrainState, num_steps: int) -> tuple[TrainState, jax.Array]:
         """`num_steps` updates from `state.step`; returns the new state and per-step losses."""
         start_step, batch_size = state.step, self.config.batch_size
@@ -266,7 +257,7 @@ def check_finite(losses: np.ndarray, start_step: int) -> None:
 
 def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] | None = None,
         progress: bool = True, *, start: tuple[TrainState, Progress] | None = None,
-        hooks: FitHooks | None = None) -> FitResult:
+        hooks: LoopHooks | None = None) -> FitResult:
     """Trains `model` up to `config.num_steps`, evaluating test accuracy at `eval_steps`
     (default: every `config.eval_every` steps and after the last).
 
@@ -274,7 +265,7 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     evaluation record and checkpoint, and can stop the run between chunks.
     """
     config.validate(len(data.train))
-    hooks = hooks or FitHooks()
+    hooks = hooks or LoopHooks()
     placement = resolve_placement(config.device, config.devices, config.batch_size)
     evals = eval_schedule(config.num_steps, config.eval_every, eval_steps)
     saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if hooks.checkpoints else 0, evals)
@@ -282,87 +273,9 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
         trainer = Trainer(config, data, model, placement)
         hooks.on_start(trainer.config)
         state, progress_so_far = (trainer.place(start[0]), start[1]) if start else (trainer.init_state(), Progress())
-        loop = _TrainLoop(trainer, evals, saves, hooks, progress_so_far, fresh=start is None)
+        loop = Loop(trainer, evals, saves, hooks, progress_so_far, fresh=start is None)
         state = loop.run(state, progress)
         stopped = state.step < config.num_steps
         final = None if stopped else trainer.evaluator(state.params)
-    timings = {"compile_seconds": trainer.compile_seconds, "train_seconds": loop.train_seconds,
-               "eval_seconds": loop.eval_seconds,
-               "steps_per_second": loop.steps_trained / loop.train_seconds if loop.train_seconds > 0 else None}
-    return FitResult(to_host(state.params), state, loop.evaluations, timings, placement.describe(),
+    return FitResult(to_host(state.params), state, loop.evaluations, loop.timings(), placement.describe(),
                      stopped=stopped, final=final, config=trainer.config)
-
-
-class _TrainLoop:
-    """The host loop of one session of a run: chunks, evaluations, checkpoints, stop requests."""
-
-    def __init__(self, trainer: Trainer, evals: StepSchedule, saves: StepSchedule, hooks: FitHooks,
-                 progress: Progress, fresh: bool = True):
-        self.trainer, self.evals, self.saves, self.hooks, self.fresh = trainer, evals, saves, hooks, fresh
-        self.loss_sum, self.loss_count = progress.loss_sum, progress.loss_count
-        self.elapsed_before, self.started = progress.elapsed_seconds, time.perf_counter()
-        self.evaluations: list[dict] = []
-        self.train_seconds = self.eval_seconds = 0.0
-        self.steps_trained = 0
-
-    def progress(self) -> Progress:
-        return Progress(self.loss_sum, self.loss_count, self.elapsed_before + time.perf_counter() - self.started)
-
-    def evaluate(self, state: TrainState) -> float:
-        tick = time.perf_counter()
-        accuracy = self.trainer.evaluator.accuracy(state.params)
-        self.eval_seconds += time.perf_counter() - tick
-        mean_loss = self.loss_sum / self.loss_count if self.loss_count else None
-        record = {"step": state.step, "test_accuracy": accuracy, "train_loss": mean_loss,
-                  "elapsed_seconds": round(self.progress().elapsed_seconds, 3)}
-        self.loss_sum, self.loss_count = 0.0, 0
-        self.evaluations.append(record)
-        self.hooks.on_evaluation(record)
-        return accuracy
-
-    def run(self, state: TrainState, show_progress: bool) -> TrainState:
-        from tqdm.auto import tqdm
-
-        config = self.trainer.config
-        saved_at = None if self.fresh else state.step  # a resumed run's first state is its checkpoint
-        if self.fresh and self.hooks.checkpoints:
-            # A fresh run's first checkpoint is on disk before anything else is recorded: whatever
-            # kills the run later, `--resume` has a state to start from.
-            self.hooks.save(state, self.progress(), wait=True)
-            saved_at = state.step
-        if state.step in self.evals:
-            if self.hooks.last_recorded_step == state.step:  # resumed after this step's evaluation
-                self.loss_sum, self.loss_count = 0.0, 0
-            else:
-                self.evaluate(state)
-        bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, unit="step",
-                   leave=False)
-        with bar:
-            for start, length in chunks(state.step, config.num_steps, config.steps_per_call,
-                                        self.evals, self.saves):
-                if self.hooks.should_stop():
-                    # A stop that came after the last chunk's save check (during its evaluation, say)
-                    # still leaves the state it stops at on disk.
-                    if self.hooks.checkpoints and saved_at != state.step:
-                        self.hooks.save(state, self.progress())
-                    break
-                tick, compiled_before = time.perf_counter(), self.trainer.compile_seconds
-                state, losses = self.trainer.run_chunk(state, length)
-                losses = to_host(losses)
-                self.train_seconds += (time.perf_counter() - tick
-                                       - (self.trainer.compile_seconds - compiled_before))
-                self.steps_trained += length
-                check_finite(losses, start)
-                self.loss_sum += float(np.sum(losses, dtype=np.float64))
-                self.loss_count += length
-                postfix = {"loss": f"{float(losses[-1]):.4f}"}
-                # Save before evaluating: the checkpoint's progress holds the losses since the previous
-                # evaluation, so a run resumed here can still record this step's evaluation.
-                if state.step in self.saves or (self.hooks.should_stop() and self.hooks.checkpoints):
-                    self.hooks.save(state, self.progress())
-                    saved_at = state.step
-                if state.step in self.evals:
-                    postfix["test_acc"] = f"{self.evaluate(state):.2%}"
-                bar.set_postfix(postfix, refresh=False)
-                bar.update(length)
-        return state

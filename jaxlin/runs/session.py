@@ -1,0 +1,360 @@
+"""One session of any run kind: check the directory, resume, lock, drive the loop, publish.
+
+`jaxlin train` (`train_run.TrainRun`) and `jaxlin sweep` (`sweep_run.SweepRun`) are run kinds:
+what differs between them (the compiled trainer, the record's fields, what a finished run
+writes) is theirs; everything else is here, once, and so is the same for both: several
+processes (process 0 checks and writes, the others follow; a failure on one is known to all;
+every process stops after the chunk they agree on), `--overwrite` and `--resume` (the newest
+checkpoint that verifies; damaged ones set aside), records streamed to `metrics.jsonl`,
+checkpoints through orbax (`checkpoints.CheckpointStore`), stop messages with the command that
+resumes, and outputs published as a whole (`rundir.RunDir.publish`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+
+from jaxlin.config import Config, ConfigError
+from jaxlin.data.datasets import DATA_DIR_ENV, DataError, Datasets, load_datasets, resolve_data_dir
+from jaxlin.data.download import DownloadError
+from jaxlin.errors import JaxlinError
+from jaxlin.models import Model, ModelError, get_model
+from jaxlin.runs.checkpoints import CHECKPOINT_DIR, CheckpointStore, CheckpointWriteError, DamagedCheckpoint
+from jaxlin.runs.params_file import CheckpointError
+from jaxlin.runs.rundir import FollowerRunDir, Layout, RunDir, RunDirError, RunDirGone, check_writable
+from jaxlin.runtime.devices import (Placement, check_same_everywhere, failing_together, is_primary,
+                                    max_over_processes, sync)
+from jaxlin.runtime.signals import StopRequest
+from jaxlin.training.loop import Loop, LoopHooks, Progress
+from jaxlin.training.schedule import StepSchedule, checkpoint_schedule
+
+MODES = ("new", "overwrite", "resume")
+# What a run reports in one line (exit 2, see cli): in a multi-process run, the processes agree on them.
+USER_ERRORS = (JaxlinError, ConfigError, DataError, DownloadError, ModelError, RunDirError, CheckpointError, OSError)
+
+
+class Stopped(Exception):
+    """The run stopped on a signal after saving what it could; `exit_code` is 128 + the signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def build_model(config: Config) -> Model:
+    return get_model(config.model, config.hidden_sizes, config.activation)
+
+
+def resume_command(command: str, out: Path) -> str:
+    """The command line that continues the run in `out`."""
+    line = f"jaxlin {command} --resume --output-dir {shlex.quote(str(out))}"
+    if jax.process_count() > 1:
+        line += " (on every process, with its distributed flags as before)"
+    return line
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a finished session hands to the user: `write(staging)` fills the directory that is
+    published, `result` is returned, and the lines are logged before and after publishing."""
+
+    result: dict
+    write: Callable[[Path], None]
+    before: list[str] = dataclasses.field(default_factory=list)
+    after: list[str] = dataclasses.field(default_factory=list)
+
+
+class RunKind:
+    """What one kind of run adds to the session (see `train_run.TrainRun`, `sweep_run.SweepRun`)."""
+
+    command = "train"  # the jaxlin command that runs it (and resumes it)
+    noun = "run"
+    layout: Layout
+
+    def check(self, config: Config) -> None:
+        """Settings this kind refuses, before data is loaded."""
+
+    def record_check(self, out: Path, config: Config | None = None,
+                     model: Model | None = None) -> Callable[[int, dict], None]:
+        """The check `CheckpointStore.find_usable` applies to a verified record: this kind's, whose model
+        this command line rebuilds, and (given `config`) that the settings asked for continue."""
+        raise NotImplementedError
+
+    def resumed_settings(self, record: dict, step: int, out: Path, config: Config, explicit: set[str]) -> Config:
+        """The checkpoint's config with the explicitly given settings applied (refusing any that would
+        not continue the same run)."""
+        raise NotImplementedError
+
+    def plan(self, config: Config, data: Datasets, model: Model) -> tuple[Placement, str]:
+        """The devices and the plan's description; refuses a plan that cannot run (memory)."""
+        raise NotImplementedError
+
+    def trainer(self, config: Config, data: Datasets, model: Model, placement: Placement):
+        """The compiled `loop.ChunkTrainer`."""
+        raise NotImplementedError
+
+    def evals(self, config: Config) -> StepSchedule:
+        raise NotImplementedError
+
+    def record_fields(self, config: Config, model: Model) -> dict:
+        """What a checkpoint's record holds beside the progress."""
+        return {"config": config.to_dict(), "model": model.spec}
+
+    def on_record(self, record: dict) -> str | None:
+        """A line to log for an evaluation record, if any."""
+        return None
+
+    def finish(self, session: Session, trainer, state, loop: Loop, evaluations: list[dict]) -> Outcome:
+        raise NotImplementedError
+
+
+def parse_progress(record: dict, out: Path, step: int) -> Progress:
+    try:
+        return Progress(**record["progress"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DamagedCheckpoint(f"{out / CHECKPOINT_DIR / str(step)}: unreadable run record ({err})") from err
+
+
+def latest_record(kind: RunKind, out: Path) -> tuple[int, dict]:
+    """(step, record) of the newest checkpoint in `out` that verifies, by looking only: the run that
+    takes the directory's lock restores, verifies and sets damaged checkpoints aside."""
+    if not (out / CHECKPOINT_DIR).is_dir():
+        start = "start it with --overwrite" if RunDir(out, kind.layout).run_files() else "drop --resume to start"
+        raise ConfigError(f"--resume: no checkpoints in {out} (nothing to resume; {start})")
+    store = CheckpointStore(out, read_only=True)
+    try:
+        usable = store.find_usable(kind.record_check(out))
+    finally:
+        store.close()
+    return usable.step, usable.record
+
+
+@dataclasses.dataclass
+class Session:
+    """One session's settings and what it has found so far (the kinds read it when they finish)."""
+
+    kind: RunKind
+    config: Config
+    mode: str
+    stop: StopRequest
+    progress: bool
+    log: Callable[[str], None]
+    started: float
+    data: Datasets | None = None
+    model: Model | None = None
+    placement: Placement | None = None
+    plan_text: str = ""
+    data_seconds: float = 0.0
+    resumed_from: int | None = None
+
+
+def run(kind: RunKind, config: Config, mode: str = "new", explicit: set[str] | None = None,
+        stop: StopRequest | None = None, progress: bool = True, dry_run: bool = False,
+        data: Datasets | None = None, log=print) -> dict | None:
+    """A run of `kind`; returns its result (None for a dry run or nothing to do).
+
+    mode: "new" refuses a directory that holds a run, "overwrite" replaces that run's files,
+    "resume" continues from its latest checkpoint, taking the settings not in `explicit` from it.
+    `data` skips loading when the caller already has it. Raises `Stopped` after SIGINT or SIGTERM
+    (caught by `stop`, or by a handler of its own).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if stop is None:
+        with StopRequest() as own:
+            return run(kind, config, mode, explicit, own, progress, dry_run, data, log)
+    session = Session(kind, config, mode, stop, progress, log, time.perf_counter(), data)
+    # The data may sit at another path on each host; everything else must agree.
+    check_same_everywhere(json.dumps([kind.command, config.replace(data_dir=None).to_dict(), mode], sort_keys=True))
+    if not is_primary():  # process 0 reports; the others only train
+        session.log = lambda line: None
+    _prepare(session, explicit or set())
+    session.log(session.plan_text)
+    if dry_run:
+        session.log(f"Dry run: settings and data are valid; nothing trained, nothing written to "
+                    f"{session.config.output_dir}.")
+        return None
+    stop.defer()
+    if stop:  # a StopNow that something on the way swallowed
+        raise Stopped(f"jaxlin: stopped by {stop.name} before training started; nothing saved", stop.exit_code)
+    run_dir = (RunDir if is_primary() else FollowerRunDir)(session.config.output_dir, kind.layout)
+    with failing_together(*USER_ERRORS):
+        run_dir.lock()
+    try:
+        return _run_in(session, run_dir)
+    finally:
+        run_dir.unlock()
+
+
+def _prepare(session: Session, explicit: set[str]) -> None:
+    """Settings, directory, model and data checked, on every process together."""
+    kind, config, log = session.kind, session.config, session.log
+    with failing_together(*USER_ERRORS):  # a process that cannot go on must not leave the others waiting
+        if is_primary():
+            check_writable(config.output_dir)
+            RunDir(config.output_dir, kind.layout).check_available(session.mode)
+        if session.mode == "resume":
+            out = Path(config.output_dir)
+            step, record = latest_record(kind, out)
+            config = kind.resumed_settings(record, step, out, config, explicit)
+        if config.data_dir:  # a resumed run may start elsewhere
+            config = config.replace(data_dir=str(Path(config.data_dir).absolute()))
+        kind.check(config)
+        model = build_model(config)
+        data = session.data
+        if data is None and resolve_data_dir(config.data_dir) is None and config.source == "tfds":
+            log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
+                f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
+        data = data or load_datasets(config.dataset, config.data_dir, config.source, progress=session.progress,
+                                     log=log)
+        config.validate(len(data.train))
+        session.placement, session.plan_text = kind.plan(config, data, model)
+    session.config, session.model, session.data = config, model, data
+    session.data_seconds = time.perf_counter() - session.started
+
+
+class _SessionHooks(LoopHooks):
+    """Streams records into the run directory, checkpoints through orbax, stops when all processes agree."""
+
+    def __init__(self, session: Session, run_dir: RunDir, store: CheckpointStore | None, fields: dict,
+                 last_recorded_step: int | None):
+        self.session, self.run_dir, self.store, self.fields = session, run_dir, store, fields
+        self.checkpoints = store is not None
+        self.last_recorded_step = last_recorded_step
+        self.saved_step: int | None = None
+
+    def on_evaluation(self, record: dict) -> None:
+        self.run_dir.append_record(record)
+        line = self.session.kind.on_record(record)
+        if line:
+            self.session.log(line)
+
+    def save(self, state, progress: Progress, wait: bool = False) -> None:
+        self.run_dir.check_still_here()
+        self.store.save(state, {**self.fields, "progress": dataclasses.asdict(progress)})
+        if wait:
+            self.store.wait()
+        self.saved_step = state.step
+
+    def should_stop(self) -> bool:
+        # Every process stops after the same chunk, whichever of them got the signal, and says which.
+        # The agreed answer, not the local flag: a signal that lands during the exchange is seen by
+        # every process at the next check.
+        stop = self.session.stop
+        agreed = max_over_processes(stop.signum or 0)
+        if agreed and stop.signum is None:
+            stop.signum = agreed
+        return bool(agreed)
+
+    def report(self, line: str) -> None:
+        self.session.log(line)
+
+
+def _run_in(session: Session, run_dir: RunDir) -> dict | None:
+    kind, config, log, out = session.kind, session.config, session.log, run_dir.path
+    with failing_together(*USER_ERRORS):
+        run_dir.check_available(session.mode)
+        if session.mode == "overwrite":
+            run_dir.remove_run()
+    sync("jaxlin: output directory ready")  # process 0 has locked and cleared it
+    store = CheckpointStore(out, keep=config.keep_checkpoints) if config.checkpoint_every != 0 else None
+    records: list[dict] = []
+    try:
+        with jax.default_device(session.placement.local_device):
+            trainer = kind.trainer(config, session.data, session.model, session.placement)
+            if session.mode == "resume":
+                if store is None:
+                    raise ConfigError("--resume: checkpoints are off (--checkpoint-every 0)")
+                with failing_together(*USER_ERRORS):  # every process verifies it before any is moved
+                    usable = store.find_usable(kind.record_check(out, config, session.model),
+                                               lambda record: trainer.state_template(), log=log)
+                if is_primary():
+                    store.set_aside_damaged(usable.damaged, log)
+                step, progress = usable.step, parse_progress(usable.record, out, usable.step)
+                if step == config.num_steps and run_dir.has_finished_run():
+                    log(f"The {kind.noun} in {out} already finished at step {step}; raise --num-steps to train on.")
+                    return None
+                records = run_dir.read_records(step)
+                run_dir.unfinish()
+                log(f"Resuming {out} from step {step} of {config.num_steps}.")
+                state, session.resumed_from = trainer.place(usable.state), step
+            else:
+                state, progress = trainer.init_state(), Progress.zero(getattr(trainer, "num_members", None))
+            evals = kind.evals(config)
+            saves = _checkpoint_schedule(config, store, evals)
+            hooks = _SessionHooks(session, run_dir, store, kind.record_fields(trainer.config, session.model),
+                                  records[-1]["step"] if records else None)
+            loop = Loop(trainer, evals, saves, hooks, progress, fresh=session.mode != "resume")
+            state = loop.run(state, session.progress and is_primary())
+            if store:
+                store.close()  # waits for the last save: a checkpoint reported is a checkpoint on disk
+            if state.step < config.num_steps:
+                raise Stopped(_stopped_message(session, state.step, hooks, out), session.stop.exit_code or 1)
+            outcome = kind.finish(session, trainer, state, loop, records + loop.evaluations)
+    except (CheckpointWriteError, OSError) as err:
+        raise write_failed(err, store, run_dir, resume_command(kind.command, out)) from err
+    finally:
+        if store:
+            close_quietly(store)
+    for line in outcome.before:
+        log(line)
+    names = run_dir.publish(outcome.write)
+    log(f"Wrote {', '.join(names)} to {out}")
+    for line in outcome.after:
+        log(line)
+    if session.stop:  # a signal while the outputs were written: they are complete, say so and exit as asked
+        raise Stopped(f"jaxlin: {session.stop.name} after the last step; the finished {kind.noun} is in {out}",
+                      session.stop.exit_code)
+    return outcome.result
+
+
+def _checkpoint_schedule(config: Config, store: CheckpointStore | None, evals: StepSchedule) -> StepSchedule:
+    return checkpoint_schedule(config.num_steps, config.checkpoint_every if store else 0, evals)
+
+
+def _stopped_message(session: Session, step: int, hooks: _SessionHooks, out: Path) -> str:
+    why = session.stop.name or "a stop request"
+    if hooks.saved_step == step:
+        return (f"jaxlin: stopped by {why} at step {step} of {session.config.num_steps}; checkpoint saved in "
+                f"{out / CHECKPOINT_DIR}. Resume with: {resume_command(session.kind.command, out)}")
+    if not hooks.checkpoints:
+        return f"jaxlin: stopped by {why} at step {step}; checkpoints are off (--checkpoint-every 0), nothing saved"
+    return f"jaxlin: stopped by {why} at step {step}, before any step was trained; nothing new saved"
+
+
+def write_failed(err: CheckpointWriteError | OSError, store: CheckpointStore | None, run_dir: RunDir,
+                 resume: str) -> Exception:
+    """The one line for a write that failed while training (a checkpoint, or metrics.jsonl when the
+    directory filled up, became read-only or vanished): what failed, the last good checkpoint, how to
+    resume. A lost peer is the runtime's failure, reported as such (cli: exit 1)."""
+    out = run_dir.path
+    # Moved or removed under the run (an in-flight save may have made a new directory at its path):
+    # its checkpoints went wherever it went.
+    if isinstance(err, RunDirGone) or not out.is_dir() or not run_dir.still_here():
+        return CheckpointError(
+            f"output dir {out} was moved or removed while the run was going; its checkpoints are wherever it "
+            f"went: resume it there with --resume --output-dir pointing at it")
+    if isinstance(err, OSError):
+        err = CheckpointWriteError(f"cannot write {err.filename or out} ({err.strerror or err})", err)
+    cause = err.cause
+    if jax.process_count() > 1 and type(cause).__name__ in ("JaxRuntimeError", "XlaRuntimeError"):
+        return cause
+    good = store.saved_step if store is not None else None
+    if good is None:
+        return CheckpointError(f"{err}; no checkpoint of this run was completed")
+    return CheckpointError(f"{err}; the last good checkpoint is step {good} in {store.directory}. "
+                           f"Free space or fix the directory, then resume with: {resume}")
+
+
+def close_quietly(store: CheckpointStore) -> None:
+    try:
+        store.close()
+    except CheckpointError:
+        pass  # already reported, or a failure behind another error
