@@ -9,7 +9,7 @@ so concurrent runs are safe; an entry that cannot be read (damaged, or from anot
 jaxlib) is compiled again and rewritten, with a warning that jaxlin silences.
 
 Off with `--no-compile-cache` or `JAXLIN_COMPILE_CACHE=0`. Hits and misses are counted
-through `jax.monitoring`, for the time breakdown in metrics.json.
+through `jax.monitoring`, for the time breakdown in metrics.json (see `_Counts`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,30 @@ from pathlib import Path
 
 ENV = "JAXLIN_COMPILE_CACHE"
 SUBDIR = "xla"
-_counts = {"hits": 0, "misses": 0}
-_listening = False
+
+
+class _Counts:
+    """The cache's hits and misses since the last `enable` (one per command run, before it compiles).
+
+    JAX keeps an event listener for the rest of the process, so it is registered once (`listening`);
+    `enable` zeroes the counts, so that a second run in the same process (an in-process call of
+    `main`) reports its own hits and misses, not the sum."""
+
+    def __init__(self):
+        self.hits = self.misses = 0
+        self.listening = False
+
+    def reset(self) -> None:
+        self.hits = self.misses = 0
+
+    def count(self, event: str, **kwargs) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            self.hits += 1
+        elif event == "/jax/compilation_cache/cache_misses":
+            self.misses += 1
+
+
+_COUNTS = _Counts()
 
 
 def directory() -> Path:
@@ -39,6 +61,7 @@ def enable(flag_off: bool = False) -> Path | None:
     import jax
 
     _listen()
+    _COUNTS.reset()
     if not wanted(flag_off):
         jax.config.update("jax_enable_compilation_cache", False)
         return None
@@ -57,21 +80,14 @@ def enable(flag_off: bool = False) -> Path | None:
 
 
 def _listen() -> None:
-    global _listening
-    if _listening:
+    if _COUNTS.listening:
         return
     import jax
 
-    def count(event: str, **kwargs) -> None:
-        if event == "/jax/compilation_cache/cache_hits":
-            _counts["hits"] += 1
-        elif event == "/jax/compilation_cache/cache_misses":
-            _counts["misses"] += 1
-
-    jax.monitoring.register_event_listener(count)
-    _listening = True
+    jax.monitoring.register_event_listener(_COUNTS.count)
+    _COUNTS.listening = True
 
 
 def counts() -> dict[str, int]:
-    """Cache hits and misses of this process so far."""
-    return dict(_counts)
+    """Cache hits and misses since the cache was last enabled (this run's)."""
+    return {"hits": _COUNTS.hits, "misses": _COUNTS.misses}

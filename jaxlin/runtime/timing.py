@@ -10,7 +10,19 @@ import os
 import time
 
 _IMPORTED = time.time()
-marks: dict[str, float] = {}  # phase -> seconds, set where the phase happens (cli, run)
+
+
+class Marks(dict):
+    """Phase -> seconds (or a flag such as "compile_cache_enabled"), set where the phase happens (the
+    command line, the run) and read into metrics.json. One per process (`marks`); `start_command`
+    empties it when `main` starts a command, so that a second in-process call of `main` reports its
+    own phases, not the first one's."""
+
+    def start_command(self) -> None:
+        self.clear()
+
+
+marks = Marks()
 
 
 def _process_start() -> float:
