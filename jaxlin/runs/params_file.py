@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxlin.errors import JaxlinError
 from jaxlin.config import MAX_PARAMS
 from jaxlin.data.files import NotARegularFile, open_regular
 from jaxlin.models import Model, model_from_spec
@@ -41,7 +42,7 @@ _TEXT_ENTRIES = {MODEL_KEY: MAX_MODEL_BYTES, DIGEST_KEY: _MAX_DIGEST_BYTES}
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(JaxlinError, ValueError):
     """A params file that cannot be read or does not fit the model."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlin.errors import JaxlinError
 from jaxlin.data.datasets import IMAGE_SHAPE
 from jaxlin.data.files import NotARegularFile, open_regular
 
@@ -21,7 +22,7 @@ _INK_THRESHOLD = 0.2  # of the brightest pixel: what counts as part of the digit
 MIN_DIGIT_PIXELS = 3  # a speck is not a digit
 
 
-class ImageError(ValueError):
+class ImageError(JaxlinError, ValueError):
     """A file that is not an image jaxlin can classify."""
 
 

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 from collections.abc import Callable
 
+from jaxlin.errors import JaxlinError
 from jaxlin.runs.checkpoints import CHECKPOINT_DIR, SET_ASIDE_DIR
 
 LOCK_FILE = ".jaxlin.lock"
@@ -47,7 +48,7 @@ SWEEP_OUTPUTS = ("sweep.json", "sweep.png", "best")  # what `jaxlin sweep` write
 JAXLIN_OUTPUTS = tuple(dict.fromkeys((*RUN_FILES, *SWEEP_OUTPUTS)))
 
 
-class RunDirError(ValueError):
+class RunDirError(JaxlinError, ValueError):
     """An output directory that this run cannot use."""
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxlin.errors import JaxlinError
 from jaxlin.runtime import dot_layout as layout
 
 from jaxlin import optimizers
@@ -34,8 +35,10 @@ from jaxlin.training.schedule import checkpoint_schedule, eval_schedule
 from jaxlin.training.state import TrainState
 
 
-class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss."""
+class DivergenceError(JaxlinError, RuntimeError):
+    """Training produced a non-finite loss (exit 3: the settings ran, the model did not train)."""
+
+    exit_code = 3
 
     def __init__(self, step: int, loss: float):
         super().__init__(
