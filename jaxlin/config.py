@@ -14,8 +14,13 @@ import re
 import struct
 
 from jaxlin.optimizers import REGISTRY as OPTIMIZER_REGISTRY
+# ConfigError is defined in `optimizers`, which refuses unknown names, so that it needs no import of
+# this module; `jaxlin.config.ConfigError` is the name to use.
+from jaxlin.optimizers import ConfigError
 
-OPTIMIZERS = tuple(OPTIMIZER_REGISTRY)
+# A live view of the optimizer table's names, not a copy: validation and the `--optimizer` flag's
+# choices read the table when they run, so a name added to `optimizers.REGISTRY` later is accepted.
+OPTIMIZERS = OPTIMIZER_REGISTRY.keys()
 LOOPS = ("fused", "per-step")
 DEVICES = ("auto", "cpu", "gpu")
 DATASETS = ("mnist", "fashion_mnist")
@@ -44,8 +49,18 @@ MAX_SWEEP_MEMBERS = 2**16
 INPUT_SIZE, NUM_CLASSES = 784, 10
 
 
-class ConfigError(ValueError):
-    """A setting that cannot produce a sensible run."""
+def parse_hidden_sizes(text: str) -> tuple[int, ...]:
+    """"256,128" -> (256, 128): the MLP's hidden layer sizes as the command line gives them.
+
+    Raises ConfigError (a ValueError) naming the text when a part is not an integer or a size is
+    below 1."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise ConfigError(f"hidden sizes must be integers >= 1, got {text!r}")
+    return sizes
 
 
 def setting(default, help: str, *, choices=None, commands=("train",), aliases=(), metavar=None):

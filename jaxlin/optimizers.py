@@ -1,6 +1,7 @@
 """The optimizer table: each optimizer's name, its optax factory and the hyperparameters it takes.
 
-One place for what an optimizer is: `Config` validates `--optimizer` against this table,
+One place for what an optimizer is: `Config` validates `--optimizer` against this table (read when
+it validates, so a name added to `REGISTRY` is accepted),
 `jaxlin train` builds its optimizer from it, and `jaxlin sweep` builds the same factory
 wrapped in `optax.inject_hyperparams`, which makes the hyperparameters part of the
 optimizer state, so that one compiled program can give every member of a sweep its own
@@ -12,6 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+
+from jaxlin.errors import JaxlinError
+
+
+class ConfigError(JaxlinError, ValueError):
+    """A setting that cannot produce a sensible run; use it as `jaxlin.config.ConfigError`.
+
+    Defined here, in the lowest module that refuses a setting (an unknown optimizer), so that
+    `config`, which reads this table, imports it from here and this module imports nothing of
+    jaxlin's but `errors`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +61,6 @@ REGISTRY: dict[str, OptimizerSpec] = {
 
 def spec(name: str) -> OptimizerSpec:
     if name not in REGISTRY:
-        from jaxlin.config import ConfigError
-
         raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(REGISTRY)}")
     return REGISTRY[name]
 

@@ -10,13 +10,19 @@ outputs to --output-dir.
 import argparse
 import sys
 
-from jaxlin.cli.main import _hidden_sizes
-from jaxlin.config import Config
+from jaxlin.config import Config, parse_hidden_sizes
 from jaxlin.runs.train_run import train_and_evaluate
 
 MLP_CONFIG = Config(model="mlp", hidden_sizes=(256,), activation="relu", optimizer="adam",
                     learning_rate=1e-3, batch_size=100, num_steps=5000, eval_every=500,
                     output_dir="mlp-run")
+
+
+def _hidden_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return parse_hidden_sizes(text)
+    except ValueError as err:  # argparse shows an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv=None) -> int:
