@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from jaxlin.config import DATASETS, NUM_CLASSES
+from jaxlin.data import download
+from jaxlin.data.download import GZIP_MAGIC, IDX_FILES
 from jaxlin.data.files import NotARegularFile, open_regular
+from jaxlin.errors import JaxlinError
 
 DATA_DIR_ENV = "JAXLIN_DATA_DIR"
 IMAGE_SHAPE = (28, 28)
@@ -28,17 +31,10 @@ IMAGE_SIZE = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 # The old TensorFlow `input_data` took the first 5,000 training images for validation.
 VALIDATION_SIZE = 5000
 
-IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 _IDX_UBYTE = 0x08
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
-class DataError(ValueError):
+class DataError(JaxlinError, ValueError):
     """The data could not be found or is not valid MNIST-format data."""
 
 
@@ -104,7 +100,7 @@ def read_idx(path: str | os.PathLike, expected_ndim: int | None = None,
     path = Path(path)
     try:
         with open_regular(path) as raw:
-            compressed = raw.read(2) == _GZIP_MAGIC
+            compressed = raw.read(2) == GZIP_MAGIC
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
             # What the file can hold at most: deflate expands at most ~1032:1.
@@ -267,8 +263,6 @@ def load_datasets(name: str = "mnist", data_dir: str | os.PathLike | None = None
                   progress: bool = True, log=None) -> Datasets:
     """Loads `name` from the first of: `data_dir`, $JAXLIN_DATA_DIR, the download cache, a download
     from the mirrors (see `download`); or through tensorflow-datasets when `source` is "tfds"."""
-    from jaxlin.data import download
-
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     directory = resolve_data_dir(data_dir)

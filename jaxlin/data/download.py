@@ -33,7 +33,7 @@ import zlib
 from pathlib import Path
 
 from jaxlin.config import DATASETS
-from jaxlin.data.datasets import IDX_FILES
+from jaxlin.errors import JaxlinError
 
 MIRRORS_ENV = "JAXLIN_MIRRORS"
 CACHE_ENV = "JAXLIN_CACHE_DIR"
@@ -46,7 +46,15 @@ MIN_BYTES_PER_SECOND = 10_000
 MIN_SPEED_AFTER_SECONDS = 10.0
 _READ_BLOCK = 1 << 16
 LOCK_FILE = ".download.lock"
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"
+# The four files of an MNIST-format data set, without `.gz`. Defined here, below `datasets` (which
+# reads them and imports this module), so that this module needs nothing of `datasets`.
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +102,7 @@ MIRRORS = {
 }
 
 
-class DownloadError(ValueError):
+class DownloadError(JaxlinError, ValueError):
     """No mirror gave a verified copy of a file, or a local copy does not verify."""
 
 
@@ -141,7 +149,7 @@ def _check_content(path: Path, expected: RemoteFile) -> str | None:
         return f"cannot read it ({err.strerror or err})"
     try:
         with raw:
-            compressed = raw.read(2) == _GZIP_MAGIC
+            compressed = raw.read(2) == GZIP_MAGIC
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if compressed else raw
             while produced < limit:
@@ -216,7 +224,7 @@ def fetch_file(dataset: str, remote: RemoteFile, directory: Path, progress: bool
             problem = _check_content(Path(tmp), remote)
             if problem is None:
                 with open(tmp, "rb") as handle:  # a mirror may serve the file uncompressed
-                    name = remote.stem + (".gz" if handle.read(2) == _GZIP_MAGIC else "")
+                    name = remote.stem + (".gz" if handle.read(2) == GZIP_MAGIC else "")
                 for stale in (directory / remote.stem, directory / (remote.stem + ".gz")):
                     stale.unlink(missing_ok=True)  # a damaged copy under the other name
                 os.chmod(tmp, 0o644)
