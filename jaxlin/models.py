@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin.config import MODELS
+from jaxlin.config import MAX_PARAMS, MODELS
+from jaxlin.errors import JaxlinError
 
 # Keyed by the names `config.ACTIVATIONS` offers (tests check that they agree).
 ACTIVATIONS = {
@@ -27,16 +28,18 @@ ACTIVATIONS = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(JaxlinError, ValueError):
     """An unknown model or activation, or a bad layer size."""
 
 
 class Model(NamedTuple):
-    """A model as jaxlin uses it: pure `init`/`apply` and a JSON-able description (`spec`).
+    """A model as jaxlin uses it: pure `init`/`apply`, a JSON-able description (`spec`), and what
+    other code needs to know about its layers, as data set by the model's constructor.
 
-    Nothing outside this module looks inside the params: the params file stores any
-    pytree by its key paths, evaluation only calls `apply`, and the figures ask
-    `first_dense_weights`.
+    Nothing outside this module looks inside the params (the params file stores any pytree by its
+    key paths, evaluation only calls `apply`, and the figures ask `first_dense_weights`) or asks
+    which model it is: memory estimates read `activation_widths`, layout choices
+    `is_single_dense_layer`, and run logs `describe()`.
     """
 
     name: str
@@ -44,24 +47,33 @@ class Model(NamedTuple):
     activation: str
     init: Callable[[jax.Array], Any]
     apply: Callable[[Any, jax.Array], jax.Array]
+    architecture: str  # the layers for people, e.g. "784-256-10 (relu)" or "784-conv32-conv64-256-10"
+    # Per example, how many floats each layer outputs, in order, the logits last: what one batch's
+    # activations hold (the cnn counts its convolutions' outputs before pooling).
+    activation_widths: tuple[int, ...]
+    first_layer_dense: bool  # its first layer is a dense `{"w": (inputs, units), "b"}` at params[0]
+    init_uses_key: bool  # False when `init` ignores its key (the linear model starts from zeros)
     eval_batch_size: int = 10_000  # images per compiled evaluation batch (bounds activation memory)
 
     @property
     def spec(self) -> dict:
         return {"name": self.name, "layer_sizes": list(self.layer_sizes), "activation": self.activation}
 
+    @property
+    def is_single_dense_layer(self) -> bool:
+        """One dense layer from the inputs to the logits (the linear model)."""
+        return self.first_layer_dense and len(self.activation_widths) == 1
+
     def describe(self) -> str:
-        if self.name == "cnn":
-            return f"cnn {self.layer_sizes[0]}-conv32-conv64-256-{self.layer_sizes[-1]}"
-        sizes = "-".join(str(s) for s in self.layer_sizes)
-        return f"{self.name} {sizes}" + (f" ({self.activation})" if self.name == "mlp" else "")
+        return f"{self.name} {self.architecture}"
 
     def first_dense_weights(self, params) -> tuple[np.ndarray, list[str]] | None:
-        """The first layer's weights as images with their titles, when that layer is dense."""
-        if self.name == "cnn":
+        """The first layer's weights as images with their titles, when that layer is dense: one per
+        class when it is the only layer, else one per hidden unit."""
+        if not self.first_layer_dense:
             return None
         weights = np.asarray(params[0]["w"])
-        titles = ([f"Weights: {d}" for d in range(weights.shape[1])] if self.name == "linear"
+        titles = ([f"Weights: {d}" for d in range(weights.shape[1])] if self.is_single_dense_layer
                   else [f"Hidden unit {i}" for i in range(weights.shape[1])])
         return weights, titles
 
@@ -146,8 +158,12 @@ def get_model(
         side = math.isqrt(input_size)
         if side * side != input_size or side % 4:
             raise ModelError(f"the cnn needs square images with a side divisible by 4, not {input_size} values")
+        c1, c2 = CNN_CHANNELS
         return Model("cnn", layer_sizes, "relu", init=lambda key: _cnn_init(key, side, num_classes),
-                     apply=lambda params, images: _cnn_apply(params, images, side), eval_batch_size=1000)
+                     apply=lambda params, images: _cnn_apply(params, images, side),
+                     architecture=f"{input_size}-conv{c1}-conv{c2}-{CNN_DENSE}-{num_classes}",
+                     activation_widths=(side * side * c1, (side // 2) ** 2 * c2, CNN_DENSE, num_classes),
+                     first_layer_dense=False, init_uses_key=True, eval_batch_size=1000)
     init_fn = _zeros_init if name == "linear" else _he_init
     act = ACTIVATIONS[activation]
     return Model(
@@ -156,6 +172,10 @@ def get_model(
         activation=activation if name == "mlp" else "none",
         init=lambda key: init_fn(key, layer_sizes),
         apply=lambda params, images: dense_apply(params, images, act),
+        architecture="-".join(str(s) for s in layer_sizes) + (f" ({activation})" if hidden else ""),
+        activation_widths=layer_sizes[1:],
+        first_layer_dense=True,
+        init_uses_key=name != "linear",
     )
 
 
@@ -173,8 +193,6 @@ def model_from_spec(spec, input_size: int = 784, num_classes: int = 10) -> Model
 
     The description comes from a file, so every field is checked for its type before it is
     used: a wrong one is a ModelError, never a TypeError."""
-    from jaxlin.config import MAX_PARAMS
-
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ModelError("the model description is not an object with a name")
     unknown = [key for key in spec if key not in SPEC_FIELDS]

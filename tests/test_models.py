@@ -93,3 +93,77 @@ def test_model_from_spec_round_trips_every_model():
 
     for model in (get_model("linear"), get_model("mlp", (16, 8), "gelu"), get_model("cnn")):
         assert model_from_spec(model.spec).spec == model.spec
+
+
+def test_models_say_what_their_layers_are_as_data():
+    """Code outside models.py reads these fields instead of asking which model it has."""
+    linear, mlp, cnn = get_model("linear"), get_model("mlp", (16, 8), "gelu"), get_model("cnn")
+    assert linear.activation_widths == (10,) and mlp.activation_widths == (16, 8, 10)
+    assert cnn.activation_widths == (28 * 28 * 32, 14 * 14 * 64, 256, 10)
+    assert [m.first_layer_dense for m in (linear, mlp, cnn)] == [True, True, False]
+    assert [m.is_single_dense_layer for m in (linear, mlp, cnn)] == [True, False, False]
+    assert [m.init_uses_key for m in (linear, mlp, cnn)] == [False, True, True]
+    assert [m.describe() for m in (linear, mlp, cnn)] == [
+        "linear 784-10", "mlp 784-16-8-10 (gelu)", "cnn 784-conv32-conv64-256-10"]
+    # A model renamed by a user keeps its layers: nothing is keyed on the name.
+    renamed = mlp._replace(name="mine")
+    assert renamed.describe() == "mine 784-16-8-10 (gelu)"
+    weights, titles = renamed.first_dense_weights(renamed.init(jax.random.key(0)))
+    assert weights.shape == (784, 16) and titles[0] == "Hidden unit 0"
+
+
+def test_user_errors_share_one_base_and_stay_value_errors():
+    from jaxlin.config import ConfigError
+    from jaxlin.data.datasets import DataError
+    from jaxlin.data.download import DownloadError
+    from jaxlin.errors import JaxlinError
+
+    for error in (ConfigError, DataError, DownloadError, ModelError):
+        assert issubclass(error, JaxlinError) and issubclass(error, ValueError)
+        assert error("x").exit_code == 2
+
+
+@pytest.mark.parametrize("lower, higher", [("jaxlin.optimizers", "jaxlin.config"),
+                                           ("jaxlin.data.download", "jaxlin.data.datasets")])
+def test_lower_modules_do_not_import_the_ones_above_them(lower, higher):
+    import subprocess
+    import sys
+
+    code = f"import sys, {lower}; print({higher!r} in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_config_reads_the_optimizer_registry_when_it_validates(monkeypatch):
+    """A name added to the registry after import is accepted by validation and by the flag the
+    command line builds from the field's choices; an unknown one is refused naming the choices."""
+    import argparse
+
+    from jaxlin import optimizers
+    from jaxlin.config import CONFIG_FIELDS, Config, ConfigError
+
+    with pytest.raises(ConfigError, match="unknown optimizer 'lamb'; choose one of sgd, momentum, adam"):
+        Config(optimizer="lamb").validate()
+    monkeypatch.setitem(optimizers.REGISTRY, "lamb", optimizers.REGISTRY["sgd"])
+    assert Config(optimizer="lamb").validate().optimizer == "lamb"
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--optimizer", choices=CONFIG_FIELDS["optimizer"].metadata["choices"])
+    assert parser.parse_args(["--optimizer", "lamb"]).optimizer == "lamb"
+    assert "{sgd,momentum,adam,lamb}" in parser.format_help()
+
+
+@pytest.mark.parametrize("text, expected", [("256", (256,)), ("32, 16,", (32, 16))])
+def test_parse_hidden_sizes(text, expected):
+    from jaxlin.config import parse_hidden_sizes
+
+    assert parse_hidden_sizes(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [("abc", "expected comma-separated integers, got 'abc'"),
+                                           ("256,0", "hidden sizes must be integers >= 1, got '256,0'"),
+                                           ("", "hidden sizes must be integers >= 1")])
+def test_parse_hidden_sizes_names_bad_text(text, message):
+    from jaxlin.config import parse_hidden_sizes
+
+    with pytest.raises(ValueError, match=message):
+        parse_hidden_sizes(text)
