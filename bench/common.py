@@ -5,17 +5,18 @@ Imports numpy only, so a TensorFlow or PyTorch worker never loads JAX.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from jaxlin.config import Config, INPUT_SIZE, NUM_CLASSES
 from jaxlin.data.datasets import load_idx_dir
-from jaxlin.training.sampler import NextBatch
 
 TARGET_ACCURACY = 0.918
 LEARNING_RATE = Config().learning_rate  # the tutorial's 0.5
@@ -62,6 +63,32 @@ def initial_params(model: str, seed: int = 0) -> list[tuple[np.ndarray, np.ndarr
     rng = np.random.default_rng(seed)
     return [((rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32), np.zeros(b, np.float32))
             for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+class NextBatch:
+    """The tutorial's `next_batch`: shuffled epochs, a batch may span two of them.
+
+    `permutation()` makes each epoch's order (NumPy's by default; the PyTorch contender passes
+    `torch.randperm`), `concatenate` joins the two parts of a batch that spans epochs."""
+
+    def __init__(self, num_examples: int, seed: int = 0, permutation: Callable | None = None,
+                 concatenate: Callable = np.concatenate):
+        if permutation is None:
+            rng = np.random.default_rng(seed)
+            permutation = functools.partial(rng.permutation, num_examples)
+        self.num_examples, self.permutation, self.concatenate = num_examples, permutation, concatenate
+        self.order, self.position = self.permutation(), 0
+
+    def __call__(self, batch_size: int):
+        parts, needed = [], batch_size
+        while needed:
+            if self.position == self.num_examples:
+                self.order, self.position = self.permutation(), 0
+            take = min(needed, self.num_examples - self.position)
+            parts.append(self.order[self.position:self.position + take])
+            self.position += take
+            needed -= take
+        return parts[0] if len(parts) == 1 else self.concatenate(parts)
 
 
 def shared_order(num_examples: int, batch_size: int, num_steps: int, seed: int = 0) -> np.ndarray:

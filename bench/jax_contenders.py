@@ -13,10 +13,16 @@ import optax
 
 from bench.common import (HIDDEN_SIZES, SHARED_MODELS, NextBatch, initial_params, learning_rate, thread_settings,
                           timed, train_until)
-from jaxlin.training.evaluate import make_accuracy_fn
 from jaxlin.models import get_model
+from jaxlin.training.evaluate import Evaluator
 from jaxlin.training.sampler import EpochSampler, epoch_window, shuffled_epoch
 from jaxlin.training.trainer import fused_train_chunk, make_fused_train, make_train_step
+
+
+def make_accuracy_fn(apply_fn, images_uint8, labels):
+    """params -> test accuracy (a float) on a split, through jaxlin's `Evaluator` (what `jaxlin
+    train` reports), for the contenders and the TensorFlow equivalence test."""
+    return Evaluator(apply_fn, images_uint8, labels).accuracy
 
 
 def _jax_params(model: str, seed: int = 0):

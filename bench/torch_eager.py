@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from bench.common import initial_params, learning_rate, thread_settings, timed, train_until
-from jaxlin.training.sampler import NextBatch
+from bench.common import NextBatch
 
 
 class TorchEager:
@@ -50,7 +50,7 @@ class TorchEager:
         return loss
 
     def _batches(self, num_steps: int, batch_size: int):
-        """The tutorial's next_batch (jaxlin's `NextBatch`) over torch.randperm epochs."""
+        """The tutorial's next_batch (`bench.common.NextBatch`) over torch.randperm epochs."""
         torch, generator = self.torch, self.torch.Generator().manual_seed(0)
         next_batch = NextBatch(self.num_examples, permutation=lambda: torch.randperm(self.num_examples,
                                                                                      generator=generator),

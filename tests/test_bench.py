@@ -25,6 +25,18 @@ def test_next_batch_spans_epochs_like_the_tutorial():
     assert shared_order(7, 3, 7).ravel().tolist() == stream.tolist()
 
 
+def test_the_contenders_accuracy_is_jaxlins_evaluation(tiny_data):
+    import jax
+
+    from bench.jax_contenders import make_accuracy_fn
+    from jaxlin.training.evaluate import evaluate
+
+    model = get_model("mlp", hidden_sizes=(8,))
+    params = model.init(jax.random.key(0))
+    accuracy = make_accuracy_fn(model.apply, tiny_data.test.images_uint8, tiny_data.test.labels)
+    assert accuracy(params) == evaluate(model.apply, params, tiny_data.test)["accuracy"]
+
+
 def test_numpy_floor_takes_the_same_step_as_jaxlin():
     rng = np.random.default_rng(0)
     images = rng.random((32, 784), np.float32)

@@ -84,3 +84,12 @@ def test_jaxlin_evaluate_verifies_the_params_and_notes_an_older_file(tiny_data_d
     assert main(["evaluate", str(tmp_path / "changed.npz"), "--data-dir", str(tiny_data_dir)]) == 2
     assert capsys.readouterr().err == (f"jaxlin: error: {tmp_path / 'changed.npz'}: params file is damaged "
                                        f"(digest mismatch)\n")
+
+
+def test_the_placed_batches_are_public_and_padded_to_whole_batches():
+    model = get_model("linear")
+    images = np.arange(5 * 784).reshape(5, 784).astype(np.uint8)
+    evaluator = Evaluator(model.apply, images, np.zeros(5, np.int32), batch_size=2)
+    assert evaluator.batches.shape == (3, 2, 784)
+    np.testing.assert_array_equal(np.asarray(evaluator.batches).reshape(6, 784)[:5], images)
+    assert not np.any(np.asarray(evaluator.batches)[2, 1])

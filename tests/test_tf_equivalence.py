@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from bench.common import shared_order
-from jaxlin.training.evaluate import make_accuracy_fn
+from bench.jax_contenders import make_accuracy_fn
 from jaxlin.models import get_model
 from jaxlin.training.trainer import make_fused_train, make_train_step
 

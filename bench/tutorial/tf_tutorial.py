@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxlin.data.datasets import load_idx_dir
-from jaxlin.training.sampler import NextBatch
+from bench.common import NextBatch
 
 
 def main() -> int:

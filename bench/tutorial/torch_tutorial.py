@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))  # run a
 import torch
 
 from jaxlin.data.datasets import load_idx_dir
-from jaxlin.training.sampler import NextBatch
+from bench.common import NextBatch
 
 
 def main() -> int:

@@ -78,6 +78,12 @@ class Evaluator:
         self._batches = placement.put(batches, placement.batch_sharding(axis=1))
         self._predict = predict_fn or make_predict_fn(apply_fn)
 
+    @property
+    def batches(self) -> jax.Array:
+        """The split's uint8 images as placed for prediction, (num_batches, batch_size, features):
+        the examples in order, then zero padding up to whole batches (never counted here)."""
+        return self._batches
+
     def predictions(self, params) -> np.ndarray:
         if self.num_examples == 0:
             return np.zeros(0, np.int64)
@@ -100,11 +106,6 @@ class Evaluator:
 
     def accuracy(self, params) -> float | None:
         return self(params)["accuracy"]
-
-
-def make_accuracy_fn(apply_fn: Callable, images_uint8, labels) -> Callable:
-    """params -> accuracy (a float) on a split, through `Evaluator`."""
-    return Evaluator(apply_fn, images_uint8, labels).accuracy
 
 
 def evaluate(apply_fn: Callable, params, split: Split, batch_size: int = EVAL_BATCH_SIZE, placement=None) -> dict:

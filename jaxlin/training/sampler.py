@@ -4,16 +4,15 @@ Step s of a run takes positions [s*B, (s+1)*B) of a stream of permutations, one
 per epoch, each made from the seed and the epoch's number alone. So the order
 of any step follows from (seed, step): a resumed run needs no sampler state.
 
-This module owns the batch window (`epoch_window`) and the tutorial's `next_batch`
-(`NextBatch`) for every framework: the benchmark's TensorFlow and PyTorch workers use
-them too, so JAX is imported only by what runs on JAX.
+This module owns the batch window (`epoch_window`); JAX is imported only inside what runs
+on it. (The tutorial's host-side `next_batch`, which only the benchmark uses, is
+`bench.common.NextBatch`.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,32 +39,6 @@ def epoch_window(start_step: int, num_steps: int, batch_size: int, num_examples:
     first = start_step * batch_size
     return Window(first // num_examples, (num_steps * batch_size - 1) // num_examples + 2,
                   first % num_examples)
-
-
-class NextBatch:
-    """The tutorial's `next_batch`: shuffled epochs, a batch may span two of them.
-
-    `permutation()` makes each epoch's order (NumPy's by default; the PyTorch contender passes
-    `torch.randperm`), `concatenate` joins the two parts of a batch that spans epochs."""
-
-    def __init__(self, num_examples: int, seed: int = 0, permutation: Callable | None = None,
-                 concatenate: Callable = np.concatenate):
-        if permutation is None:
-            rng = np.random.default_rng(seed)
-            permutation = functools.partial(rng.permutation, num_examples)
-        self.num_examples, self.permutation, self.concatenate = num_examples, permutation, concatenate
-        self.order, self.position = self.permutation(), 0
-
-    def __call__(self, batch_size: int):
-        parts, needed = [], batch_size
-        while needed:
-            if self.position == self.num_examples:
-                self.order, self.position = self.permutation(), 0
-            take = min(needed, self.num_examples - self.position)
-            parts.append(self.order[self.position:self.position + take])
-            self.position += take
-            needed -= take
-        return parts[0] if len(parts) == 1 else self.concatenate(parts)
 
 
 _PACKED_SORT_LIMIT = 1 << 16
