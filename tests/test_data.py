@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import idx_bytes, write_dataset, write_idx
+from helpers import idx_bytes, write_dataset, write_idx
 from jaxlin.data.datasets import (DATA_DIR_ENV, DataError, Split, load_datasets, load_idx_dir, load_tfds,
                          read_idx, split_train)
 
@@ -328,7 +328,7 @@ def test_an_unreadable_data_dir_or_file_is_cannot_read_naming_the_file(shared_tm
     env = {**os.environ, "HOME": str(shared_tmp), "JAXLIN_MIRRORS": "http://127.0.0.1:9/",
            "JAXLIN_CACHE_DIR": str(shared_tmp / "cache")}
     for directory in (closed, files):
-        run = subprocess.run([*prefix, sys.executable, "-m", "jaxlin.cli.main", "evaluate", str(shared_tmp / "p.npz"),
+        run = subprocess.run([*prefix, sys.executable, "-m", "jaxlin.cli", "evaluate", str(shared_tmp / "p.npz"),
                               "--data-dir", str(directory)], env=env, cwd=shared_tmp, capture_output=True,
                              text=True, timeout=300, check=False)
         assert run.returncode == 2, run.stderr

@@ -301,7 +301,7 @@ def test_verifying_a_gzip_bomb_stops_one_byte_past_the_promised_size(tmp_path):
 # the background by a non-interactive shell passes SIGINT on ignored, and a program keeps an ignored
 # SIGINT ignored. (Set in the child itself: a preexec_fn would fork a process that runs JAX's threads.)
 INTERRUPTIBLE = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                 "sys.argv[0] = 'jaxlin'; runpy.run_module('jaxlin.cli.main', run_name='__main__')")
+                 "sys.argv[0] = 'jaxlin'; runpy.run_module('jaxlin.cli', run_name='__main__')")
 
 
 def _wait_for(predicate, seconds: float = 120) -> bool:
@@ -341,7 +341,7 @@ def test_a_signal_keeps_files_already_downloaded(mirrors, tmp_path, mnist_dir):
     target.mkdir()
     shutil.copy(mnist_dir / "t10k-labels-idx1-ubyte.gz", target)
     env = {**os.environ, MIRRORS_ENV: mirrors("drip").url, CACHE_ENV: str(tmp_path / "cache")}
-    run = subprocess.Popen([sys.executable, "-m", "jaxlin.cli.main", "download", "--dir", str(target), "--no-progress"],
+    run = subprocess.Popen([sys.executable, "-m", "jaxlin.cli", "download", "--dir", str(target), "--no-progress"],
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert _wait_for(lambda: list(target.glob(".*.part")))
@@ -378,7 +378,7 @@ def test_the_lock_is_removed_and_two_downloads_into_one_directory_take_turns(mir
 def test_verify_and_its_errors_print_on_an_ascii_terminal(mnist_dir, tmp_path):
     """PYTHONIOENCODING=ascii: no UnicodeEncodeError, whatever the message or the path holds."""
     env = {**os.environ, "PYTHONIOENCODING": "ascii"}
-    command = [sys.executable, "-m", "jaxlin.cli.main", "download", "--verify"]
+    command = [sys.executable, "-m", "jaxlin.cli", "download", "--verify"]
     ok = subprocess.run([*command, str(mnist_dir)], env=env, capture_output=True, timeout=300, check=False)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.count(b": ok (sha256 ") == 4 and b"All four mnist files" in ok.stdout
