@@ -190,7 +190,7 @@ def test_flags_reach_the_config(tiny_data_dir, tmp_path):
 def test_console_script_runs(tiny_data_dir, tmp_path):
     """The installed `jaxlin` entry point, in its own process."""
     exe = Path(sys.executable).with_name("jaxlin")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli.main"]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
     env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
     done = subprocess.run([*command, "train", "--output-dir", str(tmp_path / "o"), *TINY_ARGS],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -255,7 +255,7 @@ def test_the_cnn_trains_evaluates_saves_and_reloads_through_the_same_code(tiny_d
 
 def _command() -> list[str]:
     exe = Path(sys.executable).with_name("jaxlin")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli.main"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
 
 
 @pytest.mark.slow
@@ -347,3 +347,54 @@ def test_resume_conflicts_compare_settings_as_the_run_uses_them():
     assert resume_conflicts(saved, saved.replace(data_seed=3)) == []  # no data seed: the seed's order
     assert resume_conflicts(saved, saved.replace(data_seed=4)) == ["--data-seed 4 (the checkpoint has the default)"]
     assert resume_conflicts(saved, saved.replace(learning_rate=0.1)) == ["--learning-rate 0.1 (the checkpoint has 0.5)"]
+
+
+def test_every_command_is_a_module_with_add_parser_and_run(capsys):
+    """Dispatch is the COMMANDS table: each command's parser comes from its module, and `jaxlin --help`
+    lists exactly the table's commands."""
+    from jaxlin.cli.main import COMMANDS
+
+    for name, module in COMMANDS.items():
+        assert module.__name__ == f"jaxlin.cli.{name}" and callable(module.add_parser) and callable(module.run)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "{" + ",".join(COMMANDS) + "}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_train_and_sweep_take_the_several_processes_flags(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "several processes (hosts)" in text
+    for flag in ("--coordinator", "--num-processes", "--process-id", "--distributed", "--distributed-timeout"):
+        assert flag in text
+    assert main([command, "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0",
+                 "--distributed-timeout", "0"]) == 2
+    assert "--distributed-timeout must be at least 1 second" in capsys.readouterr().err
+
+
+def test_the_supervisor_names_the_resume_command_of_what_it_supervises(tmp_path):
+    from jaxlin.runs.checkpoints import CHECKPOINT_DIR
+    from jaxlin.runtime import supervise
+
+    assert supervise.CHECKPOINT_DIR == CHECKPOINT_DIR  # the parent's copy, which imports no JAX
+    out = tmp_path / "run dir"
+    assert supervise._resume_hint(str(out), "sweep") == ""  # no checkpoints: nothing to resume
+    (out / CHECKPOINT_DIR / "20").mkdir(parents=True)
+    assert f"Resume with: jaxlin sweep --resume --output-dir '{out}'" in supervise._resume_hint(str(out), "sweep")
+    assert f"Resume with: jaxlin train --resume --output-dir '{out}'" in supervise._resume_hint(str(out), "train")
+
+
+def test_a_second_in_process_call_reports_its_own_timings(tiny_data_dir, tmp_path):
+    """The process-wide marks and cache counts start afresh with each command that `main` runs."""
+    from jaxlin.runtime import timing
+
+    assert train(tiny_data_dir, tmp_path / "first") == 0
+    first = json.loads((tmp_path / "first" / "metrics.json").read_text())["timings"]["breakdown"]["compile_cache"]
+    assert train(tiny_data_dir, tmp_path / "second") == 0
+    second = json.loads((tmp_path / "second" / "metrics.json").read_text())["timings"]["breakdown"]["compile_cache"]
+    if first["enabled"]:
+        assert second["hits"] + second["misses"] <= first["hits"] + first["misses"]  # not the sum of both
+    assert main(["evaluate", str(tmp_path / "second" / "params.npz"), "--data-dir", str(tiny_data_dir)]) == 0
+    assert "imports" not in timing.marks and "backend_start" not in timing.marks

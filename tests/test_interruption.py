@@ -34,7 +34,7 @@ def machine_cache(tmp_path_factory):
 
 def _command() -> list[str]:
     exe = Path(sys.executable).with_name("jaxlin")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli.main"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
 
 
 class Run:
@@ -45,8 +45,8 @@ class Run:
         logs = logs or out.parent
         stamp = f"{out.name}-{time.monotonic_ns()}"
         self.stdout_path, self.stderr_path = logs / f"{stamp}.out", logs / f"{stamp}.err"
-        # Created by jaxlin once its signal handlers are installed (cli.READY_FILE_ENV): before that, a
-        # signal lands in the interpreter's own start, which no program can make clean.
+        # Created by jaxlin once its signal handlers are installed (jaxlin.cli.main.READY_FILE_ENV): before
+        # that, a signal lands in the interpreter's own start, which no program can make clean.
         self.ready_path = logs / f"{stamp}.ready"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAXLIN_DATA_DIR": str(data_dir),
                "JAXLIN_CACHE_DIR": str(_MACHINE_CACHE["dir"]), "JAXLIN_TEST_READY_FILE": str(self.ready_path)}

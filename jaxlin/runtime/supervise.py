@@ -3,8 +3,8 @@
 JAX's distributed runtime ends a process from C++ when a peer dies or stops answering, when
 process 0 waits in vain for its peers, or when the coordinator's port is taken: a check
 failure, a stack trace and SIGABRT, with nothing Python can catch. Gloo also prints its
-connection chatter on standard output. So `jaxlin train` with distributed flags runs the
-training in a child process whose runtime output (file descriptors 1 and 2, where C++ writes)
+connection chatter on standard output. So `jaxlin train` or `jaxlin sweep` with distributed
+flags runs the training in a child process whose runtime output (file descriptors 1 and 2, where C++ writes)
 goes to this parent, while jaxlin's own output (Python's `sys.stdout`/`sys.stderr`: the
 progress bar, records, messages) goes straight to the terminal as before. When the child ends
 abnormally the parent says so in one line naming the coordinator, the runtime's own fatal
@@ -36,7 +36,23 @@ JOINED = "jaxlin: joined the distributed run"  # the child's word to the parent,
 FAILED = "jaxlin: the runtime failed: "  # the child's word that it ends on a runtime error (then its text)
 _LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]*\] ?(.*)$")  # absl: F1201 00:05:20.8 19267 f.cc:80] text
 _KEEP_LINES = 400
-_routed = False  # this process is a supervised child whose descriptors 1 and 2 go to the parent
+# The checkpoints' directory in an output directory: jaxlin.runs.checkpoints.CHECKPOINT_DIR, which
+# imports JAX (a parent that only supervises never does); tests/test_cli.py checks that they agree.
+CHECKPOINT_DIR = "checkpoints"
+
+
+class _Routing:
+    """Whether this process is a supervised child whose file descriptors 1 and 2 go to the parent.
+
+    A fact about the process (`ROUTING`), set once by `route_runtime_output` and never unset: the
+    descriptors stay with the parent for the rest of the process, whatever a later in-process call
+    of `main` does (the child's environment variable is consumed, so none routes twice)."""
+
+    def __init__(self):
+        self.active = False
+
+
+ROUTING = _Routing()
 
 
 def is_child() -> bool:
@@ -45,7 +61,7 @@ def is_child() -> bool:
 
 def routed() -> bool:
     """Whether this process is a supervised child (its runtime output goes to the parent)."""
-    return _routed
+    return ROUTING.active
 
 
 def exit_at_once(code: int) -> None:
@@ -58,7 +74,7 @@ def exit_at_once(code: int) -> None:
 
 def report_joined() -> None:
     """In the child, once every process has joined: later failures are peers lost, not peers missing."""
-    if _routed:
+    if ROUTING.active:
         os.write(1, (JOINED + "\n").encode())
 
 
@@ -66,7 +82,6 @@ def route_runtime_output() -> None:
     """In the child: Python's streams keep the terminal; file descriptors 1 and 2 go to the parent,
     and so do the libraries' Python logging (orbax, absl) and the tracebacks of background threads
     (orbax's save thread, when a peer is lost mid-save): they belong in the runtime log."""
-    global _routed
     import logging
 
     runtime_fd = int(os.environ.pop(RUNTIME_FD_ENV))
@@ -77,7 +92,7 @@ def route_runtime_output() -> None:
     os.dup2(runtime_fd, 1)
     os.dup2(runtime_fd, 2)
     os.close(runtime_fd)
-    _routed = True
+    ROUTING.active = True
     runtime = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
     handler = logging.StreamHandler(runtime)
     handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(threadName)s: %(message)s"))
@@ -140,7 +155,7 @@ def run_reporting_runtime_failures(function, *args):
     except ConfigError:  # jaxlin's own one line (e.g. a coordinator it could not join)
         raise
     except Exception as err:
-        cause = runtime_failure(err) if _routed else None
+        cause = runtime_failure(err) if ROUTING.active else None
         if cause is None:
             raise
         report_failure(err, cause)
@@ -329,14 +344,15 @@ def _send(child: subprocess.Popen, signum: int) -> None:
         pass
 
 
-def run_supervised(argv: list[str], where: str, process: str, output_dir: str) -> int:
+def run_supervised(argv: list[str], where: str, process: str, output_dir: str, command: str = "train") -> int:
     """Runs `jaxlin ARGV` as a child (see the module docstring) and returns its exit code.
 
     `where` names the coordinator ("coordinator HOST:PORT") and `process` this process
-    ("process 1 (of 2)") for the message; `output_dir` is where a resume would start."""
+    ("process 1 (of 2)") for the message; `output_dir` is where a resume would start, with
+    `jaxlin COMMAND --resume` (the command that ARGV runs: train or sweep)."""
     read_fd, write_fd = os.pipe()
     env = {**os.environ, RUNTIME_FD_ENV: str(write_fd)}
-    child = subprocess.Popen([sys.executable, "-m", "jaxlin.cli.main", *argv], env=env, pass_fds=(write_fd,),
+    child = subprocess.Popen([sys.executable, "-m", "jaxlin.cli", *argv], env=env, pass_fds=(write_fd,),
                              preexec_fn=_ask_kernel_to_signal_child_on_parent_death)
     os.close(write_fd)
     log = _RuntimeLog(os.fdopen(read_fd, "rb"))
@@ -355,7 +371,7 @@ def run_supervised(argv: list[str], where: str, process: str, output_dir: str) -
         return 128 + forward.signum
     if forward.killed:
         print(f"jaxlin: stopped by {name} at once (second signal); checkpoints already on disk are kept"
-              f"{_resume_hint(output_dir)}", file=sys.stderr)
+              f"{_resume_hint(output_dir, command)}", file=sys.stderr)
         return 128 + forward.signum
     if code >= 0 and log.failed is None:
         return code
@@ -375,15 +391,16 @@ def run_supervised(argv: list[str], where: str, process: str, output_dir: str) -
         hint = ("not every process joined in time: are they all started, with the same --coordinator and "
                 "--num-processes and distinct --process-id?")
     print(f"jaxlin: error: {process} of the run through {where} {how}: {reason}; "
-          f"{hint}; runtime log: {log.save(output_dir, log_name(process))}{_resume_hint(output_dir)}",
+          f"{hint}; runtime log: {log.save(output_dir, log_name(process))}{_resume_hint(output_dir, command)}",
           file=sys.stderr)
     return 1
 
 
-def _resume_hint(output_dir: str) -> str:
-    checkpoints = os.path.join(output_dir, "checkpoints")
+def _resume_hint(output_dir: str, command: str) -> str:
+    """How to resume `jaxlin COMMAND` from the checkpoints in `output_dir`; "" when there are none."""
+    checkpoints = os.path.join(output_dir, CHECKPOINT_DIR)
     if os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints)):
-        return (f". Resume with: jaxlin train --resume --output-dir {shlex.quote(output_dir)} "
+        return (f". Resume with: jaxlin {command} --resume --output-dir {shlex.quote(output_dir)} "
                 f"(on every process, with its distributed flags as before)")
     return ""
 

@@ -1,0 +1,105 @@
+"""`jaxlin sweep`: train the cross product of the values given in one compiled program and pick the best."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxlin.cli import hosts
+from jaxlin.cli.flags import add_compile_cache_flag, add_config_flags, check_config, config_from_args, \
+    float_list, given_settings, int_list, run_mode
+from jaxlin.config import Config, ConfigError, check_grid_size, check_no_repeats, check_setting
+from jaxlin.runtime.signals import StopRequest
+
+# SIGINT/SIGTERM request a stop that the job honours between chunks: `run` gets a StopRequest.
+STOPPABLE = True
+OUTPUT_DIR = "jaxlin-sweep"  # the default --output-dir of a sweep
+# The sweep's lists, as the Config setting each value of them is.
+GRID_LISTS = {"learning_rates": "learning_rate", "momentums": "momentum", "seeds": "seed",
+              "data_seeds": "data_seed"}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="train many models at once in one compiled program; choose the best by validation",
+        description="Train the cross product of the values given together (jax.vmap over the members inside "
+                    "the fused loop), select the member with the best final validation accuracy, and report "
+                    "its test accuracy. Every `jaxlin train` setting applies to all members.")
+    grid = p.add_argument_group("what the members vary (comma-separated; the cross product is swept)")
+    grid.add_argument("--learning-rates", type=float_list, metavar="X[,X...]", help="default: --learning-rate")
+    grid.add_argument("--momentums", type=float_list, metavar="X[,X...]",
+                      help="for --optimizer momentum; default: --momentum")
+    grid.add_argument("--seeds", type=int_list, metavar="N[,N...]", help="init seeds; default: --seed")
+    grid.add_argument("--data-seeds", type=int_list, metavar="N[,N...]",
+                      help="give members their own batch orders (slower: each gathers its own batch); "
+                           "default: one order, --data-seed's or else --seed's, shared by all")
+    add_config_flags(p, "train")
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument("--resume", action="store_true",
+                       help="continue the sweep in --output-dir from its latest checkpoint")
+    modes.add_argument("--overwrite", action="store_true", help="replace the sweep already in --output-dir")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check settings and data, print the plan and the memory it needs, train nothing")
+    add_compile_cache_flag(p)
+    hosts.add_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(output_dir_default=OUTPUT_DIR)
+
+
+def check(args: argparse.Namespace) -> None:
+    """The settings and the grid, before JAX is imported: a bad value is one line in a tenth of a second."""
+    config = config_from_args(args)
+    _check_grid(args, config)
+    check_config(args, config)
+
+
+def _check_single_or_list(args: argparse.Namespace) -> None:
+    for single, plural in (("learning_rate", "learning_rates"), ("momentum", "momentums")):
+        if single in given_settings(args) and getattr(args, plural) is not None:
+            raise ConfigError(f"give --{single.replace('_', '-')} or --{plural.replace('_', '-')}, not both")
+
+
+def _check_grid(args: argparse.Namespace, config: Config) -> None:
+    """The sweep's lists: the grid's size from their lengths alone (before any member exists), then
+    each value as the setting it becomes in a member."""
+    from jaxlin import optimizers
+
+    _check_single_or_list(args)
+    flags = {plural: f"--{plural.replace('_', '-')}" for plural in GRID_LISTS}
+    check_grid_size({flags[plural]: len(getattr(args, plural) or (None,)) for plural in GRID_LISTS})
+    if args.momentums is not None and not args.resume \
+            and "momentum" not in optimizers.spec(config.optimizer).hyperparameters:
+        raise ConfigError(f"--momentums: the {config.optimizer} optimizer takes no momentum "
+                          f"(use --optimizer momentum)")
+    for plural, single in GRID_LISTS.items():
+        values = getattr(args, plural)
+        if values is None:
+            continue
+        check_no_repeats(flags[plural], values)
+        for value in values:
+            try:
+                check_setting(single, value)
+            except ConfigError as err:
+                raise ConfigError(f"{flags[plural]}: {err}") from None
+
+
+def run(args: argparse.Namespace, stop: StopRequest | None) -> int:
+    from jaxlin.cli.backend import start_backend
+    from jaxlin.runs.sweep_run import run_sweep
+    from jaxlin.training.sweep import Grid
+
+    hosts.start_distributed(args)
+    start_backend(args)
+    if stop is not None:
+        stop.reinstall()
+    config = config_from_args(args)
+    _check_single_or_list(args)
+    if not args.resume:
+        config.validate()
+    grid = Grid(args.learning_rates, args.momentums, args.seeds, args.data_seeds)
+    summary = run_sweep(config, grid, progress=not args.no_progress, dry_run=args.dry_run, mode=run_mode(args),
+                        explicit=given_settings(args), stop=stop)
+    if summary is not None and summary["best"] is None:
+        print("jaxlin: error: every member of the sweep diverged (try smaller learning rates)", file=sys.stderr)
+        return 3
+    return 0
