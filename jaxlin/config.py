@@ -14,9 +14,7 @@ import re
 import struct
 
 from jaxlin.optimizers import REGISTRY as OPTIMIZER_REGISTRY
-# ConfigError is defined in `optimizers`, which refuses unknown names, so that it needs no import of
-# this module; `jaxlin.config.ConfigError` is the name to use.
-from jaxlin.optimizers import ConfigError
+from jaxlin.errors import ConfigError
 
 # A live view of the optimizer table's names, not a copy: validation and the `--optimizer` flag's
 # choices read the table when they run, so a name added to `optimizers.REGISTRY` later is accepted.

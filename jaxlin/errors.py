@@ -13,3 +13,7 @@ class JaxlinError(Exception):
     """A problem the user can fix; `exit_code` is what the command line exits with."""
 
     exit_code = 2
+
+
+class ConfigError(JaxlinError, ValueError):
+    """A setting that cannot produce a sensible run (also importable as `jaxlin.config.ConfigError`)."""

@@ -14,15 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from jaxlin.errors import JaxlinError
-
-
-class ConfigError(JaxlinError, ValueError):
-    """A setting that cannot produce a sensible run; use it as `jaxlin.config.ConfigError`.
-
-    Defined here, in the lowest module that refuses a setting (an unknown optimizer), so that
-    `config`, which reads this table, imports it from here and this module imports nothing of
-    jaxlin's but `errors`."""
+from jaxlin.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -193,7 +193,7 @@ def test_a_flipped_byte_in_a_stored_file_is_one_line_from_the_command(tmp_path, 
     _save_mlp(path)
     offset = _data_offset(path, "layers/0/w.npy") + 128 + 1000  # past the .npy header, inside the weights
     path.write_bytes(_flip(path.read_bytes(), offset))
-    run = subprocess.run([sys.executable, "-m", "jaxlin.cli.main", "evaluate", str(path), "--data-dir",
+    run = subprocess.run([sys.executable, "-m", "jaxlin.cli", "evaluate", str(path), "--data-dir",
                           str(tiny_data_dir)], env={**os.environ, "JAXLIN_MIRRORS": "http://127.0.0.1:9/"},
                          capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 2, run.stderr

@@ -25,7 +25,7 @@ STEPS = ["--num-steps", "30", "--eval-every", "10", "--batch-size", "50"]
 
 def _command() -> list[str]:
     exe = Path(sys.executable).with_name("jaxlin")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli.main"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "jaxlin.cli"]
 
 
 def jaxlin(data_dir: Path, *args: str, prefix: tuple[str, ...] = (), timeout: float = 300):

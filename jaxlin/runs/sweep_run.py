@@ -160,7 +160,7 @@ def _describe(config: Config, grid: Grid, members: list[Config], data: Datasets,
              f"optimizer {config.optimizer}; batch {config.batch_size}; {config.num_steps} steps; {order}",
              f"Device: {device}; memory: about {gib(need)} per device of {gib(limit)} ({what})",
              "Selection: the highest final validation accuracy; test accuracy is reported, never used to choose"]
-    if model.name == "linear" and grid.seeds and len(grid.seeds) > 1 and shared:
+    if not model.init_uses_key and grid.seeds and len(grid.seeds) > 1 and shared:
         lines.append("Note: the linear model starts from zeros, so members that differ only in their seed train "
                      "identically; --data-seeds gives them their own batch orders")
     return "\n".join(lines)

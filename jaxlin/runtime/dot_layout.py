@@ -31,7 +31,7 @@ LAYOUTS = ("auto", "plain", "batched")
 
 def is_single_dense_layer(model) -> bool:
     """The model is one dense layer (inputs to logits): the linear model."""
-    return model.name != "cnn" and len(model.layer_sizes) == 2
+    return model.is_single_dense_layer
 
 
 def rule(model, loop: str, num_devices: int, platform: str) -> str:

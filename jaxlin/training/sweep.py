@@ -204,7 +204,7 @@ class SweepTrainer:
             return None
         evaluator = Evaluator(self.model.apply, split.images_uint8, split.labels, self.model.eval_batch_size,
                               self.placement)
-        batches = evaluator._batches
+        batches = evaluator.batches
         labels = np.zeros(batches.shape[0] * batches.shape[1], np.int32)
         labels[:len(split)] = split.labels
         labels[len(split):] = -1  # padding never matches
@@ -216,7 +216,7 @@ class SweepTrainer:
 
         if self.placement.mesh is None:
             # One member group at a time bounds the activations (10,000 images × the widest layer each).
-            widest = max(self.model.layer_sizes[1:-1] or (16,)) if self.model.name != "cnn" else 28 * 28 * 32
+            widest = max(self.model.activation_widths[:-1], default=16)
             group = max(1, min(len(self.members), 2**27 // (labels.shape[0] * widest)))
             count = jax.jit(lambda params: jax.lax.map(correct, params, batch_size=group))
         else:
@@ -303,7 +303,7 @@ def estimate_memory(base: Config, model: Model, num_members: int, num_devices: i
     opt_state = jax.eval_shape(optimizers.make_optimizer(
         base.optimizer, **optimizers.hyperparameters(base.optimizer, base)).init, params)
     opt_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(opt_state))
-    widths = (28 * 28 * 32 + 14 * 14 * 64 + 256,) if model.name == "cnn" else model.layer_sizes[1:]
+    widths = model.activation_widths
     activation_bytes = 4 * 3 * base.batch_size * sum(widths)
     members_per_device = -(-num_members // num_devices)
     eval_examples = max(len(data.validation), len(data.test), 1)
