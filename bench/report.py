@@ -1,4 +1,5 @@
-"""Turns a results dict into the stdout table, the target ratios and a PNG chart."""
+"""Turns a results dict into the stdout table, the Markdown tables of docs/benchmark.md, the target ratios and a
+PNG chart."""
 
 from __future__ import annotations
 
@@ -122,43 +123,88 @@ def _case_order(case: tuple[str, int]) -> tuple[int, int]:
 
 
 def table(results: dict) -> str:
-    lines = []
-    peak = results.get("peak") or {}
-    if peak.get("peak_gflops"):
-        sources = ", ".join(f"{k} {v['gflops']:.1f}" for k, v in peak["by_source"].items() if "gflops" in v)
-        size = next(v["size"] for v in peak["by_source"].values() if "size" in v)
-        lines.append(f"\nmeasured peak: {peak['peak_gflops']:.1f} GFLOP/s (float32 {size}x{size} matmul, best of "
-                     f"several: {sources} GFLOP/s); FLOPs per step from XLA's cost analysis of jaxlin's update")
+    """The console table: every case in full, then the fused sweep, data parallel, many models, time to
+    accuracy, the contenders and end to end."""
     rows = _main_rows(results)
-    cases = sorted({(r["model"], r["batch_size"]) for r in rows}, key=_case_order)
-    for model, batch_size in cases:
-        case = [r for r in rows if (r["model"], r["batch_size"]) == (model, batch_size)]
-        floor = next((r["median_us_per_step"] for r in case if r["contender"] == "numpy_floor"), None)
-        ref = next((r["median_us_per_step"] for r in case if r["contender"] == "tf_reference"), None)
-        lines.append(f"\n{model}, batch {batch_size}, {case[0]['num_steps']} steps, "
-                     f"median of {len(case[0]['repeats_seconds'])} (min-max)\n")
-        lines.append("| contender | us/step | min-max | steps/s | examples/s | x TF ref | x floor time | GFLOP/s | "
-                     "% peak | compile s |")
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for r in sorted(case, key=lambda r: r["median_us_per_step"]):
-            us = r["median_us_per_step"]
-            lines.append(
-                f"| {LABELS[r['contender']]} | {us:,.1f} | {r['min_us_per_step']:,.0f}-{r['max_us_per_step']:,.0f} | "
-                f"{r['steps_per_second']:,.0f} | {r['examples_per_second']:,.0f} | "
-                f"{(ref / us if ref else float('nan')):.2f} | {(us / floor if floor else float('nan')):.2f} | "
-                f"{_gflops(r)} | {_percent_of_peak(r)} | {r.get('compile_seconds', 0):.2f} |")
-    lines += _sweep_and_vmap(results)
-    lines += _tta_and_memory(results)
-    e2e = [r for r in results.get("end_to_end", []) if r.get("status") == "ok"]
-    if e2e:
-        lines += ["\nend to end: the tutorial run as a whole process, imports included (median of "
-                  f"{len(e2e[0]['seconds'])} interleaved runs)\n",
-                  "| command | median s | min-max | x TF script |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {E2E_LABELS.get(r['name'], r['name'])} | {r['median_seconds']:.2f} | {r['min_seconds']:.2f}-"
-                  f"{r['max_seconds']:.2f} | "
-                  f"{r['ratio_to_tf_reference']:.2f} |" if r.get("ratio_to_tf_reference") is not None else
-                  f"| {E2E_LABELS.get(r['name'], r['name'])} | {r['median_seconds']:.2f} | - | - |" for r in e2e]
+    lines = _peak_lines(results)
+    for case in _cases(rows):
+        lines += _case_table(rows, case)
+    lines += _sweep_lines(results) + _parallel_lines(results) + _many_lines(results)
+    lines += _tta_lines(results) + _contender_lines(results) + _e2e_lines(results)
     return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    """The generated part of docs/benchmark.md: the main case (linear, batch 100) in full, every case's
+    step time in one table, then the fused sweep, many models, data parallel, time to accuracy, end to
+    end and the contenders. Captions are paragraphs, tables are Markdown; ends with a newline."""
+    rows = _main_rows(results)
+    cases = _cases(rows)
+    main = ("linear", 100) if ("linear", 100) in cases else (cases[0] if cases else None)
+    lines = _peak_lines(results)
+    if main:
+        lines += _case_table(rows, main)
+    lines += _all_cases_lines(rows, cases)
+    lines += _sweep_lines(results) + _many_lines(results) + _parallel_lines(results)
+    lines += _tta_lines(results) + _e2e_lines(results) + _contender_lines(results)
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def _cases(rows: list[dict]) -> list[tuple[str, int]]:
+    return sorted({(r["model"], r["batch_size"]) for r in rows}, key=_case_order)
+
+
+def _peak_lines(results: dict) -> list[str]:
+    peak = results.get("peak") or {}
+    if not peak.get("peak_gflops"):
+        return []
+    sources = ", ".join(f"{k} {v['gflops']:.1f}" for k, v in peak["by_source"].items() if "gflops" in v)
+    size = next(v["size"] for v in peak["by_source"].values() if "size" in v)
+    return [f"\nmeasured peak: {peak['peak_gflops']:.1f} GFLOP/s (float32 {size}x{size} matmul, best of "
+            f"several: {sources} GFLOP/s); FLOPs per step from XLA's cost analysis of jaxlin's update"]
+
+
+def _case_table(rows: list[dict], case: tuple[str, int]) -> list[str]:
+    model, batch_size = case
+    case_rows = [r for r in rows if (r["model"], r["batch_size"]) == case]
+    floor = next((r["median_us_per_step"] for r in case_rows if r["contender"] == "numpy_floor"), None)
+    ref = next((r["median_us_per_step"] for r in case_rows if r["contender"] == "tf_reference"), None)
+    lines = [f"\n{model}, batch {batch_size}, {case_rows[0]['num_steps']} steps, "
+             f"median of {len(case_rows[0]['repeats_seconds'])} (min-max)\n",
+             "| contender | us/step | min-max | steps/s | examples/s | x TF ref | x floor time | GFLOP/s | "
+             "% peak | compile s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(case_rows, key=lambda r: r["median_us_per_step"]):
+        us = r["median_us_per_step"]
+        lines.append(
+            f"| {LABELS[r['contender']]} | {us:,.1f} | {r['min_us_per_step']:,.0f}-{r['max_us_per_step']:,.0f} | "
+            f"{r['steps_per_second']:,.0f} | {r['examples_per_second']:,.0f} | "
+            f"{f'{ref / us:.2f}' if ref else '-'} | {f'{us / floor:.2f}' if floor else '-'} | "
+            f"{_gflops(r)} | {_percent_of_peak(r)} | {r.get('compile_seconds', 0):.2f} |")
+    return lines
+
+
+def _all_cases_lines(rows: list[dict], cases: list[tuple[str, int]]) -> list[str]:
+    """One table of every throughput case: the median step time, with the fraction of peak."""
+    if not cases:
+        return []
+    by_case = {case: {r["contender"]: r for r in rows if (r["model"], r["batch_size"]) == case} for case in cases}
+    names = [n for n in LABELS if any(n in found for found in by_case.values())]
+    steps = [next(iter(by_case[case].values()))["num_steps"] for case in cases]
+    repeats = len(rows[0]["repeats_seconds"])
+    lines = [f"\nevery case: us/step, median of {repeats} (in parentheses: % of the measured peak)\n",
+             "| contender | " + " | ".join(f"{m}, batch {b}" for m, b in cases) + " |",
+             "| --- |" + " ---: |" * len(cases),
+             "| *steps timed* | " + " | ".join(f"*{n:,}*" for n in steps) + " |"]
+    for name in names:
+        cells = []
+        for case in cases:
+            r = by_case[case].get(name)
+            percent = _percent_of_peak(r) if r else "-"
+            cells.append("-" if r is None else f"{r['median_us_per_step']:,.1f}"
+                         + ("" if percent == "-" else f" ({percent})"))
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _gflops(row: dict) -> str:
@@ -169,58 +215,83 @@ def _percent_of_peak(row: dict) -> str:
     return f"{row['fraction_of_peak']:.0%}" if row.get("fraction_of_peak") is not None else "-"
 
 
-def _sweep_and_vmap(results: dict) -> list[str]:
-    lines = []
+def _sweep_lines(results: dict) -> list[str]:
     sweep = [r for r in results["throughput"] if r.get("sweep") and r.get("status") == "ok"]
-    if sweep:
-        lines += ["\njaxlin fused sweep (linear, batch 100): steps per call K and scan unroll\n",
-                  "| variant | us/step | min-max |", "| --- | ---: | ---: |"]
-        lines += [f"| {r['variant']} | {r['median_us_per_step']:.1f} | "
-                  f"{r['min_us_per_step']:.0f}-{r['max_us_per_step']:.0f} |" for r in sweep]
+    if not sweep:
+        return []
+    return ["\njaxlin fused sweep (linear, batch 100): steps per call K and scan unroll\n",
+            "| variant | us/step | min-max |", "| --- | ---: | ---: |"] + [
+        f"| {r['variant']} | {r['median_us_per_step']:.1f} | "
+        f"{r['min_us_per_step']:.0f}-{r['max_us_per_step']:.0f} |" for r in sweep]
+
+
+def _parallel_lines(results: dict) -> list[str]:
     parallel = [r for r in results["throughput"]
                 if r["contender"] == "jaxlin_data_parallel" and r.get("status") == "ok"]
-    if parallel:
-        kind = results["contenders"].get("jaxlin_data_parallel", {}).get("info", {}).get("device_kind", "")
-        one = next((r["median_us_per_step"] for r in parallel if r["devices"] == 1), None)
-        lines += [f"\njaxlin data parallel (linear, batch 100 split over the devices; {kind})\n",
-                  "| devices | us/step | steps/s | examples/s | speed-up | scaling efficiency |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for r in parallel:
-            speedup = one / r["median_us_per_step"] if one else float("nan")
-            lines.append(f"| {r['devices']} | {r['median_us_per_step']:,.1f} | {r['steps_per_second']:,.0f} | "
-                         f"{r['examples_per_second']:,.0f} | {speedup:.2f} | {speedup / r['devices']:.0%} |")
-    vmap, sweep = _many_rows(results, "jaxlin_vmap"), _many_rows(results, "jaxlin_sweep")
-    if vmap or sweep:
-        lines += ["\njaxlin, M linear models at once (batch 100): each with its own batch order (vmap), or "
-                  "sharing one (sweep: one wide matmul)\n",
-                  "| models | vmap us/step (all M) | vmap model-steps/s | vmap % peak | sweep us/step (all M) | "
-                  "sweep model-steps/s | sweep % peak |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for m in sorted(set(vmap) | set(sweep)):
-            cells = []
-            for row in (vmap.get(m), sweep.get(m)):
-                cells += ([f"{row['median_us_per_step']:,.1f}", f"{row['model_steps_per_second']:,.0f}",
-                           _percent_of_peak(row)] if row else ["-", "-", "-"])
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if not parallel:
+        return []
+    kind = results["contenders"].get("jaxlin_data_parallel", {}).get("info", {}).get("device_kind", "")
+    one = next((r["median_us_per_step"] for r in parallel if r["devices"] == 1), None)
+    lines = [f"\njaxlin data parallel (linear, batch 100 split over the devices; {kind})\n",
+             "| devices | us/step | steps/s | examples/s | speed-up | scaling efficiency |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in parallel:
+        speedup = one / r["median_us_per_step"] if one else float("nan")
+        lines.append(f"| {r['devices']} | {r['median_us_per_step']:,.1f} | {r['steps_per_second']:,.0f} | "
+                     f"{r['examples_per_second']:,.0f} | {speedup:.2f} | {speedup / r['devices']:.0%} |")
     return lines
 
 
-def _tta_and_memory(results: dict) -> list[str]:
-    lines = []
+def _many_lines(results: dict) -> list[str]:
+    vmap, sweep = _many_rows(results, "jaxlin_vmap"), _many_rows(results, "jaxlin_sweep")
+    if not (vmap or sweep):
+        return []
+    lines = ["\njaxlin, M linear models at once (batch 100): each with its own batch order (vmap), or "
+             "sharing one (sweep: one wide matmul)\n",
+             "| models | vmap us/step (all M) | vmap model-steps/s | vmap % peak | sweep us/step (all M) | "
+             "sweep model-steps/s | sweep % peak |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for m in sorted(set(vmap) | set(sweep)):
+        cells = []
+        for row in (vmap.get(m), sweep.get(m)):
+            cells += ([f"{row['median_us_per_step']:,.1f}", f"{row['model_steps_per_second']:,.0f}",
+                       _percent_of_peak(row)] if row else ["-", "-", "-"])
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _tta_lines(results: dict) -> list[str]:
     tta = _tta_rows(results)
-    if tta:
-        target = results["meta"]["plan"]["tta_target"]
-        lines += [f"\ntime to {target:.1%} test accuracy from process start (same batch order for all)\n",
-                  "| contender | median s | min-max | steps |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {LABELS[r['contender']]} | {r['median_wall_seconds']:.2f} | {r['min_wall_seconds']:.2f}-"
-                  f"{r['max_wall_seconds']:.2f} | {r['steps']}{'' if r['reached'] else ' (not reached)'} |"
-                  for r in sorted(tta, key=lambda r: r["median_wall_seconds"])]
-    lines += ["\n| contender | status | version | max RSS MB |", "| --- | --- | --- | ---: |"]
+    if not tta:
+        return []
+    target = results["meta"]["plan"]["tta_target"]
+    return [f"\ntime to {target:.1%} test accuracy from process start (same batch order for all)\n",
+            "| contender | median s | min-max | steps |", "| --- | ---: | ---: | ---: |"] + [
+        f"| {LABELS[r['contender']]} | {r['median_wall_seconds']:.2f} | {r['min_wall_seconds']:.2f}-"
+        f"{r['max_wall_seconds']:.2f} | {r['steps']}{'' if r['reached'] else ' (not reached)'} |"
+        for r in sorted(tta, key=lambda r: r["median_wall_seconds"])]
+
+
+def _contender_lines(results: dict) -> list[str]:
+    lines = ["\ncontenders: status, framework version and the worker process's peak memory\n",
+             "| contender | status | version | max RSS MB |", "| --- | --- | --- | ---: |"]
     for name, c in results["contenders"].items():
         version = c.get("info", {}).get("version", "")
         rss = f"{c['max_rss_mb']:.0f}" if "max_rss_mb" in c else ""
-        lines.append(f"| {LABELS[name]} | {c['status']}{': ' + c['reason'] if c.get('reason') else ''} | "
-                     f"{version} | {rss} |")
+        reason = (": " + c["reason"]).replace("|", "\\|").replace("\n", " ") if c.get("reason") else ""
+        lines.append(f"| {LABELS[name]} | {c['status']}{reason} | {version} | {rss} |")
     return lines
+
+
+def _e2e_lines(results: dict) -> list[str]:
+    e2e = [r for r in results.get("end_to_end", []) if r.get("status") == "ok"]
+    if not e2e:
+        return []
+    return ["\nend to end: the tutorial run as a whole process, imports included (median of "
+            f"{len(e2e[0]['seconds'])} interleaved runs)\n",
+            "| command | median s | min-max | x TF script |", "| --- | ---: | ---: | ---: |"] + [
+        f"| {E2E_LABELS.get(r['name'], r['name'])} | {r['median_seconds']:.2f} | "
+        + (f"{r['min_seconds']:.2f}-{r['max_seconds']:.2f} | {r['ratio_to_tf_reference']:.2f} |"
+           if r.get("ratio_to_tf_reference") is not None else "- | - |") for r in e2e]
 
 
 def _bars(ax, labels, values, colors, unit: str) -> None:
