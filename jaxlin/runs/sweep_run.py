@@ -128,8 +128,10 @@ class SweepRun(RunKind):
         summary = _finish(trainer, state, loop, evaluations, session, self.grid)
         best = summary["best"]
         best_params = trainer.member_params(state, best) if best is not None else None
-        final = Evaluator(model.apply, data.test.images_uint8, data.test.labels, model.eval_batch_size)(best_params) \
-            if best is not None else None
+        # The best member alone, on this process's own device: every process evaluates it (no collective).
+        here = Placement((session.placement.local_device,))
+        final = Evaluator(model.apply, data.test.images_uint8, data.test.labels, model.eval_batch_size, here)(
+            best_params) if best is not None else None
         members = self.members
 
         def write(staging: Path) -> None:

@@ -211,17 +211,20 @@ class SweepTrainer:
         labels = self.placement.put(labels.reshape(batches.shape[:2]).ravel())
         predict = make_predict_fn(self.model.apply)
 
-        def correct(member_params):
+        # The split is an argument, not a constant of the program: across processes an array that spans
+        # other hosts' devices cannot be closed over.
+        def correct(member_params, batches, labels):
             return jnp.sum(predict(member_params, batches) == labels)
 
         if self.placement.mesh is None:
             # One member group at a time bounds the activations (10,000 images × the widest layer each).
             widest = max(self.model.activation_widths[:-1], default=16)
             group = max(1, min(len(self.members), 2**27 // (labels.shape[0] * widest)))
-            count = jax.jit(lambda params: jax.lax.map(correct, params, batch_size=group))
+            count = jax.jit(lambda params, batches, labels: jax.lax.map(
+                lambda member: correct(member, batches, labels), params, batch_size=group))
         else:
-            count = jax.jit(jax.vmap(correct))
-        return lambda params: np.asarray(to_host(count(params)))[:self.num_members]
+            count = jax.jit(jax.vmap(correct, in_axes=(0, None, None)))
+        return lambda params: np.asarray(to_host(count(params, batches, labels)))[:self.num_members]
 
     def init_state(self) -> SweepState:
         keys = _member_keys([run_keys(m.seed, m.data_seed)[0] for m in self.members])
