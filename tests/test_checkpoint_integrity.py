@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxlin.runs.checkpoints import CHECKPOINT_DIR, SET_ASIDE_DIR, record_digest
+from jaxlin.runs.checkpoints import record_digest
+from jaxlin.runs.rundir import CHECKPOINT_DIR, SET_ASIDE_DIR
 
 pytestmark = pytest.mark.slow
 STEPS = ["--num-steps", "30", "--eval-every", "10", "--batch-size", "50"]
@@ -400,9 +401,9 @@ def test_the_abandoned_reads_of_a_failed_restore_print_nothing(caplog):
     import asyncio
     import gc
 
-    from jaxlin.runs.checkpoints import _quiet_abandoned_reads
+    from jaxlin.runs.checkpoint_logs import quiet_abandoned_reads
 
-    _quiet_abandoned_reads()
+    quiet_abandoned_reads()
     loop = asyncio.new_event_loop()
     future = loop.create_future()
     future.set_exception(ValueError("DATA_LOSS: Error reading step/.zarray"))
@@ -412,7 +413,7 @@ def test_the_abandoned_reads_of_a_failed_restore_print_nothing(caplog):
     unraisable = []
     previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
     try:
-        _quiet_abandoned_reads()  # chains to the hook in place
+        quiet_abandoned_reads()  # chains to the hook in place
         sys.unraisablehook(type("U", (), {"exc_value": RuntimeError("Event loop is closed")})())
         sys.unraisablehook(type("U", (), {"exc_value": RuntimeError("something else")})())
     finally:

@@ -57,7 +57,7 @@ def start_distributed(args: argparse.Namespace) -> None:
     if manual is None:
         return
     from jaxlin.runtime import supervise
-    from jaxlin.runtime.devices import check_same_everywhere, start_distributed as start
+    from jaxlin.runtime.distributed import check_same_everywhere, start_distributed as start
 
     start(*manual, timeout_seconds=args.distributed_timeout)
     supervise.report_joined()

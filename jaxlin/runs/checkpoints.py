@@ -1,7 +1,7 @@
 """The train state and its checkpoints: saved whole, verified before use, never deleted.
 
-`TrainState` is everything a run needs to go on: params, optimizer state and
-the step (the batch order follows from seed and step, see `sampler`).
+A train state (`training.state`) is everything a run needs to go on: params, optimizer
+state and the step (the batch order follows from seed and step, see `sampler`).
 `CheckpointStore` keeps it in `<output dir>/checkpoints/` through orbax's
 `CheckpointManager`: each save is written to a temporary directory and renamed
 into place when complete (a crash mid-save leaves nothing that looks like a
@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -47,14 +45,13 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from jaxlin.runs.checkpoint_logs import HeldLogs, quiet_abandoned_reads
 from jaxlin.runs.params_file import CheckpointError
+from jaxlin.runs.rundir import CHECKPOINT_DIR, SET_ASIDE_DIR
 from jaxlin.training.state import TrainState
 
-CHECKPOINT_DIR = "checkpoints"
-SET_ASIDE_DIR = "checkpoints-set-aside"
 DIGEST_KEY = "digest"
 OLDER_RECORD_KEYS = frozenset({"config", "progress", "grid"})  # a record of jaxlin before digests
-_LOGGERS = ("absl", "orbax", "tensorstore")
 
 
 class UnreadableCheckpoint(CheckpointError):
@@ -141,60 +138,6 @@ def check_readable(directory: Path) -> None:
                 refuse(path, err)
 
 
-def _quiet_abandoned_reads() -> None:
-    """A read that fails on a damaged file (a restore, orbax's metadata) leaves tensorstore reads in
-    flight; when they complete, their callbacks find orbax's event loop closed and Python prints the
-    "unraisable" RuntimeError, and asyncio logs their tasks' errors as never retrieved. The failure
-    itself is reported as a damaged checkpoint: drop those messages, for as long as the process lives
-    (they come late, even after the store is closed)."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_jaxlin_quiet_abandoned_reads", False):
-        return
-
-    def hook(unraisable) -> None:
-        value = unraisable.exc_value
-        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook._jaxlin_quiet_abandoned_reads = True
-    sys.unraisablehook = hook
-    # The same reads' asyncio tasks, collected with their DATA_LOSS error unretrieved, are logged too.
-    logging.getLogger("asyncio").addFilter(_AbandonedTasks())
-
-
-class _AbandonedTasks(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "exception was never retrieved" not in str(record.msg)
-
-
-class _HeldLogs(logging.Handler):
-    """Keeps what orbax, tensorstore and absl log (tracebacks of failed background saves) off the
-    user's terminal; the last error is kept for the one-line message."""
-
-    def __init__(self):
-        super().__init__(logging.ERROR)
-        self.last_error: str | None = None
-        self._saved: list[tuple[logging.Logger, bool, list]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.last_error = (record.getMessage().strip().splitlines() or [""])[0][:200]
-        except Exception:  # a malformed log call must not break a save
-            pass
-
-    def take(self) -> None:
-        for name in _LOGGERS:
-            logger = logging.getLogger(name)
-            self._saved.append((logger, logger.propagate, logger.handlers[:]))
-            logger.handlers = [self]
-            logger.propagate = False
-
-    def give_back(self) -> None:
-        for logger, propagate, handlers in self._saved:
-            logger.handlers, logger.propagate = handlers, propagate
-        self._saved.clear()
-
-
 class CheckpointStore:
     """The train states of one run directory, saved asynchronously; keeps the latest `keep`.
 
@@ -210,9 +153,9 @@ class CheckpointStore:
         self.saved_step: int | None = None  # the newest step known to be complete on disk
         self._pending: int | None = None  # a save started and not yet known to be complete
         self._failed: CheckpointWriteError | None = None
-        self._logs = _HeldLogs()
+        self._logs = HeldLogs()
         self._logs.take()
-        _quiet_abandoned_reads()
+        quiet_abandoned_reads()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
             create=not read_only, read_only=read_only, enable_async_checkpointing=True,

@@ -32,9 +32,10 @@ from pathlib import Path
 from collections.abc import Callable
 
 from jaxlin.errors import JaxlinError
-from jaxlin.runs.checkpoints import CHECKPOINT_DIR, SET_ASIDE_DIR
 
 LOCK_FILE = ".jaxlin.lock"
+CHECKPOINT_DIR = "checkpoints"  # orbax checkpoints of the train state (see `checkpoints`)
+SET_ASIDE_DIR = "checkpoints-set-aside"  # damaged ones, moved here, never deleted
 RECORDS_FILE = "metrics.jsonl"
 METRICS_FILE = "metrics.json"
 PARAMS_FILE = "params.npz"

@@ -26,11 +26,11 @@ from jaxlin.data.datasets import DATA_DIR_ENV, DataError, Datasets, load_dataset
 from jaxlin.data.download import DownloadError
 from jaxlin.errors import JaxlinError
 from jaxlin.models import Model, ModelError, get_model
-from jaxlin.runs.checkpoints import CHECKPOINT_DIR, CheckpointStore, CheckpointWriteError, DamagedCheckpoint
+from jaxlin.runs.checkpoints import CheckpointStore, CheckpointWriteError, DamagedCheckpoint
 from jaxlin.runs.params_file import CheckpointError
-from jaxlin.runs.rundir import FollowerRunDir, Layout, RunDir, RunDirError, RunDirGone, check_writable
-from jaxlin.runtime.devices import (Placement, check_same_everywhere, failing_together, is_primary,
-                                    max_over_processes, sync)
+from jaxlin.runs.rundir import CHECKPOINT_DIR, FollowerRunDir, Layout, RunDir, RunDirError, RunDirGone, check_writable
+from jaxlin.runtime.devices import Placement
+from jaxlin.runtime.distributed import check_same_everywhere, failing_together, is_primary, max_over_processes, sync
 from jaxlin.runtime.signals import StopRequest
 from jaxlin.training.loop import Loop, LoopHooks, Progress
 from jaxlin.training.schedule import StepSchedule, checkpoint_schedule

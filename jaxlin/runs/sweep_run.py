@@ -20,9 +20,10 @@ from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data.datasets import Datasets
 from jaxlin.models import Model
 from jaxlin.runs import params_file
-from jaxlin.runs.checkpoints import CHECKPOINT_DIR, SET_ASIDE_DIR, DamagedCheckpoint
+from jaxlin.runs.checkpoints import DamagedCheckpoint
 from jaxlin.runs.outputs import library_versions, write_figures
-from jaxlin.runs.rundir import METRICS_FILE, PARAMS_FILE, RECORDS_FILE, SWEEP_OUTPUTS, Layout, to_json
+from jaxlin.runs.rundir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, RECORDS_FILE, SET_ASIDE_DIR, SWEEP_OUTPUTS,
+                                Layout, to_json)
 from jaxlin.runs.session import Outcome, RunKind, Session, run
 from jaxlin.runs.session import resume_command as _resume_command
 from jaxlin.runtime.devices import MODELS_AXIS, Placement, resolve_placement

@@ -17,10 +17,10 @@ from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data.datasets import Datasets
 from jaxlin.models import Model
 from jaxlin.runs import params_file
-from jaxlin.runs.checkpoints import CHECKPOINT_DIR, DamagedCheckpoint
+from jaxlin.runs.checkpoints import DamagedCheckpoint
 from jaxlin.runs.evaluation import evaluate_saved  # noqa: F401  (the `jaxlin evaluate` job, for its old callers)
 from jaxlin.runs.outputs import accuracy_line, library_versions, write_figures
-from jaxlin.runs.rundir import METRICS_FILE, PARAMS_FILE, TRAIN_LAYOUT, to_json
+from jaxlin.runs.rundir import CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, TRAIN_LAYOUT, to_json
 from jaxlin.runs.session import Outcome, RunKind, Session, Stopped, build_model, run
 from jaxlin.runs.session import resume_command as _resume_command
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host

@@ -31,14 +31,13 @@ import sys
 import tempfile
 import threading
 
+from jaxlin.runs.rundir import CHECKPOINT_DIR  # the output directory's layout; imports no JAX
+
 RUNTIME_FD_ENV = "JAXLIN_RUNTIME_LOG_FD"
 JOINED = "jaxlin: joined the distributed run"  # the child's word to the parent, on the runtime stream
 FAILED = "jaxlin: the runtime failed: "  # the child's word that it ends on a runtime error (then its text)
 _LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]*\] ?(.*)$")  # absl: F1201 00:05:20.8 19267 f.cc:80] text
 _KEEP_LINES = 400
-# The checkpoints' directory in an output directory: jaxlin.runs.checkpoints.CHECKPOINT_DIR, which
-# imports JAX (a parent that only supervises never does); tests/test_cli.py checks that they agree.
-CHECKPOINT_DIR = "checkpoints"
 
 
 class _Routing:
