@@ -14,7 +14,8 @@ import numpy as np
 
 from jaxlin.config import Config
 from jaxlin.data.datasets import Datasets, load_datasets
-from jaxlin.runs.train_run import accuracy_line, train_and_evaluate
+from jaxlin.runs.outputs import accuracy_line
+from jaxlin.runs.train_run import train_and_evaluate
 
 TUTORIAL_EVAL_STEPS = [0, 1, 10, 1000]
 

@@ -18,17 +18,16 @@ from jaxlin.data.datasets import Datasets
 from jaxlin.models import Model
 from jaxlin.runs import params_file
 from jaxlin.runs.checkpoints import DamagedCheckpoint
-from jaxlin.runs.evaluation import evaluate_saved  # noqa: F401  (the `jaxlin evaluate` job, for its old callers)
 from jaxlin.runs.outputs import accuracy_line, library_versions, write_figures
 from jaxlin.runs.rundir import CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, TRAIN_LAYOUT, to_json
-from jaxlin.runs.session import Outcome, RunKind, Session, Stopped, build_model, run
+from jaxlin.runs.session import Outcome, RunKind, Session, build_model, run
 from jaxlin.runs.session import resume_command as _resume_command
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host
 from jaxlin.runtime.signals import StopRequest
 from jaxlin.training.schedule import eval_schedule
 from jaxlin.training.trainer import Trainer
 
-__all__ = ["Stopped", "TrainRun", "accuracy_line", "describe_run", "resume_command", "train_and_evaluate"]
+__all__ = ["TrainRun", "describe_run", "resume_command", "train_and_evaluate"]
 
 
 def resume_command(out: Path) -> str:
