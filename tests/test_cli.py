@@ -375,13 +375,14 @@ def test_train_and_sweep_take_the_several_processes_flags(command, capsys):
 
 
 def test_the_supervisor_names_the_resume_command_of_what_it_supervises(tmp_path):
+    from jaxlin.cli.hosts import resume_hint
     from jaxlin.runs.rundir import CHECKPOINT_DIR
-    from jaxlin.runtime import supervise
+
     out = tmp_path / "run dir"
-    assert supervise._resume_hint(str(out), "sweep") == ""  # no checkpoints: nothing to resume
+    assert resume_hint("sweep", str(out)) == ""  # no checkpoints: nothing to resume
     (out / CHECKPOINT_DIR / "20").mkdir(parents=True)
-    assert f"Resume with: jaxlin sweep --resume --output-dir '{out}'" in supervise._resume_hint(str(out), "sweep")
-    assert f"Resume with: jaxlin train --resume --output-dir '{out}'" in supervise._resume_hint(str(out), "train")
+    assert f"Resume with: jaxlin sweep --resume --output-dir '{out}'" in resume_hint("sweep", str(out))
+    assert f"Resume with: jaxlin train --resume --output-dir '{out}'" in resume_hint("train", str(out))
 
 
 def test_a_second_in_process_call_reports_its_own_timings(tiny_data_dir, tmp_path):

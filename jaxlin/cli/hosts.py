@@ -73,4 +73,14 @@ def supervise(args: argparse.Namespace, argv: list[str]) -> int:
     coordinator, num_processes, process_id = distributed_flags(args)
     where = f"coordinator {coordinator}" if coordinator else "the cluster's coordinator"
     process = f"process {process_id} (of {num_processes})" if coordinator else "this process"
-    return supervise.run_supervised(argv, where, process, config_from_args(args).output_dir, command=args.command)
+    output_dir = config_from_args(args).output_dir
+    return supervise.run_supervised(argv, where, process, output_dir, lambda: resume_hint(args.command, output_dir))
+
+
+def resume_hint(command: str, output_dir: str) -> str:
+    """What the supervisor adds to its last line: how to resume, when there is a checkpoint."""
+    from jaxlin.runs.rundir import has_checkpoints, resume_command
+
+    if not has_checkpoints(output_dir):
+        return ""
+    return f". Resume with: {resume_command(command, output_dir, several_processes=True)}"

@@ -26,6 +26,7 @@ import fcntl
 import json
 import math
 import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -55,6 +56,23 @@ class RunDirError(JaxlinError, ValueError):
 
 class RunDirGone(FileNotFoundError):
     """The output directory this run locked was moved or removed while it ran."""
+
+
+def resume_command(command: str, out: str | os.PathLike, several_processes: bool = False) -> str:
+    """The command line that continues the run of `jaxlin COMMAND` in `out`."""
+    line = f"jaxlin {command} --resume --output-dir {shlex.quote(str(out))}"
+    if several_processes:
+        line += " (on every process, with its distributed flags as before)"
+    return line
+
+
+def has_checkpoints(out: str | os.PathLike) -> bool:
+    """Whether `out` holds a checkpoint to resume from (by its name; `checkpoints` verifies it)."""
+    directory = Path(out) / CHECKPOINT_DIR
+    try:
+        return any(name.isdigit() for name in os.listdir(directory))
+    except OSError:
+        return False
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from jaxlin.data.download import DownloadError
 from jaxlin.errors import JaxlinError
 from jaxlin.models import Model, ModelError, get_model
 from jaxlin.runs.checkpoints import CheckpointStore, CheckpointWriteError, DamagedCheckpoint
+from jaxlin.runs import rundir
 from jaxlin.runs.params_file import CheckpointError
 from jaxlin.runs.rundir import CHECKPOINT_DIR, FollowerRunDir, Layout, RunDir, RunDirError, RunDirGone, check_writable
 from jaxlin.runtime.devices import Placement
@@ -53,11 +53,8 @@ def build_model(config: Config) -> Model:
 
 
 def resume_command(command: str, out: Path) -> str:
-    """The command line that continues the run in `out`."""
-    line = f"jaxlin {command} --resume --output-dir {shlex.quote(str(out))}"
-    if jax.process_count() > 1:
-        line += " (on every process, with its distributed flags as before)"
-    return line
+    """The command line that continues the run in `out` (see `rundir.resume_command`)."""
+    return rundir.resume_command(command, out, several_processes=jax.process_count() > 1)
 
 
 @dataclasses.dataclass

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import collections
 import os
-import shlex
 import re
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-
-from jaxlin.runs.rundir import CHECKPOINT_DIR  # the output directory's layout; imports no JAX
+from collections.abc import Callable
 
 RUNTIME_FD_ENV = "JAXLIN_RUNTIME_LOG_FD"
 JOINED = "jaxlin: joined the distributed run"  # the child's word to the parent, on the runtime stream
@@ -343,12 +341,13 @@ def _send(child: subprocess.Popen, signum: int) -> None:
         pass
 
 
-def run_supervised(argv: list[str], where: str, process: str, output_dir: str, command: str = "train") -> int:
+def run_supervised(argv: list[str], where: str, process: str, output_dir: str,
+                   resume_hint: Callable[[], str] = lambda: "") -> int:
     """Runs `jaxlin ARGV` as a child (see the module docstring) and returns its exit code.
 
     `where` names the coordinator ("coordinator HOST:PORT") and `process` this process
-    ("process 1 (of 2)") for the message; `output_dir` is where a resume would start, with
-    `jaxlin COMMAND --resume` (the command that ARGV runs: train or sweep)."""
+    ("process 1 (of 2)") for the message; `output_dir` holds the runtime log, and `resume_hint()`
+    says, when the child has ended, how to resume it ("" when there is nothing to resume)."""
     read_fd, write_fd = os.pipe()
     env = {**os.environ, RUNTIME_FD_ENV: str(write_fd)}
     child = subprocess.Popen([sys.executable, "-m", "jaxlin.cli", *argv], env=env, pass_fds=(write_fd,),
@@ -370,7 +369,7 @@ def run_supervised(argv: list[str], where: str, process: str, output_dir: str, c
         return 128 + forward.signum
     if forward.killed:
         print(f"jaxlin: stopped by {name} at once (second signal); checkpoints already on disk are kept"
-              f"{_resume_hint(output_dir, command)}", file=sys.stderr)
+              f"{resume_hint()}", file=sys.stderr)
         return 128 + forward.signum
     if code >= 0 and log.failed is None:
         return code
@@ -390,16 +389,6 @@ def run_supervised(argv: list[str], where: str, process: str, output_dir: str, c
         hint = ("not every process joined in time: are they all started, with the same --coordinator and "
                 "--num-processes and distinct --process-id?")
     print(f"jaxlin: error: {process} of the run through {where} {how}: {reason}; "
-          f"{hint}; runtime log: {log.save(output_dir, log_name(process))}{_resume_hint(output_dir, command)}",
+          f"{hint}; runtime log: {log.save(output_dir, log_name(process))}{resume_hint()}",
           file=sys.stderr)
     return 1
-
-
-def _resume_hint(output_dir: str, command: str) -> str:
-    """How to resume `jaxlin COMMAND` from the checkpoints in `output_dir`; "" when there are none."""
-    checkpoints = os.path.join(output_dir, CHECKPOINT_DIR)
-    if os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints)):
-        return (f". Resume with: jaxlin {command} --resume --output-dir {shlex.quote(output_dir)} "
-                f"(on every process, with its distributed flags as before)")
-    return ""
-
