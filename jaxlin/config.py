@@ -25,7 +25,7 @@ DATASETS = ("mnist", "fashion_mnist")
 SOURCES = ("auto", "tfds")
 MODELS = ("linear", "mlp", "cnn")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
-DOT_LAYOUTS = ("auto", "plain", "batched")  # see layout.py
+DOT_LAYOUTS = ("auto", "plain", "batched")  # see runtime/dot_layout.py
 
 # Settings that a resumed run may change: they do not change what the steps compute.
 RESUMABLE_CHANGES = frozenset({"num_steps", "output_dir", "data_dir", "keep_checkpoints", "devices"})
@@ -97,7 +97,7 @@ class Config:
     dot_layout: str = setting(
         "auto", "how the fused loop lays out the model's dots: plain, batched (a singleton vmap), or auto: "
                 "batched for a single dense layer (the linear model) in the fused loop on one CPU device, else plain "
-                "(a fixed rule, so the same flags give the same bits; see layout.py)", choices=DOT_LAYOUTS)
+                "(a fixed rule, so the same flags give the same bits; see runtime/dot_layout.py)", choices=DOT_LAYOUTS)
     loop: str = setting("fused", "fused: many steps per compiled call on device-resident data; "
                                  "per-step: one call per host-fed batch", choices=LOOPS)
     device: str = setting("auto", "where to compute; auto: JAX's first device", choices=DEVICES,

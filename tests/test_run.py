@@ -90,3 +90,31 @@ def test_a_dry_run_checks_the_output_directory(tiny_data_dir, tmp_path):
     with pytest.raises(RunDirError, match="already holds a run"):
         train_and_evaluate(config, dry_run=True, log=lambda line: None)
     assert train_and_evaluate(config, dry_run=True, log=lambda line: None, mode="overwrite") is None
+
+
+def test_a_checkpoint_of_another_run_kind_is_refused_not_adopted(tmp_path):
+    """The session stamps each record with its kind: a run of another kind (a user's) is never
+    resumed as a train run or a sweep, and older records are told apart by their grid."""
+    import pytest
+
+    from jaxlin.config import ConfigError
+    from jaxlin.runs.session import _record_check, record_kind
+    from jaxlin.runs.sweep_run import SweepRun
+    from jaxlin.runs.train_run import TrainRun
+    from jaxlin.training.sweep import Grid
+
+    with pytest.raises(ConfigError, match="holds a jaxlin evalonly run, not a train run; continue it with "
+                                          "jaxlin evalonly --resume"):
+        _record_check(TrainRun(), tmp_path)(10, {"kind": "evalonly", "config": {}, "progress": {}})
+    with pytest.raises(ConfigError, match="holds a jaxlin train run, not a sweep run"):
+        _record_check(SweepRun(Grid()), tmp_path)(10, {"config": {}, "progress": {}})
+    assert record_kind({"grid": {}, "config": {}}) == "sweep" and record_kind({"config": {}}) == "train"
+
+
+def test_overwrite_removes_what_the_run_kinds_layout_writes(tmp_path):
+    from jaxlin.runs.rundir import RECORD_FIELDS, RECORDS_FILE, Layout, RunDir
+
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    RunDir(tmp_path, Layout(("summary.json", RECORDS_FILE), "summary.json", RECORD_FIELDS)).remove_run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -42,7 +42,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jaxlin",
-        description="The TensorFlow MNIST linear-model tutorial in JAX: train, sweep, evaluate, download, predict.")
+        description=f"The TensorFlow MNIST linear-model tutorial in JAX: {', '.join(COMMANDS)}.")
     parser.add_argument("--version", action="version", version=f"jaxlin {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for command in COMMANDS.values():
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_join_list_values(argv))
     try:
         check_settings(args)  # before JAX is imported
-    except ConfigError as err:
+    except JaxlinError as err:
         print(f"jaxlin: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     timing.marks.start_command()
     child = supervise.is_child()
     if child:
@@ -128,34 +128,10 @@ def _signal_ready() -> None:
             pass
 
 
-def _known_errors() -> tuple[type[Exception], ...]:
-    """The errors reported as one line: `JaxlinError`, and those that do not derive from it yet."""
-    from jaxlin.data.datasets import DataError
-    from jaxlin.data.download import DownloadError
-    from jaxlin.models import ModelError
-    from jaxlin.runs.params_file import CheckpointError
-    from jaxlin.runs.predict import ImageError
-    from jaxlin.runs.rundir import RunDirError
-    from jaxlin.training.trainer import DivergenceError
-
-    return (JaxlinError, ConfigError, DataError, DownloadError, ModelError, CheckpointError, RunDirError,
-            ImageError, DivergenceError)
-
-
-def _exit_code(err: Exception) -> int:
-    if isinstance(err, JaxlinError):
-        return err.exit_code
-    from jaxlin.training.trainer import DivergenceError
-
-    return 3 if isinstance(err, DivergenceError) else 2
-
-
 def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
-    from jaxlin.runs import train_run  # noqa: F401  (the heavy imports: JAX, orbax; see raise_pending)
-    from jaxlin.runs.session import Stopped
+    from jaxlin.runs.session import Stopped  # the heavy imports (JAX, orbax): done before raise_pending
     from jaxlin.runtime import supervise
 
-    known = _known_errors()
     if stop is not None:
         stop.raise_pending()  # the heavy imports (JAX) are done
     try:
@@ -163,9 +139,9 @@ def _main(args: argparse.Namespace, stop: StopRequest | None) -> int:
     except Stopped as stopped:
         print(stopped, file=sys.stderr)
         return stopped.exit_code
-    except known as err:
+    except JaxlinError as err:  # what the user can fix: one line and its exit code
         print(f"jaxlin: error: {err}", file=sys.stderr)
-        return _exit_code(err)
+        return err.exit_code
     except OSError as err:  # e.g. the output directory filled up or vanished while writing
         print(f"jaxlin: error: cannot write outputs: {err}", file=sys.stderr)
         return 2

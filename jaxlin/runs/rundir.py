@@ -249,8 +249,9 @@ class RunDir:
         return (self.path / self.layout.finished_file).is_file()
 
     def remove_run(self) -> None:
-        """Removes a previous run's outputs, of either command (`--overwrite`); other files stay."""
-        for name in JAXLIN_OUTPUTS:
+        """Removes a previous run's outputs, of any command (`--overwrite`), and whatever this run's layout
+        writes; other files stay."""
+        for name in dict.fromkeys((*JAXLIN_OUTPUTS, *self.layout.run_files)):
             target = self.path / name
             if not (target.exists() or target.is_symlink()):
                 continue

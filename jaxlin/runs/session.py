@@ -21,23 +21,22 @@ from pathlib import Path
 import jax
 
 from jaxlin.config import Config, ConfigError
-from jaxlin.data.datasets import DATA_DIR_ENV, DataError, Datasets, load_datasets, resolve_data_dir
-from jaxlin.data.download import DownloadError
+from jaxlin.data.datasets import DATA_DIR_ENV, Datasets, load_datasets, resolve_data_dir
 from jaxlin.errors import JaxlinError
-from jaxlin.models import Model, ModelError, get_model
+from jaxlin.models import Model, get_model
 from jaxlin.runs.checkpoints import CheckpointStore, CheckpointWriteError, DamagedCheckpoint
 from jaxlin.runs import rundir
 from jaxlin.runs.params_file import CheckpointError
-from jaxlin.runs.rundir import CHECKPOINT_DIR, FollowerRunDir, Layout, RunDir, RunDirError, RunDirGone, check_writable
+from jaxlin.runs.rundir import CHECKPOINT_DIR, FollowerRunDir, Layout, RunDir, RunDirGone, check_writable
 from jaxlin.runtime.devices import Placement
 from jaxlin.runtime.distributed import check_same_everywhere, failing_together, is_primary, max_over_processes, sync
 from jaxlin.runtime.signals import StopRequest
-from jaxlin.training.loop import Loop, LoopHooks, Progress
+from jaxlin.training.loop import ChunkTrainer, Loop, LoopHooks, Progress
 from jaxlin.training.schedule import StepSchedule, checkpoint_schedule
 
 MODES = ("new", "overwrite", "resume")
-# What a run reports in one line (exit 2, see cli): in a multi-process run, the processes agree on them.
-USER_ERRORS = (JaxlinError, ConfigError, DataError, DownloadError, ModelError, RunDirError, CheckpointError, OSError)
+# What a run reports in one line (see cli): in a multi-process run, the processes agree on them.
+USER_ERRORS = (JaxlinError, OSError)
 
 
 class Stopped(Exception):
@@ -69,10 +68,14 @@ class Outcome:
 
 
 class RunKind:
-    """What one kind of run adds to the session (see `train_run.TrainRun`, `sweep_run.SweepRun`)."""
+    """What one kind of run adds to the session (see `train_run.TrainRun`, `sweep_run.SweepRun`).
 
-    command = "train"  # the jaxlin command that runs it (and resumes it)
-    noun = "run"
+    A subclass sets `command` (the name stamped into its checkpoint records, and the jaxlin command
+    that resumes it), `noun` (how messages name it) and `layout` (the files it writes, see `rundir`),
+    and implements the methods below that raise NotImplementedError."""
+
+    command: str
+    noun: str = "run"
     layout: Layout
 
     def check(self, config: Config) -> None:
@@ -80,8 +83,10 @@ class RunKind:
 
     def record_check(self, out: Path, config: Config | None = None,
                      model: Model | None = None) -> Callable[[int, dict], None]:
-        """The check `CheckpointStore.find_usable` applies to a verified record: this kind's, whose model
-        this command line rebuilds, and (given `config`) that the settings asked for continue."""
+        """The check `CheckpointStore.find_usable` applies to a verified record of this kind (the session
+        has checked the kind): its model is one this command line rebuilds, and (given `config`) the
+        settings asked for continue it. Raises ConfigError (or DamagedCheckpoint for a record it cannot
+        read)."""
         raise NotImplementedError
 
     def resumed_settings(self, record: dict, step: int, out: Path, config: Config, explicit: set[str]) -> Config:
@@ -98,18 +103,46 @@ class RunKind:
         raise NotImplementedError
 
     def evals(self, config: Config) -> StepSchedule:
+        """The steps whose evaluations are recorded (see `schedule.eval_schedule`)."""
         raise NotImplementedError
 
     def record_fields(self, config: Config, model: Model) -> dict:
-        """What a checkpoint's record holds beside the progress."""
+        """What a checkpoint's record holds beside its kind and the progress."""
         return {"config": config.to_dict(), "model": model.spec}
 
     def on_record(self, record: dict) -> str | None:
         """A line to log for an evaluation record, if any."""
         return None
 
-    def finish(self, session: Session, trainer, state, loop: Loop, evaluations: list[dict]) -> Outcome:
+    def finish(self, session: Session, trainer: ChunkTrainer, state, loop: Loop, evaluations: list[dict]) -> Outcome:
+        """What a finished run writes and returns, from its final `state` and every record (this
+        session's and earlier ones'). Called on every process (collectives are allowed); nothing may
+        be written here: `Outcome.write` fills the directory that is published."""
         raise NotImplementedError
+
+
+def record_kind(record: dict) -> str:
+    """The command whose run wrote a checkpoint's record (records written before the kind was stamped
+    into them: a sweep's holds its grid)."""
+    kind = record.get("kind")
+    if kind is None:
+        return "sweep" if "grid" in record else "train"
+    return str(kind)
+
+
+def _record_check(kind: RunKind, out: Path, config: Config | None = None, model: Model | None = None):
+    """`kind.record_check` behind the check that the record is of this kind: another kind's checkpoints
+    are refused, never set aside or adopted."""
+    own = kind.record_check(out, config, model)
+
+    def check(step: int, record: dict) -> None:
+        recorded = record_kind(record)
+        if recorded != kind.command:
+            raise ConfigError(f"{out} holds a jaxlin {recorded} run, not a {kind.command} run; continue it with "
+                              f"{rundir.resume_command(recorded, out)}")
+        own(step, record)
+
+    return check
 
 
 def parse_progress(record: dict, out: Path, step: int) -> Progress:
@@ -127,7 +160,7 @@ def latest_record(kind: RunKind, out: Path) -> tuple[int, dict]:
         raise ConfigError(f"--resume: no checkpoints in {out} (nothing to resume; {start})")
     store = CheckpointStore(out, read_only=True)
     try:
-        usable = store.find_usable(kind.record_check(out))
+        usable = store.find_usable(_record_check(kind, out))
     finally:
         store.close()
     return usable.step, usable.record
@@ -222,7 +255,8 @@ class _SessionHooks(LoopHooks):
 
     def __init__(self, session: Session, run_dir: RunDir, store: CheckpointStore | None, fields: dict,
                  last_recorded_step: int | None):
-        self.session, self.run_dir, self.store, self.fields = session, run_dir, store, fields
+        self.session, self.run_dir, self.store = session, run_dir, store
+        self.fields = {"kind": session.kind.command, **fields}
         self.checkpoints = store is not None
         self.last_recorded_step = last_recorded_step
         self.saved_step: int | None = None
@@ -270,7 +304,7 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
                 if store is None:
                     raise ConfigError("--resume: checkpoints are off (--checkpoint-every 0)")
                 with failing_together(*USER_ERRORS):  # every process verifies it before any is moved
-                    usable = store.find_usable(kind.record_check(out, config, session.model),
+                    usable = store.find_usable(_record_check(kind, out, config, session.model),
                                                lambda record: trainer.state_template(), log=log)
                 if is_primary():
                     store.set_aside_damaged(usable.damaged, log)

@@ -8,7 +8,6 @@ metrics.json, figures and params.npz.
 
 from __future__ import annotations
 
-import shlex
 import time
 from pathlib import Path
 
@@ -76,9 +75,6 @@ class TrainRun(RunKind):
 
     def record_check(self, out: Path, config: Config | None = None, model: Model | None = None):
         def check(step: int, record: dict) -> None:
-            if "grid" in record:  # another kind of run, whose checkpoints must stay
-                raise ConfigError(f"{out} holds a jaxlin sweep, not a train run; continue it with "
-                                  f"jaxlin sweep --resume --output-dir {shlex.quote(str(out))}")
             saved = _saved_config(record, out, step)
             rebuilt = build_model(saved)
             recorded = record.get("model")

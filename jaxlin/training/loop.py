@@ -136,6 +136,7 @@ class Loop:
         from tqdm.auto import tqdm
 
         config, hooks = self.trainer.config, self.hooks
+        hooks.on_start(config)
         saved_at = None if self.fresh else state.step  # a resumed run's first state is its checkpoint
         if self.fresh and hooks.checkpoints:
             # A fresh run's first checkpoint is on disk before anything else is recorded: whatever

@@ -274,7 +274,6 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if hooks.checkpoints else 0, evals)
     with jax.default_device(placement.local_device):
         trainer = Trainer(config, data, model, placement)
-        hooks.on_start(trainer.config)
         state, progress_so_far = (trainer.place(start[0]), start[1]) if start else (trainer.init_state(), Progress())
         loop = Loop(trainer, evals, saves, hooks, progress_so_far, fresh=start is None)
         state = loop.run(state, progress)
