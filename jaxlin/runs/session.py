@@ -145,6 +145,14 @@ def _record_check(kind: RunKind, out: Path, config: Config | None = None, model:
     return check
 
 
+def saved_config(record: dict, out: Path, step: int) -> Config:
+    """The config of a verified checkpoint record; DamagedCheckpoint when it cannot be read."""
+    try:
+        return Config.from_dict(record["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DamagedCheckpoint(f"{out / CHECKPOINT_DIR / str(step)}: unreadable run record ({err})") from err
+
+
 def parse_progress(record: dict, out: Path, step: int) -> Progress:
     try:
         return Progress(**record["progress"])

@@ -16,10 +16,9 @@ from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data.datasets import Datasets
 from jaxlin.models import Model
 from jaxlin.runs import params_file
-from jaxlin.runs.checkpoints import DamagedCheckpoint
 from jaxlin.runs.outputs import accuracy_line, library_versions, write_figures
-from jaxlin.runs.rundir import CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, TRAIN_LAYOUT, to_json
-from jaxlin.runs.session import Outcome, RunKind, Session, build_model, run
+from jaxlin.runs.rundir import METRICS_FILE, PARAMS_FILE, TRAIN_LAYOUT, to_json
+from jaxlin.runs.session import Outcome, RunKind, Session, build_model, run, saved_config
 from jaxlin.runs.session import resume_command as _resume_command
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host
 from jaxlin.runtime.signals import StopRequest
@@ -48,14 +47,8 @@ def _model_name(spec) -> str:
     return str(spec.get("name")) if isinstance(spec, dict) else "an unknown model"
 
 
-def _saved_config(record: dict, out: Path, step: int) -> Config:
-    try:
-        return Config.from_dict(record["config"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise DamagedCheckpoint(f"{out / CHECKPOINT_DIR / str(step)}: unreadable run record ({err})") from err
-
-
-def _check_resumable(saved: Config, wanted: Config, step: int, out: Path) -> Config:
+def check_resumable(saved: Config, wanted: Config, step: int, out: Path) -> Config:
+    """`wanted` when it continues the run `saved` describes (at `step`, in `out`); else ConfigError."""
     conflicts = resume_conflicts(saved, wanted)
     if conflicts:
         raise ConfigError(f"--resume: settings differ from the checkpoint in {out}: {'; '.join(conflicts)}")
@@ -75,7 +68,7 @@ class TrainRun(RunKind):
 
     def record_check(self, out: Path, config: Config | None = None, model: Model | None = None):
         def check(step: int, record: dict) -> None:
-            saved = _saved_config(record, out, step)
+            saved = saved_config(record, out, step)
             rebuilt = build_model(saved)
             recorded = record.get("model")
             if recorded is not None and recorded != rebuilt.spec:
@@ -85,13 +78,13 @@ class TrainRun(RunKind):
                 raise ConfigError(f"--resume: checkpoint {step} in {out} is of model {rebuilt.describe()}, "
                                   f"not {model.describe()}")
             if config is not None:
-                _check_resumable(saved, config, step, out)
+                check_resumable(saved, config, step, out)
 
         return check
 
     def resumed_settings(self, record: dict, step: int, out: Path, config: Config, explicit: set[str]) -> Config:
-        saved = _saved_config(record, out, step)
-        return _check_resumable(saved, saved.replace(**{name: getattr(config, name) for name in explicit}), step, out)
+        saved = saved_config(record, out, step)
+        return check_resumable(saved, saved.replace(**{name: getattr(config, name) for name in explicit}), step, out)
 
     def plan(self, config: Config, data: Datasets, model: Model) -> tuple[Placement, str]:
         placement = resolve_placement(config.device, config.devices, config.batch_size)
