@@ -232,6 +232,30 @@ def test_members_sharded_over_devices_match_one_device(tiny_data_dir, tmp_path):
     assert runs["1"]["best"] == runs["2"]["best"]
 
 
+@pytest.mark.slow
+def test_a_sweep_resumes_on_another_device_count_whatever_its_padding(tiny_data_dir, tmp_path):
+    """Three members: saved on one device, resumed on two (padded to four), back on one; checkpoints
+    hold the real members only, so each placement pads afresh and the run continues the same."""
+    exe = Path(sys.executable).with_name("jaxlin")
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    common = ["sweep", "--no-progress", "--data-dir", str(tiny_data_dir), "--eval-every", "20"]
+
+    def sweep(*args):
+        done = subprocess.run([str(exe), *common, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    out, whole = tmp_path / "moved", tmp_path / "whole"
+    sweep("--learning-rates", "0.05,0.1,0.5", "--num-steps", "20", "--output-dir", str(out))
+    assert "Resuming" in sweep("--resume", "--num-steps", "40", "--devices", "2", "--output-dir", str(out)).stdout
+    sweep("--resume", "--num-steps", "60", "--devices", "1", "--output-dir", str(out))
+    sweep("--learning-rates", "0.05,0.1,0.5", "--num-steps", "60", "--output-dir", str(whole))
+    moved, unmoved = (json.loads((d / "sweep.json").read_text()) for d in (out, whole))
+    assert moved["best"] == unmoved["best"]
+    for a, b in zip(moved["members"], unmoved["members"]):
+        assert np.allclose(a["validation_curve"], b["validation_curve"], atol=2e-4)
+
+
 def test_sweep_members_are_the_grid_cross_product():
     members = Grid(learning_rates=(0.1, 0.2), seeds=(3, 4)).members(Config(seed=9))
     assert [(m.learning_rate, m.seed, m.data_seed) for m in members] == [

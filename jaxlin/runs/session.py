@@ -262,11 +262,12 @@ class _SessionHooks(LoopHooks):
     """Streams records into the run directory, checkpoints through orbax, stops when all processes agree."""
 
     def __init__(self, session: Session, run_dir: RunDir, store: CheckpointStore | None, fields: dict,
-                 last_recorded_step: int | None):
+                 last_recorded_step: int | None, saved_state: Callable):
         self.session, self.run_dir, self.store = session, run_dir, store
         self.fields = {"kind": session.kind.command, **fields}
         self.checkpoints = store is not None
         self.last_recorded_step = last_recorded_step
+        self.saved_state = saved_state
         self.saved_step: int | None = None
 
     def on_evaluation(self, record: dict) -> None:
@@ -277,7 +278,7 @@ class _SessionHooks(LoopHooks):
 
     def save(self, state, progress: Progress, wait: bool = False) -> None:
         self.run_dir.check_still_here()
-        self.store.save(state, {**self.fields, "progress": dataclasses.asdict(progress)})
+        self.store.save(self.saved_state(state), {**self.fields, "progress": dataclasses.asdict(progress)})
         if wait:
             self.store.wait()
         self.saved_step = state.step
@@ -329,7 +330,7 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
             evals = kind.evals(config)
             saves = _checkpoint_schedule(config, store, evals)
             hooks = _SessionHooks(session, run_dir, store, kind.record_fields(trainer.config, session.model),
-                                  records[-1]["step"] if records else None)
+                                  records[-1]["step"] if records else None, trainer.saved_state)
             loop = Loop(trainer, evals, saves, hooks, progress, fresh=session.mode != "resume")
             state = loop.run(state, session.progress and is_primary())
             if store:

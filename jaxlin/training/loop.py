@@ -57,6 +57,9 @@ class ChunkTrainer(Protocol):
         sums and counts to add per model; raises (a single run's divergence) or reports with
         `report(line)` (a sweep's frozen member)."""
 
+    def saved_state(self, state: Any) -> Any:
+        """What a checkpoint of `state` holds (`place` turns it back into a state on the devices)."""
+
     def evaluate(self, state: Any) -> dict:
         """The accuracy fields of an evaluation record of `state`."""
 

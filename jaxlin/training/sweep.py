@@ -237,13 +237,30 @@ class SweepTrainer:
         return self.place(SweepState(params, opt_state, frozen_at, 0))
 
     def place(self, state: SweepState) -> SweepState:
-        params, opt_state, frozen_at = self.placement.put((state.params, state.opt_state, state.frozen_at),
-                                                          self.member_sharding)
+        """`state` on this trainer's devices. A saved state (its real members only, see `saved_state`) gets
+        this placement's padding: copies of member 0, which a padded sweep trains identically to it."""
+        padding = len(self.members) - self.num_members
+
+        def pad(x):
+            if padding and x.shape[0] == self.num_members:
+                x = np.asarray(x)
+                return np.concatenate([x, np.repeat(x[:1], padding, axis=0)])
+            return x
+
+        parts = jax.tree.map(pad, (state.params, state.opt_state, state.frozen_at))
+        params, opt_state, frozen_at = self.placement.put(parts, self.member_sharding)
         return SweepState(params, opt_state, frozen_at, state.step)
 
+    def saved_state(self, state: SweepState) -> SweepState:
+        """The real members of `state` as host arrays: what a checkpoint holds, whatever the device count
+        (so a sweep resumes on other --devices, padded afresh)."""
+        parts = jax.tree.map(lambda x: np.asarray(x)[:self.num_members],
+                             to_host((state.params, state.opt_state, state.frozen_at)))
+        return SweepState(*parts, state.step)
+
     def state_template(self) -> SweepState:
-        """The structure and dtypes of the sweep's state as host arrays (what a checkpoint restores into)."""
-        return jax.tree.map(np.asarray, to_host(self.init_state()))
+        """The structure and dtypes of the sweep's saved state as host arrays (what a checkpoint restores into)."""
+        return self.saved_state(self.init_state())
 
     def evaluate(self, state: SweepState) -> dict:
         return {"validation_accuracy": (self.validation(state.params) / self.num_validation).tolist()}
