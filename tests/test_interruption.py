@@ -245,7 +245,7 @@ def test_a_finished_run_is_not_replaced_without_overwrite(tiny_data_dir, tmp_pat
     (out / "notes.txt").write_text("mine")
     again = Run(tiny_data_dir, out, *tiny, "--seed", "1", logs=tmp_path)
     assert again.wait() == 2
-    assert f"output dir {out} already holds a run" in again.stderr and "--overwrite" in again.stderr
+    assert f"output dir {out} already holds a jaxlin train run" in again.stderr and "--overwrite" in again.stderr
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".jaxlin.lock"}
     assert after == {**before, "notes.txt": b"mine"}
 

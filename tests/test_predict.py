@@ -76,6 +76,7 @@ def test_bad_files_are_named_and_the_others_still_classified(trained, mnist, tmp
     lines = err.strip().splitlines()
     assert len(lines) == 5 and all(line.startswith("jaxlin: error: ") for line in lines)
     assert "text.png: not an image that can be read" in lines[0] and "empty.jpg: not an image" in lines[1]
+    assert "_io." not in lines[0] + lines[1]  # no Python object in the message
     assert "blank.png: the image is blank" in lines[2] and "absent.png: no such file" in lines[3]
     assert lines[4].endswith(f"{tmp_path}: is a directory")
 

@@ -87,7 +87,7 @@ def test_a_dry_run_checks_the_output_directory(tiny_data_dir, tmp_path):
 
     config = _config(tmp_path, tiny_data_dir)
     train_and_evaluate(config, progress=False, log=lambda line: None)
-    with pytest.raises(RunDirError, match="already holds a run"):
+    with pytest.raises(RunDirError, match="already holds a jaxlin train run .*continue it with jaxlin train --resume"):
         train_and_evaluate(config, dry_run=True, log=lambda line: None)
     assert train_and_evaluate(config, dry_run=True, log=lambda line: None, mode="overwrite") is None
 
@@ -115,6 +115,8 @@ def test_overwrite_removes_what_the_run_kinds_layout_writes(tmp_path):
     from jaxlin.runs.rundir import RECORD_FIELDS, RECORDS_FILE, Layout, RunDir
 
     (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "logs").mkdir()  # a multi-process run's runtime logs go with it
+    (tmp_path / "logs" / "runtime-process-1-of-2.log").write_text("F0101 gone")
     (tmp_path / "notes.txt").write_text("mine")
     RunDir(tmp_path, Layout(("summary.json", RECORDS_FILE), "summary.json", RECORD_FIELDS)).remove_run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -132,7 +132,7 @@ def test_the_sweep_command_writes_its_outputs_and_keeps_the_directory_rules(tiny
     assert [r["step"] for r in records] == [0, 20, 40, 60] and len(records[-1]["validation_accuracy"]) == 6
     # the same rules as `jaxlin train`: no silent overwrite, --overwrite replaces, bad grids are one line
     assert _sweep_cli(*common, "--learning-rates", "0.1") == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a jaxlin sweep run" in capsys.readouterr().err
     assert _sweep_cli(*common, "--learning-rates", "0.1", "--overwrite") == 0
     assert json.loads((out / "sweep.json").read_text())["num_members"] == 1
     capsys.readouterr()
@@ -153,6 +153,11 @@ def test_train_and_sweep_directories_are_not_mistaken_for_each_other(tiny_data_d
     assert "holds a jaxlin sweep" in capsys.readouterr().err
     assert _sweep_cli("--resume", "--output-dir", str(train_dir), "--num-steps", "40") == 2
     assert "holds a jaxlin train run" in capsys.readouterr().err
+    # A fresh run into the other command's directory: the advice names the command that continues it.
+    assert _sweep_cli(*common, "--output-dir", str(train_dir), "--learning-rates", "0.1") == 2
+    assert "holds a jaxlin train run (metrics.json" in capsys.readouterr().err
+    assert main(["train", *common, "--output-dir", str(sweep_dir), "--no-progress"]) == 2
+    assert f"continue it with jaxlin sweep --resume --output-dir {sweep_dir}" in capsys.readouterr().err
     assert {d: sorted(p.name for p in (d / "checkpoints").iterdir()) for d in checkpoints} == checkpoints
 
 

@@ -70,7 +70,9 @@ def load_image(path: str | Path) -> np.ndarray:
             raise ImageError(f"{path}: {err}") from err
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
             raise ImageError(f"{path}: the image is too large to read ({err})") from err
-        except (UnidentifiedImageError, OSError, ValueError, EOFError, MemoryError) as err:
+        except UnidentifiedImageError as err:
+            raise ImageError(f"{path}: not an image that can be read (Pillow knows no such image format)") from err
+        except (OSError, ValueError, EOFError, MemoryError) as err:
             raise ImageError(f"{path}: not an image that can be read ({err})") from err
 
 

@@ -45,9 +45,10 @@ FIGURES = ("example_images.png", "misclassified.png", "weights.png", "confusion_
            "learning_curve.png")
 RUN_FILES = (METRICS_FILE, RECORDS_FILE, PARAMS_FILE, *FIGURES, CHECKPOINT_DIR, SET_ASIDE_DIR)
 SWEEP_OUTPUTS = ("sweep.json", "sweep.png", "best")  # what `jaxlin sweep` writes besides records and checkpoints
+LOGS_DIR = "logs"  # the runtime logs of a multi-process run's processes (runtime.supervise writes them)
 # Everything jaxlin writes into an output directory, by either command: what `--overwrite` removes, so that
 # a train run written over a sweep (or the reverse) leaves nothing of the other behind.
-JAXLIN_OUTPUTS = tuple(dict.fromkeys((*RUN_FILES, *SWEEP_OUTPUTS)))
+JAXLIN_OUTPUTS = tuple(dict.fromkeys((*RUN_FILES, *SWEEP_OUTPUTS, LOGS_DIR)))
 
 
 class RunDirError(JaxlinError, ValueError):
@@ -216,8 +217,28 @@ class RunDir:
                 os.close(fd)  # released: the run takes it for good once its data is loaded
         found = self.run_files()
         if mode == "new" and found:
-            raise RunDirError(f"output dir {self.path} already holds a run ({', '.join(found)}); "
-                              f"pass --resume to continue it or --overwrite to replace it")
+            holder = self._holder()
+            if holder is None:
+                raise RunDirError(f"output dir {self.path} already holds a run ({', '.join(found)}); "
+                                  f"pass --resume to continue it or --overwrite to replace it")
+            raise RunDirError(f"output dir {self.path} already holds a jaxlin {holder} run ({', '.join(found)}); "
+                              f"continue it with {resume_command(holder, self.path)}, or pass --overwrite to "
+                              f"replace it")
+
+    def _holder(self) -> str | None:
+        """The command whose run the directory holds, from its files (None when they do not say)."""
+        if any((self.path / name).exists() for name in SWEEP_OUTPUTS):
+            return "sweep"
+        if any((self.path / name).exists() for name in (METRICS_FILE, PARAMS_FILE, *FIGURES)):
+            return "train"
+        try:
+            with open(self.path / RECORDS_FILE, "rb") as records:
+                first = json.loads(records.readline())
+        except (OSError, ValueError):
+            return None
+        if isinstance(first, dict) and "validation_accuracy" in first:
+            return "sweep"
+        return "train" if isinstance(first, dict) and "test_accuracy" in first else None
 
     def lock(self) -> None:
         """Takes the directory's lock at once, or fails naming the process that holds it."""
