@@ -108,3 +108,21 @@ def test_sigterm_to_one_process_stops_both_with_a_checkpoint_and_resume_is_bit_i
     expected = [[r["step"], r["validation_accuracy"], r["train_loss"]]
                 for r in json.loads((whole / "sweep.json").read_text())["evaluations"]]
     assert accuracies == expected
+
+
+def test_processes_given_different_sweep_values_refuse_at_once(tiny_data_dir, tmp_path):
+    """The grid is a setting like any other: processes started with other --learning-rates (or seeds)
+    would train different members; each says so in one line and nothing is written."""
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2"}
+    out = tmp_path / "run"
+    common = ["sweep", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--num-steps", "20",
+              "--devices", "all", "--no-progress", "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
+    rates = ["0.05,0.2,0.5,1.0", "0.1,0.2,0.3,0.4"]
+    results = _finish([subprocess.Popen([str(JAXLIN), *common, "--process-id", str(i), "--learning-rates", rates[i]],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                       for i in range(2)])
+    assert [r[0] for r in results] == [2, 2], results
+    for _, _, err in results:
+        assert err.strip().splitlines()[-1].startswith("jaxlin: error: the processes of this run were started "
+                                                       "with different settings"), err
+    assert not out.exists()

@@ -54,16 +54,17 @@ def _show_default(value) -> str:
     return str(value)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
-    """One flag per Config field used by `command`, generated from the field."""
+def add_config_flags(parser: argparse.ArgumentParser, command: str, help_for: dict[str, str] | None = None) -> None:
+    """One flag per Config field used by `command`, generated from the field; `help_for` gives a field
+    the help text this command needs instead (a command that uses a setting differently)."""
     hints = typing.get_type_hints(Config)
     for field in dataclasses.fields(Config):
         meta = field.metadata
         if command not in meta["commands"]:
             continue
         default = field.default
-        help_text = meta["help"] + ("" if default is None or "default" in meta["help"]
-                                    else f" (default: {_show_default(default)})")
+        help_text = (help_for or {}).get(field.name) or meta["help"] + (
+            "" if default is None or "default" in meta["help"] else f" (default: {_show_default(default)})")
         parse = _parse_type(hints[field.name])
         metavar = meta["metavar"] or {int: "N", float: "X"}.get(parse)
         parser.add_argument(f"--{field.name.replace('_', '-')}", *meta["aliases"], dest=field.name, type=parse,

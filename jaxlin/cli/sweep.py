@@ -19,6 +19,15 @@ GRID_LISTS = {"learning_rates": "learning_rate", "momentums": "momentum", "seeds
               "data_seeds": "data_seed"}
 
 
+# The settings a sweep uses differently from `jaxlin train` (the rest mean the same for every member).
+SWEEP_HELP = {
+    "output_dir": f"directory for checkpoints, records, sweep.json, sweep.png and best/ (default: {OUTPUT_DIR})",
+    "devices": "how many of --device's devices the members are sharded over (a number, or all)",
+    "eval_every": "evaluate every member's validation accuracy every N steps (default: 100)",
+    "loop": "fused (a sweep trains its members in the fused loop only)",
+}
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "sweep", help="train many models at once in one compiled program; choose the best by validation",
@@ -33,7 +42,7 @@ def add_parser(subparsers) -> None:
     grid.add_argument("--data-seeds", type=int_list, metavar="N[,N...]",
                       help="give members their own batch orders (slower: each gathers its own batch); "
                            "default: one order, --data-seed's or else --seed's, shared by all")
-    add_config_flags(p, "train")
+    add_config_flags(p, "train", help_for=SWEEP_HELP)
     modes = p.add_mutually_exclusive_group()
     modes.add_argument("--resume", action="store_true",
                        help="continue the sweep in --output-dir from its latest checkpoint")

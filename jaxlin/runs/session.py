@@ -78,6 +78,10 @@ class RunKind:
     noun: str = "run"
     layout: Layout
 
+    def shared_settings(self) -> dict:
+        """This kind's settings beside the Config (a sweep's grid), which every process must be given alike."""
+        return {}
+
     def check(self, config: Config) -> None:
         """Settings this kind refuses, before data is loaded."""
 
@@ -210,7 +214,8 @@ def run(kind: RunKind, config: Config, mode: str = "new", explicit: set[str] | N
             return run(kind, config, mode, explicit, own, progress, dry_run, data, log)
     session = Session(kind, config, mode, stop, progress, log, time.perf_counter(), data)
     # The data may sit at another path on each host; everything else must agree.
-    check_same_everywhere(json.dumps([kind.command, config.replace(data_dir=None).to_dict(), mode], sort_keys=True))
+    check_same_everywhere(json.dumps([kind.command, config.replace(data_dir=None).to_dict(), mode,
+                                      kind.shared_settings()], sort_keys=True))
     if not is_primary():  # process 0 reports; the others only train
         session.log = lambda line: None
     _prepare(session, explicit or set())

@@ -78,6 +78,9 @@ class SweepRun(RunKind):
         self.grid = grid
         self.members: list[Config] = []
 
+    def shared_settings(self) -> dict:
+        return {"grid": self.grid.to_dict()}
+
     def check(self, config: Config) -> None:
         if config.loop != "fused":
             raise ConfigError(f"--loop {config.loop}: a sweep trains its members in the fused loop only")
