@@ -24,6 +24,14 @@ DEVICES = ("auto", "cpu", "gpu")
 DATASETS = ("mnist", "fashion_mnist")
 SOURCES = ("auto", "tfds")
 MODELS = ("linear", "mlp", "cnn")
+# A user's own model by reference: MODULE:NAME, MODULE importable (the current directory first), NAME in it.
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+MODEL_REFERENCE = re.compile(f"{_DOTTED}:{_DOTTED}")
+
+
+def is_model_reference(name: str) -> bool:
+    """Whether `name` refers to a user's model (MODULE:NAME) rather than one of `MODELS`."""
+    return isinstance(name, str) and MODEL_REFERENCE.fullmatch(name) is not None
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 DOT_LAYOUTS = ("auto", "plain", "batched")  # see runtime/dot_layout.py
 
@@ -77,7 +85,9 @@ class Config:
         "auto", "where data comes from when no data dir is set: auto (jaxlin's cache, filled from public "
                 "mirrors on first use) or tfds (tensorflow-datasets)", choices=SOURCES,
         commands=("train", "evaluate"))
-    model: str = setting("linear", "model", choices=MODELS)
+    model: str = setting("linear", f"model: {', '.join(MODELS)}, or MODULE:NAME, a model of your own (an object "
+                                   "with init(key) and apply(params, images), or a callable that returns one given "
+                                   "image_shape and num_classes; see docs/extending.md)", metavar="NAME")
     hidden_sizes: tuple[int, ...] = setting((256,), "MLP hidden layer sizes", metavar="N[,N...]")
     activation: str = setting("relu", "MLP activation", choices=ACTIVATIONS)
     optimizer: str = setting("sgd", "optimizer", choices=OPTIMIZERS)
@@ -185,6 +195,9 @@ def check_setting(name: str, value) -> None:
     choices = CONFIG_FIELDS[name].metadata["choices"]
     if choices and value not in choices:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    if name == "model" and value not in MODELS and not is_model_reference(value):
+        raise ConfigError(f"unknown model {value!r}; choose one of {', '.join(MODELS)}, or give your own as "
+                          f"MODULE:NAME")
     if name in ("learning_rate", "momentum"):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"{label} must be a number, got {value!r}")

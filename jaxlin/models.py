@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin.config import MAX_PARAMS, MODELS
+from jaxlin.config import MAX_PARAMS, MODELS, is_model_reference
 from jaxlin.errors import JaxlinError
 
 # Keyed by the names `config.ACTIVATIONS` offers (tests check that they agree).
@@ -143,7 +143,12 @@ def get_model(
     input_size: int = 784,
     num_classes: int = 10,
 ) -> Model:
-    """The model called `name`: "linear" (the tutorial, zeros), "mlp" or "cnn"."""
+    """The model called `name`: "linear" (the tutorial, zeros), "mlp", "cnn", or a user's own as
+    MODULE:NAME (see `user_model`)."""
+    if is_model_reference(name):
+        side = math.isqrt(input_size)
+        shape = (side, side, 1) if side * side == input_size else (input_size, 1, 1)
+        return user_model(name, shape, num_classes)
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if activation not in ACTIVATIONS:
@@ -199,6 +204,12 @@ def model_from_spec(spec, input_size: int = 784, num_classes: int = 10) -> Model
     if unknown:
         raise ModelError(f"the model description has unknown fields ({_brief(unknown)})")
     name = spec["name"]
+    if is_model_reference(name):  # a user's model is rebuilt from its reference; its module says the rest
+        model = get_model(name, input_size=input_size, num_classes=num_classes)
+        if spec.get("layer_sizes") != list(model.layer_sizes):
+            raise ModelError(f"the params are of {name} for {_brief(spec.get('layer_sizes'))} (inputs, classes); "
+                             f"these images and classes make {list(model.layer_sizes)}")
+        return model
     if name not in MODELS:
         raise ModelError(f"unknown model {_brief(name)}; choose one of {', '.join(MODELS)}")
     activation = spec.get("activation", "relu")
@@ -219,3 +230,84 @@ def model_from_spec(spec, input_size: int = 784, num_classes: int = 10) -> Model
                          f"here ({MAX_PARAMS:,})")
     return get_model(name, hidden_sizes=sizes[1:-1], activation=activation if name == "mlp" else "relu",
                      input_size=input_size, num_classes=num_classes)
+
+
+def _import_reference(reference: str):
+    """The object MODULE:NAME names; MODULE is imported from the current directory or PYTHONPATH."""
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attribute = reference.partition(":")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:  # the console script's path lacks the working directory
+        sys.path.insert(0, here)
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelError(f"--model {reference}: cannot import {module_name} ({err}); run jaxlin from the directory "
+                         f"that holds it, or add that directory to PYTHONPATH") from err
+    except Exception as err:  # the user's module failed while it was imported: say where, in one line
+        raise ModelError(f"--model {reference}: importing {module_name} failed: {type(err).__name__}: {err}") from err
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ModelError(f"--model {reference}: {module_name} has no {attribute}")
+        target = getattr(target, part)
+    return target
+
+
+def _has_init_and_apply(candidate) -> bool:
+    return callable(getattr(candidate, "init", None)) and callable(getattr(candidate, "apply", None)) \
+        and not isinstance(candidate, type)
+
+
+def user_model(reference: str, image_shape: tuple[int, int, int], num_classes: int) -> Model:
+    """A user's model, MODULE:NAME: an object with `init(key) -> params` and `apply(params, images) ->
+    logits` (images float32 [batch, H*W*C] in [0, 1]), or a callable (a class, a factory) that returns
+    one when called with `image_shape=(H, W, C)` and `num_classes=K`. Its spec is its reference, so
+    checkpoints and params files rebuild it by importing it again."""
+    found = _import_reference(reference)
+    if isinstance(found, Model):
+        candidate = found
+    elif _has_init_and_apply(found):
+        candidate = found
+    elif callable(found):
+        try:
+            candidate = found(image_shape=image_shape, num_classes=num_classes)
+        except Exception as err:
+            raise ModelError(f"--model {reference}: calling it with image_shape={image_shape} and "
+                             f"num_classes={num_classes} failed: {type(err).__name__}: {err}") from err
+    else:
+        candidate = None
+    if not _has_init_and_apply(candidate) and not isinstance(candidate, Model):
+        raise ModelError(f"--model {reference}: not a model: expected an object with init(key) and "
+                         f"apply(params, images), or a callable that returns one given image_shape and num_classes")
+    input_size = math.prod(image_shape)
+    try:
+        params = jax.eval_shape(candidate.init, jax.random.key(0))
+        logits = jax.eval_shape(candidate.apply, params, jax.ShapeDtypeStruct((2, input_size), jnp.float32))
+    except Exception as err:
+        raise ModelError(f"--model {reference}: its init and apply do not run on images of {input_size} values: "
+                         f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}") from err
+    if tuple(logits.shape) != (2, num_classes):
+        raise ModelError(f"--model {reference}: apply returns logits of shape {tuple(logits.shape)} for 2 images; "
+                         f"expected (2, {num_classes})")
+    dense = _dense_widths(params, input_size)
+    return Model(reference, (input_size, num_classes), "none", init=candidate.init, apply=candidate.apply,
+                 architecture=f"{input_size}-...-{num_classes} (your model)",
+                 activation_widths=dense or (num_classes,), first_layer_dense=bool(dense), init_uses_key=True)
+
+
+def _dense_widths(params, input_size: int) -> tuple[int, ...]:
+    """The output widths of params laid out as jaxlin's dense layers ([{"w": (in, out), "b"}, ...] from the
+    inputs), else () (other layouts: the figures and layout rules then treat the model as not dense)."""
+    if not isinstance(params, (list, tuple)) or not params:
+        return ()
+    widths, fan_in = [], input_size
+    for layer in params:
+        w = layer.get("w") if isinstance(layer, dict) else None
+        if w is None or len(w.shape) != 2 or w.shape[0] != fan_in:
+            return ()
+        widths.append(int(w.shape[1]))
+        fan_in = int(w.shape[1])
+    return tuple(widths)

@@ -73,6 +73,8 @@ def test_dry_run_writes_nothing(tiny_data_dir, tmp_path, capsys):
     (["--checkpoint-every", "-1"], "checkpoint every must be >= 0"),
     (["--momentum", "1"], "momentum must be in [0, 1)"),
     (["--unroll", "0"], "unroll must be at least 1"),
+    (["--model", "resnet"], "unknown model 'resnet'; choose one of linear, mlp, cnn, or give your own as MODULE:NAME"),
+    (["--model", "mine:"], "unknown model 'mine:'"),
 ])
 def test_bad_settings_fail_cleanly(tiny_data_dir, tmp_path, capsys, args, message):
     out = tmp_path / "bad"
@@ -83,7 +85,6 @@ def test_bad_settings_fail_cleanly(tiny_data_dir, tmp_path, capsys, args, messag
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "resnet"], "invalid choice: 'resnet'"),
     (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
     (["--hidden-sizes", "256,0"], "hidden sizes must be integers >= 1"),
     (["--hidden-sizes", "abc"], "expected comma-separated integers"),

@@ -10,13 +10,11 @@ from jaxlin.runtime.signals import StopRequest
 
 
 def add_parser(subparsers) -> None:
-    from jaxlin.config import MODELS
-
     p = subparsers.add_parser("evaluate", help="report test-set metrics of saved params",
                               description="Reload a params.npz written by `jaxlin train` and evaluate it.")
     p.add_argument("params", help="path to a params.npz")
     add_config_flags(p, "evaluate")
-    p.add_argument("--model", choices=MODELS, default=None,
+    p.add_argument("--model", default=None, metavar="NAME",
                    help="check that the params are for this model (default: the model the file names)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
