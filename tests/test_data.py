@@ -1,6 +1,7 @@
 """The IDX reader, the tutorial's splits and the data sources."""
 
 import gzip
+import re
 import sys
 
 import numpy as np
@@ -334,3 +335,37 @@ def test_an_unreadable_data_dir_or_file_is_cannot_read_naming_the_file(shared_tm
         assert run.returncode == 2, run.stderr
         assert run.stderr == (f"jaxlin: error: {directory / 'train-images-idx3-ubyte.gz'}: cannot read file "
                               f"(Permission denied)\n")
+
+
+def test_arrays_from_python_are_checked_and_float_images_are_not_divided_twice(tiny_data):
+    """Float images in [0, 1] (what many loaders give) train exactly as their uint8 originals; a Split
+    given them directly is refused instead of being divided by 255 a second time."""
+    from jaxlin.config import Config
+    from jaxlin.data.datasets import Datasets, Split
+    from jaxlin.models import get_model
+    from jaxlin.training.trainer import fit
+
+    train = np.concatenate([tiny_data.validation.images_uint8, tiny_data.train.images_uint8])
+    labels = np.concatenate([tiny_data.validation.labels, tiny_data.train.labels])
+    as_floats = Datasets.from_arrays(train / 255.0, labels, tiny_data.test.images / 1.0, tiny_data.test.labels)
+    as_uint8 = Datasets.from_arrays(train.reshape(-1, 28, 28), labels, tiny_data.test.images_uint8,
+                                    tiny_data.test.labels)
+    for split in ("train", "validation", "test"):
+        np.testing.assert_array_equal(getattr(as_floats, split).images_uint8, getattr(tiny_data, split).images_uint8)
+    config = Config(num_steps=30, eval_every=10, batch_size=50)
+    results = [fit(config, data, get_model("linear"), progress=False) for data in (as_floats, as_uint8)]
+    assert results[0].final["accuracy"] == results[1].final["accuracy"] > 0.5
+    with pytest.raises(DataError, match="must be a uint8 array"):
+        Split(tiny_data.test.images, tiny_data.test.labels)
+    bad = [((train / 255.0) * 2, labels, "float images must lie in"),
+           (np.where(train > 0, np.nan, 0.0), labels, "float images must lie in"),
+           (train.astype(np.int64) * 2, labels, "integer images must lie in 0..255"),
+           (train, labels + 1, "labels must lie in 0..9"),
+           (train[:, :700], labels, "expected (n, 784)"),
+           (train, labels[:-1], "images but labels"),
+           (train, labels.astype(np.float32), "integer class ids")]
+    for images, wrong_labels, message in bad:
+        with pytest.raises(DataError, match=re.escape(message)):
+            Datasets.from_arrays(images, wrong_labels, tiny_data.test.images_uint8, tiny_data.test.labels)
+    with pytest.raises(DataError, match="validation size 5600 does not fit 5600 examples"):
+        Datasets.from_arrays(train, labels, tiny_data.test.images_uint8, tiny_data.test.labels, validation_size=5600)

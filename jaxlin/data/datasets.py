@@ -40,10 +40,50 @@ class DataError(JaxlinError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split: uint8 images flattened to (n, 784) and int32 class ids (n,)."""
+    """One split: uint8 images flattened to (n, 784) and int32 class ids (n,). Images in other forms
+    (float in [0, 1], (n, 28, 28)) come in through `Split.from_arrays`, which checks and converts them."""
 
     images_uint8: np.ndarray
     labels: np.ndarray
+
+    def __post_init__(self):
+        # Everything downstream divides these by 255: float images in [0, 1] given here would be divided
+        # a second time and train silently on near-black images.
+        if not isinstance(self.images_uint8, np.ndarray) or self.images_uint8.dtype != np.uint8:
+            kind = getattr(self.images_uint8, "dtype", type(self.images_uint8).__name__)
+            raise DataError(f"Split images must be a uint8 array (0-255), got {kind}; give other images "
+                            f"(float in [0, 1], say) to Split.from_arrays or Datasets.from_arrays, which convert them")
+
+    @classmethod
+    def from_arrays(cls, images, labels, where: str = "arrays") -> Split:
+        """A split from images (n, 784) or (n, 28, 28): uint8 (or integers) in 0..255, or floats in [0, 1]
+        (stored as uint8, rounded: MNIST's own floats come back exactly), and integer labels in
+        0..9; anything else is one DataError naming `where`."""
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim == 3:
+            images = images.reshape(len(images), -1)
+        if images.ndim != 2 or images.shape[1] != IMAGE_SIZE:
+            raise DataError(f"{where}: images are {images.shape}, expected (n, {IMAGE_SIZE}) or (n, 28, 28)")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataError(f"{where}: {len(images)} images but labels of shape {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{where}: labels must be integer class ids, got {labels.dtype}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+            raise DataError(f"{where}: labels must lie in 0..{NUM_CLASSES - 1}, got {int(labels.min())}.."
+                            f"{int(labels.max())}")
+        if np.issubdtype(images.dtype, np.floating):
+            if images.size and not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
+                raise DataError(f"{where}: float images must lie in [0, 1] (scale 0-255 images by 1/255, or give "
+                                f"them as uint8)")
+            images = np.rint(images.astype(np.float64) * 255).astype(np.uint8)
+        elif np.issubdtype(images.dtype, np.integer) or images.dtype == np.bool_:
+            if images.size and (images.min() < 0 or images.max() > 255):
+                raise DataError(f"{where}: integer images must lie in 0..255, got {int(images.min())}.."
+                                f"{int(images.max())}")
+            images = images.astype(np.uint8)
+        else:
+            raise DataError(f"{where}: images must be numbers, got {images.dtype}")
+        return cls(np.ascontiguousarray(images), labels.astype(np.int32))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -66,6 +106,16 @@ class Datasets:
     test: Split
     name: str = "mnist"
     source: str = ""
+
+    @classmethod
+    def from_arrays(cls, train_images, train_labels, test_images, test_labels,
+                    validation_size: int = VALIDATION_SIZE, name: str = "arrays") -> Datasets:
+        """Data sets from arrays (see `Split.from_arrays` for what images may be): the first
+        `validation_size` training examples validate, as in the tutorial."""
+        train = Split.from_arrays(train_images, train_labels, "training arrays")
+        test = Split.from_arrays(test_images, test_labels, "test arrays")
+        train, validation = split_train(train, validation_size)
+        return cls(train, validation, test, name, "arrays")
 
 
 # The largest body jaxlin reads from one IDX file (8 GiB; MNIST's largest is 47 MB): a header
