@@ -201,3 +201,18 @@ def test_a_stop_that_comes_during_an_evaluation_still_saves_the_state_it_stops_a
     result = fit(TINY.replace(checkpoint_every=1000), tiny_data, get_model("linear"), progress=False, hooks=hooks)
     assert result.stopped and result.state.step == 20
     assert hooks.saved == [(0, 0), (20, 0)]  # the evaluation at 20 closed its loss window
+
+
+def test_fit_takes_any_optax_optimizer(tiny_data):
+    """From Python, an optax transformation of the user's (here a schedule with clipping) trains
+    instead of the config's, and the result says so."""
+    import optax
+
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.5, warmup_steps=5, decay_steps=30)
+    mine = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(schedule))
+    config = TINY.replace(num_steps=30, eval_every=10)
+    custom = fit(config, tiny_data, get_model("linear"), progress=False, optimizer=mine)
+    plain = fit(config, tiny_data, get_model("linear"), progress=False)
+    assert custom.optimizer == "a custom optax transformation" and plain.optimizer == "sgd(learning_rate=0.5)"
+    assert custom.final["accuracy"] > 0.5
+    assert not np.array_equal(custom.params[0]["w"], plain.params[0]["w"])

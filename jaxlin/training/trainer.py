@@ -155,6 +155,7 @@ class FitResult:
     stopped: bool = False  # True when `hooks.should_stop()` ended the run before its last step
     final: dict | None = None  # `Evaluator` metrics of the final params (None when stopped)
     config: Config | None = None  # the config trained, with its dot layout resolved
+    optimizer: str = ""  # what trained: the config's optimizer described, or "a custom optax transformation"
 
 
 class Trainer:
@@ -164,9 +165,10 @@ class Trainer:
     depend on the number of steps; `compile_seconds` sums the time spent compiling.
     """
 
-    def __init__(self, config: Config, data: Datasets, model: Model, placement: Placement):
+    def __init__(self, config: Config, data: Datasets, model: Model, placement: Placement,
+                 optimizer: optax.GradientTransformation | None = None):
         self.config, self.model, self.placement = config, model, placement
-        self.optimizer = make_optimizer(config)
+        self.optimizer = optimizer if optimizer is not None else make_optimizer(config)
         init_key, self.sample_key = run_keys(config.seed, config.data_seed)
         # The whole uint8 data set on every device: each gathers its part of each batch locally.
         self.train_images_uint8 = placement.put(data.train.images_uint8)
@@ -264,12 +266,14 @@ def check_finite(losses: np.ndarray, start_step: int) -> None:
 
 def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] | None = None,
         progress: bool = True, *, start: tuple[TrainState, Progress] | None = None,
-        hooks: LoopHooks | None = None) -> FitResult:
+        hooks: LoopHooks | None = None, optimizer: optax.GradientTransformation | None = None) -> FitResult:
     """Trains `model` up to `config.num_steps`, evaluating test accuracy at `eval_steps`
     (default: every `config.eval_every` steps and after the last).
 
     `start` resumes from a restored (host) state and its progress; `hooks` receive each
-    evaluation record and checkpoint, and can stop the run between chunks.
+    evaluation record and checkpoint, and can stop the run between chunks. `optimizer`, any optax
+    GradientTransformation (a schedule, clipping, weight decay...), replaces the one `config` names
+    (whose optimizer settings are then unused: `FitResult.optimizer` says what ran).
     """
     config.validate(len(data.train))
     hooks = hooks or LoopHooks()
@@ -277,11 +281,13 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     evals = eval_schedule(config.num_steps, config.eval_every, eval_steps)
     saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if hooks.checkpoints else 0, evals)
     with jax.default_device(placement.local_device):
-        trainer = Trainer(config, data, model, placement)
+        trainer = Trainer(config, data, model, placement, optimizer)
         state, progress_so_far = (trainer.place(start[0]), start[1]) if start else (trainer.init_state(), Progress())
         loop = Loop(trainer, evals, saves, hooks, progress_so_far, fresh=start is None)
         state = loop.run(state, progress)
         stopped = state.step < config.num_steps
         final = None if stopped else trainer.evaluator(state.params)
     return FitResult(to_host(state.params), state, loop.evaluations, loop.timings(), placement.describe(),
-                     stopped=stopped, final=final, config=trainer.config)
+                     stopped=stopped, final=final, config=trainer.config,
+                     optimizer="a custom optax transformation" if optimizer is not None
+                     else optimizers.describe(config.optimizer, config))
