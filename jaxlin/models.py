@@ -142,13 +142,19 @@ def get_model(
     activation: str = "relu",
     input_size: int = 784,
     num_classes: int = 10,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> Model:
     """The model called `name`: "linear" (the tutorial, zeros), "mlp", "cnn", or a user's own as
-    MODULE:NAME (see `user_model`)."""
+    MODULE:NAME (see `user_model`). `image_shape` (H, W, C), when given, is the data's and sets
+    `input_size`; otherwise a square single-channel image of `input_size` values is assumed."""
+    if image_shape is not None:
+        image_shape = tuple(int(d) for d in image_shape)
+        input_size = math.prod(image_shape)
     if is_model_reference(name):
-        side = math.isqrt(input_size)
-        shape = (side, side, 1) if side * side == input_size else (input_size, 1, 1)
-        return user_model(name, shape, num_classes)
+        if image_shape is None:
+            side = math.isqrt(input_size)
+            image_shape = (side, side, 1) if side * side == input_size else (input_size, 1, 1)
+        return user_model(name, image_shape, num_classes)
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if activation not in ACTIVATIONS:
@@ -193,7 +199,8 @@ def _brief(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def model_from_spec(spec, input_size: int = 784, num_classes: int = 10) -> Model:
+def model_from_spec(spec, input_size: int = 784, num_classes: int = 10,
+                    image_shape: tuple[int, int, int] | None = None) -> Model:
     """The model a params file describes, checked against the data it is meant for.
 
     The description comes from a file, so every field is checked for its type before it is
@@ -205,7 +212,7 @@ def model_from_spec(spec, input_size: int = 784, num_classes: int = 10) -> Model
         raise ModelError(f"the model description has unknown fields ({_brief(unknown)})")
     name = spec["name"]
     if is_model_reference(name):  # a user's model is rebuilt from its reference; its module says the rest
-        model = get_model(name, input_size=input_size, num_classes=num_classes)
+        model = get_model(name, input_size=input_size, num_classes=num_classes, image_shape=image_shape)
         if spec.get("layer_sizes") != list(model.layer_sizes):
             raise ModelError(f"the params are of {name} for {_brief(spec.get('layer_sizes'))} (inputs, classes); "
                              f"these images and classes make {list(model.layer_sizes)}")
