@@ -1,6 +1,8 @@
 """`python -m bench`: measure jaxlin's training loop against TensorFlow, PyTorch and a NumPy floor.
 
-Writes bench/results/<device>.json (every raw repeat) and <device>.png, and prints a table.
+Writes <device>.json (every raw repeat) and <device>.png into --out (default: jaxlin-bench/ in the working
+directory; the committed bench/results only when named), and prints a table. `--cases MODULE:NAME:BATCH:STEPS`
+times a user's own model (jaxlin's contenders only), `--optimizer` another optimizer than the tutorial's SGD.
 `--quick` runs a few steps of each contender to prove the harness works; its timings mean nothing.
 `--replot RESULTS_JSON` redraws a saved run and rewrites the generated tables of docs/benchmark.md
 (the lines between its two marker comments); those tables are never edited by hand.
@@ -18,8 +20,11 @@ from pathlib import Path
 
 from bench import report, runner
 from bench.worker import CONTENDERS
-from jaxlin.config import MODELS
+from jaxlin.config import MODELS, is_model_reference
 from jaxlin.data.datasets import DATA_DIR_ENV, DataError, load_idx_dir
+from jaxlin.errors import JaxlinError
+
+DEFAULT_OUT = "jaxlin-bench"
 
 
 def device_slug(results: dict) -> str:
@@ -30,17 +35,48 @@ def device_slug(results: dict) -> str:
     return "cpu"
 
 
+def parse_case(item: str) -> tuple[str, int, int]:
+    """MODEL:BATCH:STEPS, MODEL a built-in name or a user's MODULE:NAME (so read from the right); raises
+    ValueError with a one-line reason."""
+    parts = item.strip().rsplit(":", 2)
+    if len(parts) != 3:
+        raise ValueError(f"expected MODEL:BATCH:STEPS or MODULE:NAME:BATCH:STEPS, got {item!r}")
+    model, batch_size, num_steps = parts
+    try:
+        case = (model, int(batch_size), int(num_steps))
+    except ValueError:
+        raise ValueError(f"batch and steps must be whole numbers in {item!r}") from None
+    if model not in MODELS and not is_model_reference(model):
+        raise ValueError(f"unknown model {model!r} in {item!r}: one of {', '.join(MODELS)}, or MODULE:NAME")
+    if case[1] < 1 or case[2] < 1:
+        raise ValueError(f"batch and steps must be at least 1 in {item!r}")
+    return case
+
+
+def check_user_models(cases: list[tuple[str, int, int]]) -> None:
+    """Builds each user's model once here (imported from the working directory, traced with
+    `jax.eval_shape`), so that a bad reference is one line before any worker starts; raises JaxlinError."""
+    from jaxlin.config import INPUT_SIZE, NUM_CLASSES
+    from jaxlin.models import get_model
+
+    for model in sorted({model for model, _, _ in cases if is_model_reference(model)}):
+        get_model(model, input_size=INPUT_SIZE, num_classes=NUM_CLASSES)
+
+
+def check_optimizer(name: str | None, rate: float | None) -> None:
+    """The optimizer settings as jaxlin validates them (a name it knows, a learning rate it accepts)."""
+    from bench.common import optimizer_config
+
+    optimizer_config("linear", name, rate).validate()
+
+
 def _parse_cases(parser, text: str) -> list[tuple[str, int, int]]:
     cases = []
     for item in text.split(","):
         try:
-            model, batch_size, num_steps = item.split(":")
-            case = (model, int(batch_size), int(num_steps))
-        except ValueError:
-            parser.error(f"--cases: expected MODEL:BATCH:STEPS, got {item!r}")
-        if model not in MODELS or case[1] < 1 or case[2] < 1:
-            parser.error(f"--cases: bad case {item!r} (model {', '.join(MODELS)}; batch and steps >= 1)")
-        cases.append(case)
+            cases.append(parse_case(item))
+        except ValueError as err:
+            parser.error(f"--cases: {err}")
     return cases
 
 
@@ -126,12 +162,21 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test)")
     parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV),
                         help=f"MNIST IDX directory (default: ${DATA_DIR_ENV})")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="default: %(default)s")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help="directory for the results (default: %(default)s/ in the working directory; the "
+                        "committed results are regenerated with --out bench/results)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help="comma-separated subset of: " + ", ".join(CONTENDERS))
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default: 5, quick 2)")
     parser.add_argument("--cases", default=None, metavar="MODEL:BATCH:STEPS,...",
-                        help="throughput cases instead of the plan's, e.g. linear:100:1000,mlp:1000:100")
+                        help="throughput cases instead of the plan's, e.g. linear:100:1000,mlp:1000:100; MODEL may "
+                        "be your own MODULE:NAME (as for jaxlin train --model; MODULE imported from the working "
+                        "directory), e.g. mymodels:TinyMLP:100:500, timed by the jaxlin contenders only")
+    parser.add_argument("--optimizer", default=None, metavar="NAME",
+                        help="the jaxlin contenders' optimizer, as jaxlin train --optimizer takes it (default: the "
+                        "tutorial's SGD, which every contender runs; with another, only the jaxlin ones run)")
+    parser.add_argument("--learning-rate", type=float, default=None, metavar="LR",
+                        help="the jaxlin contenders' learning rate (default: 0.5 for linear, 0.1 for the others)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the fused-loop K/unroll sweep")
     parser.add_argument("--no-vmap", action="store_true", help="skip the many-models vmap runs")
     parser.add_argument("--no-tta", action="store_true", help="skip the time-to-accuracy runs")
@@ -167,6 +212,16 @@ def main(argv=None) -> int:
         plan = runner.dataclasses.replace(plan, repeats=args.repeats)
     if args.cases:
         plan = runner.dataclasses.replace(plan, cases=_parse_cases(parser, args.cases))
+    if args.optimizer is not None or args.learning_rate is not None:
+        plan = runner.dataclasses.replace(plan, optimizer=args.optimizer, learning_rate=args.learning_rate)
+    try:
+        check_optimizer(plan.optimizer, plan.learning_rate)
+    except JaxlinError as err:
+        parser.error(str(err))
+    try:
+        check_user_models(plan.cases)
+    except JaxlinError as err:
+        parser.error(f"--cases: {err}")
     if args.no_sweep:
         plan = runner.dataclasses.replace(plan, sweep=[])
     if args.no_vmap:

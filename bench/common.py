@@ -42,6 +42,14 @@ def learning_rate(model: str) -> float:
     return LEARNING_RATE if model == "linear" else 0.1
 
 
+def optimizer_config(model: str, optimizer: str | None = None, rate: float | None = None) -> Config:
+    """The jaxlin settings that name the optimizer the JAX contenders train `model` with: by default the
+    tutorial's plain SGD at `learning_rate(model)` (what every framework here runs, so the rows compare),
+    else `--optimizer` (a name jaxlin knows, or MODULE:NAME where jaxlin takes one) at `--learning-rate`
+    (default: that same rate). jaxlin builds it (`jaxlin.training.trainer.make_optimizer`), as for a run."""
+    return Config(optimizer=optimizer or "sgd", learning_rate=rate or learning_rate(model))
+
+
 def load_data(data_dir: str):
     """uint8 and float32 views of the tutorial's train and test splits."""
     data = load_idx_dir(data_dir)

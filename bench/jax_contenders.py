@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.common import (HIDDEN_SIZES, SHARED_MODELS, NextBatch, initial_params, learning_rate, thread_settings,
-                          timed, train_until)
+from bench.common import (HIDDEN_SIZES, INPUT_SIZE, SHARED_MODELS, NextBatch, initial_params, optimizer_config,
+                          thread_settings, timed, train_until)
 from jaxlin.models import get_model
 from jaxlin.training.evaluate import Evaluator
 from jaxlin.training.sampler import EpochSampler, epoch_window, shuffled_epoch
-from jaxlin.training.trainer import fused_train_chunk, make_fused_train, make_train_step
+from jaxlin.training.trainer import fused_train_chunk, make_fused_train, make_optimizer, make_train_step
 
 
 def make_accuracy_fn(apply_fn, images_uint8, labels):
@@ -25,10 +25,16 @@ def make_accuracy_fn(apply_fn, images_uint8, labels):
     return Evaluator(apply_fn, images_uint8, labels).accuracy
 
 
+def _model(model: str):
+    """jaxlin's model `model` for MNIST's images: a built-in name (the MLP at jaxlin's hidden sizes) or a
+    user's MODULE:NAME, imported from the working directory as `jaxlin train --model` does."""
+    return get_model(model, hidden_sizes=HIDDEN_SIZES, input_size=INPUT_SIZE)
+
+
 def _jax_params(model: str, seed: int = 0):
-    """The shared starting point (see bench.common), or jaxlin's own init for the other models."""
+    """The shared starting point (see bench.common), or the model's own init for the other models."""
     if model not in SHARED_MODELS:
-        return get_model(model).init(jax.random.key(seed))
+        return _model(model).init(jax.random.key(seed))
     return [{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in initial_params(model, seed)]
 
 
@@ -37,10 +43,14 @@ def _flat_params(params) -> dict:
 
 
 class _JaxContender:
+    """`optimizer` and `learning_rate` (the worker's --optimizer and --learning-rate) replace the tutorial's
+    plain SGD (see `bench.common.optimizer_config`)."""
+
     framework = "jax"
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, optimizer: str | None = None, learning_rate: float | None = None):
         self.data = data
+        self.optimizer_choice = (optimizer, learning_rate)
         self.device = jax.devices()[0]
         self.images_uint8 = jnp.asarray(data["train_uint8"])
         self.labels = jnp.asarray(data["train_labels"])
@@ -62,12 +72,13 @@ class _JaxContender:
         return cache[key]
 
     def _model(self, model: str):
-        return get_model(model, hidden_sizes=HIDDEN_SIZES)
+        return _model(model)
 
     def _start(self, model: str):
         self.apply = self._model(model).apply
-        self.optimizer = optax.sgd(learning_rate(model))
-        self._model_key = (model, learning_rate(model))
+        settings = optimizer_config(model, *self.optimizer_choice)
+        self.optimizer = make_optimizer(settings)
+        self._model_key = (model, settings.optimizer, settings.learning_rate)
         params = _jax_params(model)
         return params, self.optimizer.init(params)
 
@@ -292,7 +303,7 @@ class JaxlinSweep(_JaxContender):
         self.num_steps, self.num_models = num_steps, num_models
         self.steps_per_call = min(steps_per_call, num_steps)
         config = Config(model=model, hidden_sizes=HIDDEN_SIZES, batch_size=batch_size, num_steps=num_steps,
-                        steps_per_call=self.steps_per_call)
+                        steps_per_call=self.steps_per_call, optimizer=self.optimizer_choice[0] or "sgd")
         rates = tuple(float(r) for r in np.geomspace(0.01, 1.0, num_models)) if num_models > 1 else (0.5,)
         members = Grid(learning_rates=rates).members(config)
         empty = Split(np.zeros((0, 784), np.uint8), np.zeros(0, np.int32))

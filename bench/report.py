@@ -126,7 +126,7 @@ def table(results: dict) -> str:
     """The console table: every case in full, then the fused sweep, data parallel, many models, time to
     accuracy, the contenders and end to end."""
     rows = _main_rows(results)
-    lines = _peak_lines(results)
+    lines = _optimizer_lines(results) + _peak_lines(results)
     for case in _cases(rows):
         lines += _case_table(rows, case)
     lines += _sweep_lines(results) + _parallel_lines(results) + _many_lines(results)
@@ -141,7 +141,7 @@ def markdown(results: dict) -> str:
     rows = _main_rows(results)
     cases = _cases(rows)
     main = ("linear", 100) if ("linear", 100) in cases else (cases[0] if cases else None)
-    lines = _peak_lines(results)
+    lines = _optimizer_lines(results) + _peak_lines(results)
     if main:
         lines += _case_table(rows, main)
     lines += _all_cases_lines(rows, cases)
@@ -152,6 +152,17 @@ def markdown(results: dict) -> str:
 
 def _cases(rows: list[dict]) -> list[tuple[str, int]]:
     return sorted({(r["model"], r["batch_size"]) for r in rows}, key=_case_order)
+
+
+def _optimizer_lines(results: dict) -> list[str]:
+    """A line naming the jaxlin contenders' optimizer when it is not the tutorial's SGD (`--optimizer`)."""
+    plan = results.get("meta", {}).get("plan", {})
+    if plan.get("optimizer") is None and plan.get("learning_rate") is None:
+        return []
+    rate = plan.get("learning_rate")
+    return [f"\noptimizer: {plan.get('optimizer') or 'sgd'}, learning rate "
+            f"{rate if rate is not None else 'the default (0.5 for linear, 0.1 for the others)'} "
+            f"(the jaxlin contenders; the others train only the tutorial's SGD and sit out)"]
 
 
 def _peak_lines(results: dict) -> list[str]:

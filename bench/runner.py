@@ -44,6 +44,18 @@ class Plan:
     peak: bool = True  # measure the machine's large-matmul rate
     e2e_repeats: int = 5  # whole-process runs of the tutorial per command (0: none)
     e2e_warm_up: bool = True  # one untimed round first (it also fills the warm cache)
+    optimizer: str | None = None  # the JAX contenders' optimizer (None: the tutorial's SGD, as every contender)
+    learning_rate: float | None = None  # its learning rate (None: bench.common.learning_rate of the model)
+
+    @property
+    def own_optimizer(self) -> bool:
+        """Whether the JAX contenders train with another optimizer than the others' SGD (who then sit out)."""
+        return self.optimizer is not None or self.learning_rate is not None
+
+    def worker_options(self) -> list[str]:
+        """The worker's command-line options that choose its optimizer (a JAX contender's only)."""
+        options = ["--optimizer", self.optimizer] if self.optimizer else []
+        return options + (["--learning-rate", repr(self.learning_rate)] if self.learning_rate else [])
 
 
 FULL = Plan(repeats=5,
@@ -59,17 +71,17 @@ QUICK = Plan(repeats=2, cases=[("linear", 100, 20), ("mlp", 100, 10), ("cnn", 10
 
 
 class Worker:
-    """One contender's process, spoken to in JSON lines."""
+    """One contender's process, spoken to in JSON lines. It runs in the caller's working directory, so
+    that a user's model named MODULE:NAME imports from there as it does for `jaxlin train`."""
 
-    def __init__(self, name: str, data_dir: str, env: dict):
+    def __init__(self, name: str, data_dir: str, env: dict, options: list[str] = ()):
         self.name = name
         # Frameworks log plenty to stderr; keep it out of the table, but at hand for failures.
         self.log = tempfile.TemporaryFile(mode="w+")
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.worker", name, "--data-dir", data_dir],
-            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-            text=True, bufsize=1)
+            [sys.executable, "-m", "bench.worker", name, "--data-dir", str(Path(data_dir).resolve()), *options],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1)
         self.hello = self._read()
 
     def _read(self) -> dict:
@@ -103,7 +115,12 @@ SIMULATED_CPU_DEVICES = 4
 
 
 def worker_env(name: str, native_blas: bool) -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    # The directory this `bench` package was imported from (the repository, or site-packages once installed)
+    # goes first, so that the worker runs the same bench whatever the working directory holds.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    # The workers time compiling too (`compile_seconds`): jaxlin's persistent compilation cache, on by default
+    # for library use, would hide it.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path, "JAXLIN_COMPILE_CACHE": "0"}
     if name == "jaxlin_data_parallel":
         # On a CPU, simulated devices (a GPU machine's devices are its own; the flag only touches CPUs).
         env.setdefault("JAX_NUM_CPU_DEVICES", str(SIMULATED_CPU_DEVICES))
@@ -117,6 +134,15 @@ def worker_env(name: str, native_blas: bool) -> dict:
 
 def available(name: str) -> bool:
     return importlib.util.find_spec(CONTENDERS[name][2]) is not None
+
+
+def skip_reason(name: str, plan: Plan) -> str | None:
+    """Why a contender does not run at all (None: it runs)."""
+    if not available(name):
+        return f"{CONTENDERS[name][2]} is not installed"
+    if plan.own_optimizer and not name.startswith("jaxlin"):
+        return "it trains only with the tutorial's SGD; --optimizer and --learning-rate time the jaxlin contenders"
+    return None
 
 
 def cpu_model() -> str:
@@ -182,6 +208,9 @@ def throughput(workers: dict, plan: Plan, log) -> list[dict]:
         args = {"model": model, "batch_size": batch_size, "num_steps": num_steps}
         setups = [(name, f"{model}-b{batch_size}", args) for name in MAIN_CONTENDERS
                   if name in workers and runs_model(name, model)]
+        sitting_out = [name for name in MAIN_CONTENDERS if name in workers and not runs_model(name, model)]
+        if sitting_out:
+            log(f"  {', '.join(sitting_out)}: not run for {model} (they build only the linear model and the MLP)")
         rows += interleaved(workers, setups, plan.repeats, log)
     if "jaxlin_fused" in workers and plan.sweep:
         log(f"fused sweep: linear, batch 100, {plan.sweep_steps} steps")
@@ -272,7 +301,7 @@ def time_to_accuracy(names: list[str], plan: Plan, data_dir: str, native_blas: b
         for repeat in range(plan.tta_repeats):
             for name in names[repeat % len(names):] + names[:repeat % len(names)]:
                 try:
-                    worker = Worker(name, data_dir, worker_env(name, native_blas))
+                    worker = Worker(name, data_dir, worker_env(name, native_blas), plan.worker_options())
                     reply = worker.ask("time_to_accuracy", **request)
                     reply["wall_seconds"] = time.perf_counter() - worker.started
                     worker.close()
@@ -371,11 +400,12 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
     started = datetime.datetime.now(datetime.UTC)
     contenders, workers = {}, {}
     for name in names:
-        if not available(name):
-            contenders[name] = {"status": "skipped", "reason": f"{CONTENDERS[name][2]} is not installed"}
-            log(f"{name}: skipped ({contenders[name]['reason']})")
+        reason = skip_reason(name, plan)
+        if reason:
+            contenders[name] = {"status": "skipped", "reason": reason}
+            log(f"{name}: skipped ({reason})")
             continue
-        worker = Worker(name, data_dir, worker_env(name, native_blas))
+        worker = Worker(name, data_dir, worker_env(name, native_blas), plan.worker_options())
         if "skipped" in worker.hello:
             contenders[name] = {"status": "skipped", "reason": worker.hello["skipped"]}
             log(f"{name}: skipped ({worker.hello['skipped']})")

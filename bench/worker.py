@@ -1,4 +1,4 @@
-"""A contender's process: `python -m bench.worker NAME --data-dir DIR`.
+"""A contender's process: `python -m bench.worker NAME --data-dir DIR [--optimizer NAME --learning-rate LR]`.
 
 Loads the data and the contender's framework, says it is ready, then answers JSON
 requests on stdin (see `bench.common.serve`). Each named variant of a setup (say,
@@ -9,6 +9,7 @@ interleave variants within one process.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import sys
@@ -69,12 +70,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("name", choices=sorted(CONTENDERS))
     parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--optimizer", default=None, help="a JAX contender's optimizer (default: the tutorial's SGD)")
+    parser.add_argument("--learning-rate", type=float, default=None)
     args = parser.parse_args(argv)
     module_name, class_name, _ = CONTENDERS[args.name]
     try:
         from bench.common import load_data, serve
 
         factory = getattr(importlib.import_module(module_name), class_name)
+        if args.optimizer or args.learning_rate:  # only the JAX contenders take another optimizer
+            factory = functools.partial(factory, optimizer=args.optimizer, learning_rate=args.learning_rate)
         variants = Variants(factory, load_data(args.data_dir))
     except ImportError as err:
         print(json.dumps({"skipped": f"{type(err).__name__}: {err}"}), flush=True)

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import optax
+import pytest
 
 from bench.common import NextBatch, initial_params, shared_order
 from bench.numpy_floor import sgd_step
@@ -200,3 +202,94 @@ def test_replot_by_default_writes_the_docs_only_from_the_results_its_marker_name
     assert cli.replot(named) == 0
     generated = cli.DOCS.read_text()
     assert generated.startswith(f"prose\n{BEGIN}\n") and "| jaxlin fused |" in generated
+
+
+# A user's model for `--cases MODULE:NAME:BATCH:STEPS`, written into a temporary working directory.
+USER_MODEL = '''
+import jax
+import jax.numpy as jnp
+
+
+class TinyNet:
+    def __init__(self, image_shape, num_classes):
+        self.inputs, self.num_classes = image_shape[0] * image_shape[1] * image_shape[2], num_classes
+
+    def init(self, key):
+        return {"w": jax.random.normal(key, (self.inputs, self.num_classes)) * 0.01, "b": jnp.zeros(self.num_classes)}
+
+    def apply(self, params, images):
+        return images @ params["w"] + params["b"]
+'''
+LIGHT = ["--repeats", "1", "--no-sweep", "--no-vmap", "--no-tta", "--no-e2e"]
+
+
+def _bench_in(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+    """`python -m bench` run from `cwd` (not the repository): the installed bench, the user's module from there."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-m", "bench", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def test_a_case_is_read_from_the_right_so_a_users_model_may_hold_a_colon():
+    from bench.__main__ import parse_case
+
+    assert parse_case("linear:100:1000") == ("linear", 100, 1000)
+    assert parse_case(" mymodels:TinyMLP:50:5") == ("mymodels:TinyMLP", 50, 5)
+    assert parse_case("pkg.models:nets.Small:1:2") == ("pkg.models:nets.Small", 1, 2)
+    for bad, reason in [("linear:100", "expected MODEL:BATCH:STEPS"), ("mymodels:TinyMLP:x:5", "whole numbers"),
+                        ("resnet:100:5", "unknown model 'resnet'"), ("linear:0:5", "at least 1"),
+                        ("a:b:c:1:2", "unknown model 'a:b:c'")]:
+        with pytest.raises(ValueError, match=reason):
+            parse_case(bad)
+
+
+@pytest.mark.slow
+def test_a_bad_case_or_optimizer_is_one_line_and_writes_nothing(tiny_data_dir, tmp_path):
+    for argv, message in [(["--cases", "nomodule:Net:50:5"], "--cases: --model nomodule:Net: cannot import nomodule"),
+                          (["--cases", "linear:50"], "--cases: expected MODEL:BATCH:STEPS"),
+                          (["--optimizer", "nosuch"], "unknown optimizer 'nosuch'"),
+                          (["--learning-rate", "-1"], "learning rate must be a finite number > 0")]:
+        done = _bench_in(tmp_path, "--data-dir", str(tiny_data_dir), *argv)
+        error = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 2 and error.startswith("python -m bench: error: ") and message in error, done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_users_model_is_timed_from_its_own_directory_into_the_default_out_there(tiny_data_dir, tmp_path):
+    (tmp_path / "mynets.py").write_text(USER_MODEL)
+    done = _bench_in(tmp_path, "--data-dir", str(tiny_data_dir), "--cases", "mynets:TinyNet:50:5,linear:50:5",
+                     "--contenders", "jaxlin_fused,numpy_floor", *LIGHT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "jaxlin-bench" / "cpu.json").read_text())
+    ran = {(r["contender"], r["model"]) for r in results["throughput"] if r["status"] == "ok"}
+    assert ran == {("jaxlin_fused", "mynets:TinyNet"), ("jaxlin_fused", "linear"), ("numpy_floor", "linear")}
+    assert "numpy_floor: not run for mynets:TinyNet" in done.stderr
+    assert "mynets:TinyNet, batch 50, 5 steps" in done.stdout and results["meta"]["plan"]["optimizer"] is None
+
+
+@pytest.mark.slow
+def test_another_optimizer_times_the_jaxlin_contenders_and_the_others_sit_out(tiny_data_dir, tmp_path):
+    done = _bench_in(tmp_path, "--data-dir", str(tiny_data_dir), "--cases", "mlp:50:5", "--optimizer", "adam",
+                     "--learning-rate", "0.001", "--contenders", "jaxlin_per_step,numpy_floor", "--out", "here", *LIGHT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "here" / "cpu.json").read_text())
+    assert results["contenders"]["numpy_floor"]["status"] == "skipped"
+    assert "tutorial's SGD" in results["contenders"]["numpy_floor"]["reason"]
+    row = next(r for r in results["throughput"] if r["contender"] == "jaxlin_per_step")
+    assert row["status"] == "ok" and (results["meta"]["plan"]["optimizer"], results["meta"]["plan"]["learning_rate"]) \
+        == ("adam", 0.001)
+    assert "optimizer: adam, learning rate 0.001" in done.stdout
+
+
+def test_the_jax_contenders_train_with_the_optimizer_they_are_given(tiny_data_dir):
+    from bench.common import load_data
+    from bench.jax_contenders import JaxlinPerStep
+
+    data = load_data(str(tiny_data_dir))
+    _, sgd_state = JaxlinPerStep(data)._start("linear")
+    contender = JaxlinPerStep(data, optimizer="adam", learning_rate=0.001)
+    _, adam_state = contender._start("linear")
+    kinds = lambda state: {type(s).__name__ for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "_fields"))}
+    assert "ScaleByAdamState" in kinds(adam_state) and "ScaleByAdamState" not in kinds(sgd_state)
+    assert contender._model_key == ("linear", "adam", 0.001)
