@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import jaxlin
 
 
@@ -33,3 +35,47 @@ def test_fit_through_the_public_names(tiny_data):
 
     result = fit(Config(num_steps=20, eval_every=10, batch_size=50), tiny_data, get_model("linear"), progress=False)
     assert [r["step"] for r in result.evaluations] == [0, 10, 20] and result.final["accuracy"] > 0.3
+
+
+# A tiny `fit` in a fresh process, as a library user writes it; prints the compile cache's directory
+# (JAX's setting) and jaxlin's count of its hits and misses.
+_FIT = """
+import sys
+import jax
+from jaxlin import Config, fit, get_model, load_datasets
+from jaxlin.runtime import compile_cache
+
+data = load_datasets("mnist", sys.argv[1])
+fit(Config(num_steps=10, eval_every=10, batch_size=50), data, get_model("linear"), progress=False)
+counts = compile_cache.counts()
+print(jax.config.jax_compilation_cache_dir, counts["hits"], counts["misses"])
+"""
+
+
+def _fit_in_a_fresh_process(data_dir, cache_dir, **env):
+    import os
+
+    environment = {**os.environ, "JAXLIN_CACHE_DIR": str(cache_dir), **env}
+    done = subprocess.run([sys.executable, "-c", _FIT, str(data_dir)], capture_output=True, text=True, timeout=300,
+                          env=environment)
+    assert done.returncode == 0, done.stderr
+    where, hits, misses = done.stdout.split()
+    return where, int(hits), int(misses)
+
+
+@pytest.mark.slow
+def test_fit_from_python_uses_the_compile_cache_so_a_second_process_hits_it(tiny_data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = _fit_in_a_fresh_process(tiny_data_dir, cache)
+    assert first[0] == str(cache / "xla") and first[1] == 0 and first[2] > 0
+    second = _fit_in_a_fresh_process(tiny_data_dir, cache)
+    assert second[0] == str(cache / "xla") and second[1] > 0 and second[2] == 0
+
+
+@pytest.mark.slow
+def test_the_library_cache_can_be_turned_off_and_a_users_own_jax_cache_stays_theirs(tiny_data_dir, tmp_path):
+    off = _fit_in_a_fresh_process(tiny_data_dir, tmp_path / "off", JAXLIN_COMPILE_CACHE="0")
+    assert off == ("None", 0, 0) and not (tmp_path / "off" / "xla").exists()
+    own = tmp_path / "own"
+    theirs = _fit_in_a_fresh_process(tiny_data_dir, tmp_path / "cache", JAX_COMPILATION_CACHE_DIR=str(own))
+    assert theirs[0] == str(own) and not (tmp_path / "cache" / "xla").exists()

@@ -10,6 +10,12 @@ jaxlib) is compiled again and rewritten, with a warning that jaxlin silences.
 
 Off with `--no-compile-cache` or `JAXLIN_COMPILE_CACHE=0`. Hits and misses are counted
 through `jax.monitoring`, for the time breakdown in metrics.json (see `_Counts`).
+
+A command turns it on (`enable`) before it compiles. From Python, jaxlin's training (`fit`,
+`train_and_evaluate`, `run_sweep`) turns it on the first time it runs (`enable_by_default`),
+unless the user has a say: `JAXLIN_COMPILE_CACHE=0`, or JAX's own cache configured
+(`jax_compilation_cache_dir` set, say by `JAX_COMPILATION_CACHE_DIR`, or
+`jax_enable_compilation_cache` turned off), which jaxlin then leaves as it is.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class _Counts:
 
 
 _COUNTS = _Counts()
+_decided = False  # whether this process's cache was set up, on or off, by a command or by default
 
 
 def directory() -> Path:
@@ -58,10 +65,12 @@ def wanted(flag_off: bool = False) -> bool:
 
 def enable(flag_off: bool = False) -> Path | None:
     """Turns the cache on (unless switched off); returns its directory, or None when off."""
+    global _decided
     import jax
 
     _listen()
     _COUNTS.reset()
+    _decided = True
     if not wanted(flag_off):
         jax.config.update("jax_enable_compilation_cache", False)
         return None
@@ -71,12 +80,42 @@ def enable(flag_off: bool = False) -> Path | None:
     except OSError:
         return None  # an unwritable cache only means compiling as before
     jax.config.update("jax_enable_compilation_cache", True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
+    _use_directory(path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     warnings.filterwarnings("ignore", message="Error reading persistent compilation cache entry")
     warnings.filterwarnings("ignore", message="Error writing persistent compilation cache entry")
     return path
+
+
+def enable_by_default() -> Path | None:
+    """The cache for a library user, called by jaxlin's training before it compiles: on as for a command
+    (see `enable`), once per process, unless a command already set it up (on or off), JAXLIN_COMPILE_CACHE
+    says no, or the user configured JAX's own cache (a directory set, or the cache turned off), which
+    stays theirs. Returns the directory jaxlin turned on, else None."""
+    global _decided
+    if _decided:
+        return None
+    import jax
+
+    _decided = True
+    if jax.config.jax_compilation_cache_dir or not jax.config.jax_enable_compilation_cache or not wanted():
+        return None
+    return enable()
+
+
+def _use_directory(path: Path) -> None:
+    """Points JAX's cache at path. JAX opens its cache once, at the first compile after a directory is set;
+    a command run again in the same process with another cache directory (tests, notebooks) gets that
+    directory, not the one opened first, so the cache is reopened when the directory changes."""
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    if before and before != str(path):
+        from jax.experimental.compilation_cache import compilation_cache
+
+        compilation_cache.reset_cache()
 
 
 def _listen() -> None:

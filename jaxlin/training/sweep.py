@@ -41,6 +41,7 @@ from jaxlin.config import Config, ConfigError, check_grid_size, check_no_repeats
 from jaxlin.data.datasets import Datasets
 from jaxlin.training.evaluate import Evaluator, make_predict_fn, to_float_images
 from jaxlin.models import Model
+from jaxlin.runtime import compile_cache
 from jaxlin.runtime.devices import Placement, to_host
 from jaxlin.training.sampler import EpochSampler, check_window
 from jaxlin.training.state import SweepState
@@ -170,6 +171,7 @@ class SweepTrainer:
     whose loss is not finite is frozen and reported, not raised."""
 
     def __init__(self, base: Config, members: list[Config], data: Datasets, model: Model, placement: Placement):
+        compile_cache.enable_by_default()  # before anything compiles: library use caches as a command does
         self.base, self.model, self.placement = base, model, placement
         self.config = base
         self.num_validation = len(data.validation)

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxlin.errors import JaxlinError
-from jaxlin.runtime import dot_layout as layout
+from jaxlin.runtime import compile_cache, dot_layout as layout
 
 from jaxlin import optimizers
 from jaxlin.config import Config
@@ -167,6 +167,7 @@ class Trainer:
 
     def __init__(self, config: Config, data: Datasets, model: Model, placement: Placement,
                  optimizer: optax.GradientTransformation | None = None):
+        compile_cache.enable_by_default()  # before anything compiles: library use caches as a command does
         self.config, self.model, self.placement = config, model, placement
         self.optimizer = optimizer if optimizer is not None else make_optimizer(config)
         init_key, self.sample_key = run_keys(config.seed, config.data_seed)
