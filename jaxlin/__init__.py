@@ -13,6 +13,10 @@ not import JAX):
     evaluate                 test-set metrics of params (`jaxlin.training.evaluate`)
     load_params, save_params the portable params.npz (`jaxlin.runs.params_file`)
     JaxlinError              the base of the errors a user can fix (`jaxlin.errors`)
+
+Training from Python (`fit`, `train_and_evaluate`, `run_sweep`) keeps JAX's persistent compilation cache
+on, as the command line does, unless JAXLIN_COMPILE_CACHE=0 or JAX's own cache is configured
+(`jaxlin.runtime.compile_cache`, docs/library.md). Examples of extending jaxlin are in examples/.
 """
 
 from __future__ import annotations

@@ -79,3 +79,16 @@ def test_the_library_cache_can_be_turned_off_and_a_users_own_jax_cache_stays_the
     own = tmp_path / "own"
     theirs = _fit_in_a_fresh_process(tiny_data_dir, tmp_path / "cache", JAX_COMPILATION_CACHE_DIR=str(own))
     assert theirs[0] == str(own) and not (tmp_path / "cache" / "xla").exists()
+
+
+def test_what_the_docs_and_examples_import_from_jaxlin_is_public():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    imported = set()
+    for path in [*root.glob("docs/*.md"), *root.glob("examples/*.py"), root / "README.md"]:
+        for names in re.findall(r"^\s*from jaxlin import ([\w, ]+)$", path.read_text(), re.MULTILINE):
+            imported |= {name.strip() for name in names.split(",")}
+    assert {"Config", "Datasets", "fit", "get_model", "load_datasets"} <= imported
+    assert imported <= set(jaxlin.__all__), sorted(imported - set(jaxlin.__all__))
