@@ -13,15 +13,19 @@ import math
 import re
 import struct
 
+from jaxlin import optimizers
 from jaxlin.optimizers import REGISTRY as OPTIMIZER_REGISTRY
+from jaxlin.optimizers import SCHEDULES
 from jaxlin.errors import ConfigError
 
-# A live view of the optimizer table's names, not a copy: validation and the `--optimizer` flag's
-# choices read the table when they run, so a name added to `optimizers.REGISTRY` later is accepted.
+# A live view of the optimizer table's names, not a copy: validation reads the table when it runs, so a
+# name added to `optimizers.REGISTRY` later is accepted (the flag has no fixed choices: MODULE:NAME too).
 OPTIMIZERS = OPTIMIZER_REGISTRY.keys()
 LOOPS = ("fused", "per-step")
 DEVICES = ("auto", "cpu", "gpu")
+# The data sets jaxlin can fetch; with a data directory, any name (it only names the data).
 DATASETS = ("mnist", "fashion_mnist")
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SOURCES = ("auto", "tfds")
 MODELS = ("linear", "mlp", "cnn")
 # A user's own model by reference: MODULE:NAME, MODULE importable (the current directory first), NAME in it.
@@ -77,7 +81,10 @@ def setting(default, help: str, *, choices=None, commands=("train",), aliases=()
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    dataset: str = setting("mnist", "data set", choices=DATASETS, commands=("train", "evaluate"))
+    dataset: str = setting(
+        "mnist", f"data set name: {' or '.join(DATASETS)} (which jaxlin can fetch), or any name for the IDX "
+                 f"files in --data-dir (their images and labels give the shape and class count)",
+        commands=("train", "evaluate"), metavar="NAME")
     data_dir: str | None = setting(
         None, "directory with the four IDX files (.gz or not); default: $JAXLIN_DATA_DIR, "
               "else --source", commands=("train", "evaluate"), metavar="DIR")
@@ -85,14 +92,27 @@ class Config:
         "auto", "where data comes from when no data dir is set: auto (jaxlin's cache, filled from public "
                 "mirrors on first use) or tfds (tensorflow-datasets)", choices=SOURCES,
         commands=("train", "evaluate"))
+    validation_size: int = setting(
+        5000, "training examples held out for validation, the first N as in the tutorial")
     model: str = setting("linear", f"model: {', '.join(MODELS)}, or MODULE:NAME, a model of your own (an object "
                                    "with init(key) and apply(params, images), or a callable that returns one given "
                                    "image_shape and num_classes; see docs/extending.md)", metavar="NAME")
     hidden_sizes: tuple[int, ...] = setting((256,), "MLP hidden layer sizes", metavar="N[,N...]")
     activation: str = setting("relu", "MLP activation", choices=ACTIVATIONS)
-    optimizer: str = setting("sgd", "optimizer", choices=OPTIMIZERS)
-    learning_rate: float = setting(0.5, "learning rate")
+    optimizer: str = setting("sgd", f"optimizer: {', '.join(OPTIMIZERS)}, or MODULE:NAME, a factory of your own "
+                                    "called with learning_rate= (a float or an optax schedule) that returns an "
+                                    "optax.GradientTransformation (see docs/extending.md)", metavar="NAME")
+    learning_rate: float = setting(0.5, "learning rate (a schedule's peak)")
     momentum: float = setting(0.9, "momentum of the momentum optimizer")
+    schedule: str = setting("constant", "learning-rate schedule over --num-steps: constant, cosine (decay to 0), "
+                                        "warmup-cosine (linear warm-up, then cosine decay to 0), linear (decay to 0)",
+                            choices=SCHEDULES)
+    warmup_steps: int = setting(0, "steps of linear warm-up from 0 to the learning rate (schedules constant, "
+                                   "warmup-cosine, linear)")
+    weight_decay: float = setting(0.0, "weight decay: decoupled for adam (adamw), added to the gradients (L2) for "
+                                       "sgd and momentum; 0: none")
+    clip_norm: float | None = setting(None, "clip the gradients' global norm to X (optax.clip_by_global_norm); "
+                                            "default: no clipping", metavar="X")
     batch_size: int = setting(100, "examples per step")
     num_steps: int = setting(1000, "training steps", aliases=("--steps",))
     seed: int = setting(0, "seed of the initial params and the batch order")
@@ -117,8 +137,10 @@ class Config:
     output_dir: str = setting("jaxlin-run", "directory for checkpoints, records, metrics, figures, params",
                               metavar="DIR")
 
-    def validate(self, num_train_examples: int | None = None) -> Config:
-        """Raises ConfigError naming the first bad setting; returns self."""
+    def validate(self, num_train_examples: int | None = None, input_size: int | None = None,
+                 num_classes: int | None = None) -> Config:
+        """Raises ConfigError naming the first bad setting; returns self. The data's sizes, once known
+        (training examples, values per image, classes), are checked against too."""
         self.validate_fields(CONFIG_FIELDS)
         if num_train_examples is not None and self.batch_size > num_train_examples:
             raise ConfigError(
@@ -127,9 +149,13 @@ class Config:
             )
         if self.model == "mlp" and (not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes)):
             raise ConfigError(f"hidden sizes must be at least 1, got {list(self.hidden_sizes)}")
-        if self.model == "mlp" and self.num_params() > MAX_PARAMS:
-            raise ConfigError(f"hidden sizes {list(self.hidden_sizes)} make {self.num_params():,} params; "
+        # Before the data is known, the fewest params any data could give (1 input, 2 classes): a size
+        # refused then is refused whatever the data.
+        sizes = (input_size or 1, num_classes or 2)
+        if self.model == "mlp" and self.num_params(*sizes) > MAX_PARAMS:
+            raise ConfigError(f"hidden sizes {list(self.hidden_sizes)} make {self.num_params(*sizes):,} params; "
                               f"at most {MAX_PARAMS:,}")
+        optimizers.check_settings(self)
         if self.steps_per_call * self.batch_size > MAX_WINDOW:
             raise ConfigError(
                 f"steps per call × batch size must be at most {MAX_WINDOW}, got "
@@ -148,8 +174,9 @@ class Config:
                 check_setting(name, getattr(self, name))
         return self
 
-    def num_params(self) -> int:
-        sizes = (INPUT_SIZE, *(self.hidden_sizes if self.model == "mlp" else ()), NUM_CLASSES)
+    def num_params(self, input_size: int = INPUT_SIZE, num_classes: int = NUM_CLASSES) -> int:
+        """The dense models' params for images of `input_size` values and `num_classes` classes."""
+        sizes = (input_size, *(self.hidden_sizes if self.model == "mlp" else ()), num_classes)
         return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
 
     def replace(self, **changes) -> Config:
@@ -163,8 +190,12 @@ class Config:
         settings = self.to_dict()
         if self.model != "mlp":
             del settings["hidden_sizes"], settings["activation"]
-        if "momentum" not in OPTIMIZER_REGISTRY[self.optimizer].hyperparameters:
+        takes = getattr(OPTIMIZER_REGISTRY.get(self.optimizer), "hyperparameters", ("learning_rate",))
+        if "momentum" not in takes:
             del settings["momentum"]
+        for name in ("warmup_steps", "weight_decay", "clip_norm"):  # off: not shown
+            if not settings[name]:
+                del settings[name]
         if self.data_seed is None:
             del settings["data_seed"]
         if self.loop != "fused":
@@ -195,6 +226,13 @@ def check_setting(name: str, value) -> None:
     choices = CONFIG_FIELDS[name].metadata["choices"]
     if choices and value not in choices:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    if name == "dataset" and not (isinstance(value, str) and DATASET_NAME.fullmatch(value)):
+        raise ConfigError(f"dataset must be a name of letters, digits, '.', '_' or '-', got {value!r}")
+    if name == "validation_size" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigError(f"validation size must be an integer >= 0, got {value!r}")
+    if name == "optimizer" and value not in OPTIMIZER_REGISTRY and not is_model_reference(value):
+        raise ConfigError(f"unknown optimizer {value!r}; choose one of {', '.join(OPTIMIZER_REGISTRY)}, or give your "
+                          f"own as MODULE:NAME")
     if name == "model" and value not in MODELS and not is_model_reference(value):
         raise ConfigError(f"unknown model {value!r}; choose one of {', '.join(MODELS)}, or give your own as "
                           f"MODULE:NAME")
@@ -210,6 +248,14 @@ def check_setting(name: str, value) -> None:
             raise ConfigError(f"learning rate must be a finite number > 0 in float32, got {value} (0 in float32)")
         if name == "momentum" and not 0 <= value < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {value}")
+    elif name in ("weight_decay", "clip_norm") and value is not None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{label} must be a number, got {value!r}")
+        if not (math.isfinite(value) and value >= 0 and float32_finite(value)):
+            off = " (0: none)" if name == "weight_decay" else " (0: no clipping)"
+            raise ConfigError(f"{label} must be a finite number >= 0{off}, got {value}")
+    elif name == "warmup_steps" and value < 0:
+        raise ConfigError(f"warmup steps must be >= 0, got {value}")
     elif name == "batch_size" and value < 1:
         raise ConfigError(f"batch size must be at least 1, got {value}")
     elif name == "num_steps" and value < 0:
@@ -268,12 +314,18 @@ def resume_conflicts(saved: Config, wanted: Config) -> list[str]:
         if name not in RESUMABLE_CHANGES and _effective(saved, name) != _effective(wanted, name):
             conflicts.append(f"--{name.replace('_', '-')} {_show(getattr(wanted, name))} "
                              f"(the checkpoint has {_show(getattr(saved, name))})")
+    if saved.schedule != "constant" and wanted.num_steps != saved.num_steps:
+        # The schedule decays over the run's steps: another length is another schedule for every step.
+        conflicts.append(f"--num-steps {wanted.num_steps} (the {saved.schedule} schedule decays over the "
+                         f"checkpoint's {saved.num_steps} steps; start another run for another length)")
     return conflicts
 
 
 def _effective(config: Config, name: str):
     """A setting as the run uses it: no data seed means the seed's batch order (`train.run_keys`)."""
     value = getattr(config, name)
+    if name == "clip_norm":
+        return value or None  # 0 and None: no clipping
     return config.seed if name == "data_seed" and value is None else value
 
 

@@ -85,7 +85,6 @@ def test_bad_settings_fail_cleanly(tiny_data_dir, tmp_path, capsys, args, messag
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
     (["--hidden-sizes", "256,0"], "hidden sizes must be integers >= 1"),
     (["--hidden-sizes", "abc"], "expected comma-separated integers"),
     (["--batch-size", "ten"], "invalid int value"),

@@ -100,7 +100,8 @@ def _number_list(text: str, kind) -> tuple:
 
 # The flags that take comma-separated lists: a list that starts with a negative number (`--seeds -1,2`)
 # is not a number to argparse, which takes it for a flag (see `_join_list_values`).
-LIST_FLAGS = ("--learning-rates", "--momentums", "--seeds", "--data-seeds", "--hidden-sizes")
+LIST_FLAGS = ("--learning-rates", "--momentums", "--seeds", "--data-seeds", "--weight-decays", "--clip-norms",
+              "--hidden-sizes")
 
 
 def _join_list_values(argv: list[str]) -> list[str]:

@@ -16,7 +16,7 @@ STOPPABLE = True
 OUTPUT_DIR = "jaxlin-sweep"  # the default --output-dir of a sweep
 # The sweep's lists, as the Config setting each value of them is.
 GRID_LISTS = {"learning_rates": "learning_rate", "momentums": "momentum", "seeds": "seed",
-              "data_seeds": "data_seed"}
+              "data_seeds": "data_seed", "weight_decays": "weight_decay", "clip_norms": "clip_norm"}
 
 
 # The settings a sweep uses differently from `jaxlin train` (the rest mean the same for every member).
@@ -38,6 +38,11 @@ def add_parser(subparsers) -> None:
     grid.add_argument("--learning-rates", type=float_list, metavar="X[,X...]", help="default: --learning-rate")
     grid.add_argument("--momentums", type=float_list, metavar="X[,X...]",
                       help="for --optimizer momentum; default: --momentum")
+    grid.add_argument("--weight-decays", type=float_list, metavar="X[,X...]",
+                      help="weight decays (0: none); default: --weight-decay")
+    grid.add_argument("--clip-norms", type=float_list, metavar="X[,X...]",
+                      help="gradient clipping norms (0: no clipping); default: --clip-norm. The schedule and its "
+                           "warm-up are shared by all members")
     grid.add_argument("--seeds", type=int_list, metavar="N[,N...]", help="init seeds; default: --seed")
     grid.add_argument("--data-seeds", type=int_list, metavar="N[,N...]",
                       help="give members their own batch orders (slower: each gathers its own batch); "
@@ -63,7 +68,8 @@ def check(args: argparse.Namespace) -> None:
 
 
 def _check_single_or_list(args: argparse.Namespace) -> None:
-    for single, plural in (("learning_rate", "learning_rates"), ("momentum", "momentums")):
+    for single, plural in (("learning_rate", "learning_rates"), ("momentum", "momentums"),
+                           ("weight_decay", "weight_decays"), ("clip_norm", "clip_norms")):
         if single in given_settings(args) and getattr(args, plural) is not None:
             raise ConfigError(f"give --{single.replace('_', '-')} or --{plural.replace('_', '-')}, not both")
 
@@ -76,10 +82,13 @@ def _check_grid(args: argparse.Namespace, config: Config) -> None:
     _check_single_or_list(args)
     flags = {plural: f"--{plural.replace('_', '-')}" for plural in GRID_LISTS}
     check_grid_size({flags[plural]: len(getattr(args, plural) or (None,)) for plural in GRID_LISTS})
-    if args.momentums is not None and not args.resume \
-            and "momentum" not in optimizers.spec(config.optimizer).hyperparameters:
+    takes = getattr(optimizers.REGISTRY.get(config.optimizer), "hyperparameters", ("learning_rate",))
+    if args.momentums is not None and not args.resume and "momentum" not in takes:
         raise ConfigError(f"--momentums: the {config.optimizer} optimizer takes no momentum "
                           f"(use --optimizer momentum)")
+    if args.weight_decays is not None and not args.resume:
+        for value in args.weight_decays:  # each member's, against the optimizer (adam: adamw; sgd: added)
+            optimizers.check_settings(config.replace(weight_decay=value))
     for plural, single in GRID_LISTS.items():
         values = getattr(args, plural)
         if values is None:
@@ -105,7 +114,8 @@ def run(args: argparse.Namespace, stop: StopRequest | None) -> int:
     _check_single_or_list(args)
     if not args.resume:
         config.validate()
-    grid = Grid(args.learning_rates, args.momentums, args.seeds, args.data_seeds)
+    grid = Grid(args.learning_rates, args.momentums, args.seeds, args.data_seeds, args.weight_decays,
+                args.clip_norms)
     summary = run_sweep(config, grid, progress=not args.no_progress, dry_run=args.dry_run, mode=run_mode(args),
                         explicit=given_settings(args), stop=stop)
     if summary is not None and summary["best"] is None:

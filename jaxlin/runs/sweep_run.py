@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlin import optimizers
 from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data.datasets import Datasets
 from jaxlin.models import Model
@@ -84,6 +85,9 @@ class SweepRun(RunKind):
     def check(self, config: Config) -> None:
         if config.loop != "fused":
             raise ConfigError(f"--loop {config.loop}: a sweep trains its members in the fused loop only")
+        if config.validation_size == 0:
+            raise ConfigError("--validation-size 0: a sweep chooses its best member on validation accuracy; hold "
+                              "out at least one training example")
 
     def record_check(self, out: Path, config: Config | None = None, model: Model | None = None):
         def check(step: int, record: dict) -> None:
@@ -98,6 +102,7 @@ class SweepRun(RunKind):
 
     def plan(self, config: Config, data: Datasets, model: Model) -> tuple[Placement, str]:
         self.members = self.grid.members(config)
+        optimizers.check_builds(config, model_params_shape(model))
         placement = resolve_placement(config.device, config.devices, axis=MODELS_AXIS)
         need = estimate_memory(config, model, len(self.members), placement.num_devices, data)
         limit, what = memory_limit(placement)
@@ -154,17 +159,34 @@ def _describe(config: Config, grid: Grid, members: list[Config], data: Datasets,
     shared = len({m.data_seed for m in members}) == 1
     order = (f"one batch order shared by all (data seed {members[0].data_seed})" if shared
              else "a batch order per data seed")
-    lines = [f"Data: {data.name} from {data.source}: train {len(data.train)}, validation {len(data.validation)}, "
-             f"test {len(data.test)}",
+    lines = [f"Data: {data.describe()}",
              f"Sweep: {len(members)} member{'s' if len(members) != 1 else ''} of {model.describe()} "
              f"({'; '.join(varied) or 'one member'}); "
-             f"optimizer {config.optimizer}; batch {config.batch_size}; {config.num_steps} steps; {order}",
+             f"optimizer {optimizers.describe(config, varied_settings(grid))}; batch {config.batch_size}; "
+             f"{config.num_steps} steps; {order}",
              f"Device: {device}; memory: about {gib(need)} per device of {gib(limit)} ({what})",
              "Selection: the highest final validation accuracy; test accuracy is reported, never used to choose"]
     if not model.init_uses_key and grid.seeds and len(grid.seeds) > 1 and shared:
         lines.append("Note: the linear model starts from zeros, so members that differ only in their seed train "
                      "identically; --data-seeds gives them their own batch orders")
     return "\n".join(lines)
+
+
+def varied_settings(grid: Grid) -> tuple[str, ...]:
+    """The Config settings the grid gives each member its own value of."""
+    return tuple(GRID_SETTINGS[name] for name, values in dataclasses.asdict(grid).items() if values is not None)
+
+
+# Each grid axis as the setting its values become in a member.
+GRID_SETTINGS = {"learning_rates": "learning_rate", "momentums": "momentum", "seeds": "seed",
+                 "data_seeds": "data_seed", "weight_decays": "weight_decay", "clip_norms": "clip_norm"}
+
+
+def model_params_shape(model: Model):
+    """The shapes of `model`'s params (nothing computed), what an optimizer is checked on."""
+    import jax
+
+    return jax.eval_shape(model.init, jax.random.key(0))
 
 
 def _listed(values) -> str:
@@ -188,7 +210,8 @@ def _finish(trainer: SweepTrainer, state: SweepState, loop, evaluations: list[di
     loop.eval_seconds += time.perf_counter() - tick
     members = []
     for i, member in enumerate(trainer.members[:trainer.num_members]):
-        members.append({"index": i, **describe_member(member, config), "diverged_at_step": diverged[i],
+        members.append({"index": i, **describe_member(member, trainer.hyperparameters),
+                        "diverged_at_step": diverged[i],
                         "validation_accuracy": validation[i], "test_accuracy": test[i],
                         "validation_curve": [r["validation_accuracy"][i] for r in evaluations],
                         "final_train_loss": evaluations[-1]["train_loss"][i]})
@@ -199,8 +222,9 @@ def _finish(trainer: SweepTrainer, state: SweepState, loop, evaluations: list[di
         "best": best,
         "best_validation_accuracy": validation[best] if best is not None else None,
         "best_test_accuracy": test[best] if best is not None else None,
-        "selection": "highest final validation accuracy (5,000 images held out of training) among members "
-                     "that did not diverge; lowest index on ties",
+        "selection": f"highest final validation accuracy ({len(data.validation):,} images held out of training) "
+                     f"among members that did not diverge; lowest index on ties",
+        "data": data.summary(),
         "shared_batch_order": trainer.shared_order,
         "members": members,
         "evaluations": evaluations,
@@ -214,9 +238,10 @@ def _finish(trainer: SweepTrainer, state: SweepState, loop, evaluations: list[di
         "device": session.placement.describe(),
         "versions": library_versions(),
         "model": model.describe(),
+        "optimizer": optimizers.describe(config, varied_settings(grid)),
         "grid": grid.to_dict(),
         "config": {k: v for k, v in config.used_settings().items()
-                   if k not in ("learning_rate", "momentum", "seed", "data_seed", "dot_layout")},
+                   if k not in ("seed", "data_seed", "dot_layout", *trainer.hyperparameters)},
     }
 
 
@@ -227,12 +252,12 @@ def _write_best(directory: Path, summary: dict, best: int, params, final: dict, 
                     "train_loss": r["train_loss"][best], "elapsed_seconds": r["elapsed_seconds"]}
                    for r in summary["evaluations"]]
     write_figures(directory, data, model, params, final, evaluations, curve_key="validation_accuracy")
-    params_file.save_params(directory / PARAMS_FILE, params, model)
+    params_file.save_params(directory / PARAMS_FILE, params, model, data.image_shape)
     metrics = {"member": best, "final_test_accuracy": final["accuracy"],
                "final_validation_accuracy": summary["best_validation_accuracy"],
                "final_test_per_class_accuracy": final["per_class_accuracy"],
                "final_test_confusion_matrix": final["confusion_matrix"], "num_steps": summary["num_steps"],
-               "evaluations": evaluations, "model": model.describe(),
+               "evaluations": evaluations, "model": model.describe(), "optimizer": optimizers.describe(member),
                "config": {k: v for k, v in member.used_settings().items() if k != "dot_layout"},
                "versions": summary["versions"]}
     (directory / METRICS_FILE).write_text(to_json(metrics, indent=2) + "\n")
@@ -245,10 +270,11 @@ def _percent(value) -> str:
 def format_table(summary: dict) -> str:
     """The members (the best rows of a long sweep), best marked, and the sweep's result."""
     members = summary["members"]
-    has_momentum = members and "momentum" in members[0]
+    numbers = [(key, title) for key, title in (("momentum", "momentum"), ("weight_decay", "weight decay"),
+                                               ("clip_norm", "clip norm")) if members and key in members[0]]
     several_seeds = len({m["seed"] for m in members}) > 1
     several_data_seeds = len({m["data_seed"] for m in members}) > 1
-    header = ["", "member", "learning rate"] + (["momentum"] if has_momentum else []) + \
+    header = ["", "member", "learning rate"] + [title for _, title in numbers] + \
         (["seed"] if several_seeds else []) + (["data seed"] if several_data_seeds else []) + \
         ["val acc", "test acc", "diverged"]
     rows = members
@@ -258,7 +284,7 @@ def format_table(summary: dict) -> str:
     body = []
     for m in rows:
         row = ["*" if m["index"] == summary["best"] else "", str(m["index"]), f"{m['learning_rate']:g}"]
-        row += [f"{m['momentum']:g}"] if has_momentum else []
+        row += [f"{m[key]:g}" if m[key] else "-" for key, _ in numbers]
         row += ([str(m["seed"])] if several_seeds else []) + ([str(m["data_seed"])] if several_data_seeds else [])
         row += [_percent(m["validation_accuracy"]), _percent(m["test_accuracy"]),
                 f"at step {m['diverged_at_step']}" if m["diverged_at_step"] is not None else ""]

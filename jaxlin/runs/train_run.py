@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import jax
+
 from jaxlin import optimizers
 from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data.datasets import Datasets
@@ -33,7 +35,7 @@ def resume_command(out: Path) -> str:
 
 
 def describe_run(config: Config, data: Datasets, model: Model, placement: Placement) -> str:
-    opt = optimizers.describe(config.optimizer, config)
+    opt = optimizers.describe(config)
     seeds = f"seed {config.seed}" + (f", data seed {config.data_seed}" if config.data_seed is not None else "")
     return (
         f"Data: {data.name} from {data.source}: train {len(data.train)}, "
@@ -87,6 +89,7 @@ class TrainRun(RunKind):
         return check_resumable(saved, saved.replace(**{name: getattr(config, name) for name in explicit}), step, out)
 
     def plan(self, config: Config, data: Datasets, model: Model) -> tuple[Placement, str]:
+        optimizers.check_builds(config, jax.eval_shape(model.init, jax.random.key(0)))  # a bad --optimizer: one line
         placement = resolve_placement(config.device, config.devices, config.batch_size)
         return placement, describe_run(config, data, model, placement)
 
@@ -118,6 +121,7 @@ class TrainRun(RunKind):
             "device": session.placement.describe(),
             "versions": library_versions(),
             "model": model.describe(),
+            "optimizer": optimizers.describe(trainer.config),  # what trained, as the run's log said
             "config": trainer.config.used_settings(),
         }
 

@@ -54,12 +54,15 @@ MEMORY_FRACTION = 0.8
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """The values a sweep crosses; None: the base config's one value (momentums: only for optimizers
-    that take one; data seeds: one shared batch order, --data-seed's or else --seed's)."""
+    that take one; data seeds: one shared batch order, --data-seed's or else --seed's). The numbers of
+    the optimizer vary per member; the schedule's kind and warm-up are shared (see `optimizers`)."""
 
     learning_rates: tuple[float, ...] | None = None
     momentums: tuple[float, ...] | None = None
     seeds: tuple[int, ...] | None = None
     data_seeds: tuple[int, ...] | None = None
+    weight_decays: tuple[float, ...] | None = None
+    clip_norms: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
         return {k: (list(v) if v is not None else None) for k, v in dataclasses.asdict(self).items()}
@@ -83,6 +86,8 @@ class Grid:
         shared_data_seed = base.data_seed if base.data_seed is not None else base.seed
         axes = {"learning_rate": self.learning_rates or (base.learning_rate,),
                 "momentum": self.momentums or (base.momentum,),
+                "weight_decay": self.weight_decays or (base.weight_decay,),
+                "clip_norm": self.clip_norms or (base.clip_norm,),
                 "seed": self.seeds or (base.seed,),
                 "data_seed": self.data_seeds or (shared_data_seed,)}
         for name, values in axes.items():
@@ -93,15 +98,14 @@ class Grid:
         return members
 
 
-def hyperparameter_names(base: Config) -> tuple[str, ...]:
-    return optimizers.spec(base.optimizer).hyperparameters
+def hyperparameter_names(base: Config, members: list[Config]) -> tuple[str, ...]:
+    """The optimizer's numbers each member holds in its state (see `optimizers.sweep_hyperparameters`)."""
+    return optimizers.sweep_hyperparameters(base, members)
 
 
-def describe_member(member: Config, base: Config) -> dict:
-    """What tells a member apart, as it appears in sweep.json and the table."""
-    described = {"learning_rate": member.learning_rate}
-    if "momentum" in hyperparameter_names(base):
-        described["momentum"] = member.momentum
+def describe_member(member: Config, names: tuple[str, ...]) -> dict:
+    """What tells a member apart, as it appears in sweep.json and the table; `names`: `hyperparameter_names`."""
+    described = {name: getattr(member, name) for name in names}
     described["seed"] = member.seed
     described["data_seed"] = member.data_seed
     return described
@@ -179,7 +183,9 @@ class SweepTrainer:
         self.num_members = len(members)
         padding = -len(members) % placement.num_devices
         self.members = members + [members[0]] * padding  # copies, dropped from every output
-        self.optimizer = optimizers.make_injectable(base.optimizer, **optimizers.hyperparameters(base.optimizer, base))
+        self.hyperparameters = hyperparameter_names(base, members)
+        self.optimizer = optimizers.build_injectable(
+            base, **optimizers.member_hyperparameters(members[0], self.hyperparameters))
         data_seeds = sorted({m.data_seed for m in members})
         self.shared_order = len(data_seeds) == 1
         self.member_sharding = placement.batch_sharding(axis=0)
@@ -231,9 +237,9 @@ class SweepTrainer:
     def init_state(self) -> SweepState:
         keys = _member_keys([run_keys(m.seed, m.data_seed)[0] for m in self.members])
         params = jax.vmap(self.model.init)(keys)
-        names = hyperparameter_names(self.base)
-        values = {name: jnp.asarray([getattr(m, name) for m in self.members], jnp.float32) for name in names}
-        make = functools.partial(optimizers.make_injectable, self.base.optimizer)
+        each = [optimizers.member_hyperparameters(m, self.hyperparameters) for m in self.members]
+        values = {name: jnp.asarray([v[name] for v in each], jnp.float32) for name in self.hyperparameters}
+        make = functools.partial(optimizers.build_injectable, self.base)
         opt_state = jax.vmap(lambda p, hp: make(**hp).init(p))(params, values)
         frozen_at = jnp.full((len(self.members),), -1, jnp.int32)
         return self.place(SweepState(params, opt_state, frozen_at, 0))
@@ -322,8 +328,7 @@ def estimate_memory(base: Config, model: Model, num_members: int, num_devices: i
     (10,000 images at once, in member groups on one device, all members on a mesh), and the data."""
     params = jax.eval_shape(model.init, jax.random.key(0))
     param_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(params))
-    opt_state = jax.eval_shape(optimizers.make_optimizer(
-        base.optimizer, **optimizers.hyperparameters(base.optimizer, base)).init, params)
+    opt_state = jax.eval_shape(optimizers.build(base).init, params)
     opt_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(opt_state))
     widths = model.activation_widths
     activation_bytes = 4 * 3 * base.batch_size * sum(widths)

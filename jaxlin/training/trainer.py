@@ -50,8 +50,8 @@ class DivergenceError(JaxlinError, RuntimeError):
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """The optimizer `config` names, with its hyperparameters (see `optimizers.REGISTRY`)."""
-    return optimizers.make_optimizer(config.optimizer, **optimizers.hyperparameters(config.optimizer, config))
+    """The optimizer `config` describes: its schedule, weight decay and clipping (see `optimizers.build`)."""
+    return optimizers.build(config)
 
 
 def run_keys(seed: int, data_seed: int | None = None) -> tuple[jax.Array, jax.Array]:
@@ -155,7 +155,7 @@ class FitResult:
     stopped: bool = False  # True when `hooks.should_stop()` ended the run before its last step
     final: dict | None = None  # `Evaluator` metrics of the final params (None when stopped)
     config: Config | None = None  # the config trained, with its dot layout resolved
-    optimizer: str = ""  # what trained: the config's optimizer described, or "a custom optax transformation"
+    optimizer: str = ""  # what trained: `optimizers.describe(config)`, or "a custom optax transformation"
 
 
 class Trainer:
@@ -291,4 +291,4 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     return FitResult(to_host(state.params), state, loop.evaluations, loop.timings(), placement.describe(),
                      stopped=stopped, final=final, config=trainer.config,
                      optimizer="a custom optax transformation" if optimizer is not None
-                     else optimizers.describe(config.optimizer, config))
+                     else optimizers.describe(config))
