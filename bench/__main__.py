@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test)")
     parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV),
-                        help=f"MNIST IDX directory (default: ${DATA_DIR_ENV})")
+                        help=f"MNIST IDX directory (default: ${DATA_DIR_ENV}, else jaxlin's download cache)")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help="directory for the results (default: %(default)s/ in the working directory; the "
                         "committed results are regenerated with --out bench/results)")
@@ -195,8 +195,13 @@ def main(argv=None) -> int:
         parser.error("--docs goes with --replot")
     if args.replot:
         return replot(Path(args.replot), args.docs)
+    if not args.data_dir:  # a user's installed jaxlin has MNIST in its cache after `jaxlin download`
+        from jaxlin.data.download import cached_files
+
+        cached = cached_files("mnist")
+        args.data_dir = str(cached) if cached else None
     if not args.data_dir:
-        parser.error(f"no data: pass --data-dir or set {DATA_DIR_ENV}")
+        parser.error(f"no data: pass --data-dir, set {DATA_DIR_ENV}, or run `jaxlin download` first")
     try:
         load_idx_dir(args.data_dir)  # fail here, not in eight worker processes
     except DataError as err:

@@ -269,10 +269,20 @@ def test_a_users_model_is_timed_from_its_own_directory_into_the_default_out_ther
 
 
 @pytest.mark.slow
-def test_another_optimizer_times_the_jaxlin_contenders_and_the_others_sit_out(tiny_data_dir, tmp_path):
-    done = _bench_in(tmp_path, "--data-dir", str(tiny_data_dir), "--cases", "mlp:50:5", "--optimizer", "adam",
-                     "--learning-rate", "0.001", "--contenders", "jaxlin_per_step,numpy_floor", "--out", "here", *LIGHT)
+def test_another_optimizer_times_the_jaxlin_contenders_and_the_others_sit_out(tiny_data_dir, tmp_path, monkeypatch):
+    """Also: with no --data-dir nor JAXLIN_DATA_DIR, the data comes from jaxlin's download cache."""
+    import shutil
+
+    monkeypatch.delenv("JAXLIN_DATA_DIR", raising=False)
+    monkeypatch.setenv("JAXLIN_CACHE_DIR", str(tmp_path / "cache"))
+    none = _bench_in(tmp_path, "--cases", "mlp:50:5")
+    assert none.returncode == 2 and "no data: pass --data-dir, set JAXLIN_DATA_DIR, or run `jaxlin download`" \
+        in none.stderr
+    shutil.copytree(tiny_data_dir, tmp_path / "cache" / "mnist")
+    done = _bench_in(tmp_path, "--cases", "mlp:50:5", "--optimizer", "adam", "--learning-rate", "0.001",
+                     "--contenders", "jaxlin_per_step,numpy_floor", "--out", "here", *LIGHT)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "here" / "cpu.json").read_text())["meta"]["data_dir"].endswith("cache/mnist")
     results = json.loads((tmp_path / "here" / "cpu.json").read_text())
     assert results["contenders"]["numpy_floor"]["status"] == "skipped"
     assert "tutorial's SGD" in results["contenders"]["numpy_floor"]["reason"]
