@@ -223,12 +223,18 @@ def build(config):
     return _factory(config)(**_own_values(config))
 
 
-def check_builds(config, params) -> None:
-    """Builds `config`'s optimizer and traces its init and one update on `params` (a pytree of arrays or
-    shapes) with `jax.eval_shape`; raises ConfigError in one line when it does not run (a reference that
-    is not an optimizer, or one that does not take these params)."""
+def check_builds(config, model) -> None:
+    """Builds `config`'s optimizer and traces its init and one update on `model`'s params (what its
+    optimizer sees: `trained_part` where the model has one) with `jax.eval_shape`, computing nothing;
+    raises ConfigError in one line when it does not run (a reference that is not an optimizer, or one
+    that does not take these params)."""
     import jax
 
+    def trained(key):
+        params = model.init(key)
+        return model.trained_part(params) if hasattr(model, "trained_part") else params
+
+    params = jax.eval_shape(trained, jax.random.key(0))
     optimizer = build(config)
     try:
         state = jax.eval_shape(optimizer.init, params)

@@ -102,7 +102,7 @@ class SweepRun(RunKind):
 
     def plan(self, config: Config, data: Datasets, model: Model) -> tuple[Placement, str]:
         self.members = self.grid.members(config)
-        optimizers.check_builds(config, model_params_shape(model))
+        optimizers.check_builds(config, model)  # a bad --optimizer: one line, before anything is written
         placement = resolve_placement(config.device, config.devices, axis=MODELS_AXIS)
         need = estimate_memory(config, model, len(self.members), placement.num_devices, data)
         limit, what = memory_limit(placement)
@@ -180,13 +180,6 @@ def varied_settings(grid: Grid) -> tuple[str, ...]:
 # Each grid axis as the setting its values become in a member.
 GRID_SETTINGS = {"learning_rates": "learning_rate", "momentums": "momentum", "seeds": "seed",
                  "data_seeds": "data_seed", "weight_decays": "weight_decay", "clip_norms": "clip_norm"}
-
-
-def model_params_shape(model: Model):
-    """The shapes of `model`'s params (nothing computed), what an optimizer is checked on."""
-    import jax
-
-    return jax.eval_shape(model.init, jax.random.key(0))
 
 
 def _listed(values) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import jax
-
 from jaxlin import optimizers
 from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.data.datasets import Datasets
@@ -89,7 +87,7 @@ class TrainRun(RunKind):
         return check_resumable(saved, saved.replace(**{name: getattr(config, name) for name in explicit}), step, out)
 
     def plan(self, config: Config, data: Datasets, model: Model) -> tuple[Placement, str]:
-        optimizers.check_builds(config, jax.eval_shape(model.init, jax.random.key(0)))  # a bad --optimizer: one line
+        optimizers.check_builds(config, model)  # a bad --optimizer: one line, before anything is written
         placement = resolve_placement(config.device, config.devices, config.batch_size)
         return placement, describe_run(config, data, model, placement)
 
