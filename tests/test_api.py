@@ -92,3 +92,21 @@ def test_what_the_docs_and_examples_import_from_jaxlin_is_public():
             imported |= {name.strip() for name in names.split(",")}
     assert {"Config", "Datasets", "fit", "get_model", "load_datasets"} <= imported
     assert imported <= set(jaxlin.__all__), sorted(imported - set(jaxlin.__all__))
+
+
+@pytest.mark.slow
+def test_a_command_run_again_in_one_process_writes_its_own_cache_directory(tmp_path):
+    """JAX opens its cache once; jaxlin reopens it when a later command (a notebook's, a test's) names another."""
+    script = """
+import os, sys
+import jax, jax.numpy as jnp
+from jaxlin.runtime import compile_cache
+
+for name, scale in (("a", 2.0), ("b", 3.0)):
+    os.environ["JAXLIN_CACHE_DIR"] = os.path.join(sys.argv[1], name)
+    compile_cache.enable()
+    jax.jit(lambda x: x * scale + 1)(jnp.ones(3)).block_until_ready()
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "a" / "xla").iterdir()) and list((tmp_path / "b" / "xla").iterdir())
