@@ -28,6 +28,13 @@ def no_public_mirrors(monkeypatch, tmp_path_factory):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(autouse=True)
+def figure_errors_raise(monkeypatch):
+    """A run turns a failure to draw its figures into a note; in the tests it raises, so that a bug in the
+    figures fails them rather than hiding behind a note (see `outputs.write_figures`)."""
+    monkeypatch.setenv("JAXLIN_FIGURE_ERRORS_RAISE", "1")
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
     """5,600 training images (600 after the 5,000 validation images), 1,003 test images."""

@@ -63,8 +63,8 @@ def test_descriptions_that_do_not_fit_mnist(tmp_path, spec, message):
     sizes = spec.get("layer_sizes") if isinstance(spec, dict) else None
     arrays = ({"layers/0/w": np.zeros((sizes[0], sizes[-1]), np.float32),
                "layers/0/b": np.zeros(sizes[-1], np.float32)} if sizes and min(sizes) > 0 else {})
-    with pytest.raises(CheckpointError, match=message):
-        load_params(_described(tmp_path / "p.npz", spec, arrays))
+    with pytest.raises(CheckpointError, match=message):  # MNIST's sizes, as `jaxlin evaluate` on MNIST gives them
+        load_params(_described(tmp_path / "p.npz", spec, arrays), input_size=784, num_classes=10)
 
 
 def test_any_params_pytree_round_trips(tmp_path):

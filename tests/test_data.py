@@ -94,11 +94,15 @@ def test_load_idx_dir_missing_directory(tmp_path):
         load_idx_dir(tmp_path / "nowhere")
 
 
-def test_load_idx_dir_label_out_of_range(tmp_path):
+def test_the_class_count_is_read_from_the_labels(tmp_path):
+    """1 + the largest label of either split: a test label 10 makes 11 classes (the name does not decide)."""
     directory = write_dataset(tmp_path / "d", 5100, 20)
+    assert load_idx_dir(directory).num_classes == 10
     write_idx(directory / "t10k-labels-idx1-ubyte.gz", np.full((20,), 10, np.uint8))
-    with pytest.raises(DataError, match="label 10 out of range"):
-        load_idx_dir(directory)
+    data = load_idx_dir(directory)
+    assert data.num_classes == 11 and data.image_shape == (28, 28, 1)
+    with pytest.raises(DataError, match="label 10 out of range 0..9"):
+        type(data)(data.train, data.validation, data.test, num_classes=10)
 
 
 def test_load_idx_dir_count_mismatch(tmp_path):
@@ -135,9 +139,13 @@ def test_environment_setting_is_used(tiny_data_dir, monkeypatch):
     assert load_datasets("mnist").source == str(tiny_data_dir)
 
 
-def test_unknown_dataset():
-    with pytest.raises(DataError, match="unknown dataset 'cifar'"):
-        load_datasets("cifar", "/nonexistent")
+def test_a_data_set_jaxlin_cannot_fetch_needs_a_directory(tiny_data_dir, monkeypatch):
+    """Any name with a directory (it only names the data); without one, only what jaxlin can fetch."""
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    with pytest.raises(DataError, match=r"jaxlin cannot fetch a data set called 'kmnist' .*pass --data-dir DIR"):
+        load_datasets("kmnist")
+    data = load_datasets("kmnist", tiny_data_dir)
+    assert data.name == "kmnist" and data.num_classes == 10 and data.image_shape == (28, 28, 1)
 
 
 def test_tfds_source_without_tfds_is_a_clear_error(monkeypatch):
@@ -178,6 +186,7 @@ def test_real_mnist_shapes_and_split(mnist):
     assert mnist.test.images_uint8.shape == (10000, 784)
     assert mnist.test.one_hot_labels.shape == (10000, 10)
     assert mnist.test.labels[:5].tolist() == [7, 2, 1, 0, 4]
+    assert mnist.image_shape == (28, 28, 1) and mnist.num_features == 784 and mnist.num_classes == 10
     # The validation set is the first 5,000 training images.
     assert mnist.validation.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 
@@ -361,11 +370,12 @@ def test_arrays_from_python_are_checked_and_float_images_are_not_divided_twice(t
            (np.where(train > 0, np.nan, 0.0), labels, "float images must lie in"),
            (train.astype(np.int64) * 2, labels, "integer images must lie in 0..255"),
            (train, labels + 1, "labels must lie in 0..9"),
-           (train[:, :700], labels, "expected (n, 784)"),
+           (train[:, :700], labels, "which is not image_shape (28, 28, 1) per image"),
            (train, labels[:-1], "images but labels"),
            (train, labels.astype(np.float32), "integer class ids")]
     for images, wrong_labels, message in bad:
         with pytest.raises(DataError, match=re.escape(message)):
-            Datasets.from_arrays(images, wrong_labels, tiny_data.test.images_uint8, tiny_data.test.labels)
+            Datasets.from_arrays(images, wrong_labels, tiny_data.test.images_uint8, tiny_data.test.labels,
+                                 image_shape=(28, 28), num_classes=10)
     with pytest.raises(DataError, match="validation size 5600 does not fit 5600 examples"):
         Datasets.from_arrays(train, labels, tiny_data.test.images_uint8, tiny_data.test.labels, validation_size=5600)

@@ -1,4 +1,4 @@
-"""`jaxlin predict`: classify image files of digits with a params.npz written by `jaxlin train`."""
+"""`jaxlin predict`: classify image files with a params.npz written by `jaxlin train`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from jaxlin.runtime.signals import StopRequest
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="classify image files of digits with saved params",
-        description="Classify PNG/JPEG images of single digits: each is made into an MNIST image (grayscale, "
-                    "white on black, cropped, scaled into 20x20, centred by mass in 28x28) and classified.")
+        "predict", help="classify image files with saved params",
+        description="Classify PNG/JPEG images: each is made into an image of the shape the params were trained "
+                    "on (stored in params.npz). Gray images (MNIST and its kin) are made as MNIST was: grayscale, "
+                    "white on black, cropped, scaled into 20/28 of the image (20x20 of 28x28) and centred by mass; "
+                    "colour images are resized to the data's size as they are.")
     p.add_argument("params", help="path to a params.npz written by `jaxlin train`")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--top", type=int, default=3, help="how many probabilities to show (default: %(default)s)")

@@ -1,2 +1,3 @@
-"""Data: the validating IDX reader and the tutorial's splits (`datasets`), verified downloads into
-jaxlin's cache (`download`), and opening user-named files without hanging on them (`files`)."""
+"""Data: the tutorial's splits, checked arrays and sources (`datasets`), the validating IDX reader
+(`idx`), verified downloads into jaxlin's cache (`download`), and opening user-named files without
+hanging on them (`files`)."""

@@ -1,47 +1,89 @@
-"""MNIST-format data: a validating IDX reader, the tutorial's splits, and sources.
+"""Image classification data: the tutorial's splits, the checks on arrays, and the sources.
 
-The arrays come from a directory of the original IDX files: the `--data-dir` flag,
-else the ``JAXLIN_DATA_DIR`` environment variable, else jaxlin's download cache
-(filled from public mirrors on first use, see `download`). tensorflow-datasets is
-another source on request, imported lazily because it is an optional extra.
+The arrays come from a directory of IDX files (MNIST's four file names, gzip-compressed or not;
+KMNIST, EMNIST-style and other sets in the same format): the `--data-dir` flag, else the
+``JAXLIN_DATA_DIR`` environment variable, else jaxlin's download cache (filled from public mirrors
+on first use for the sets jaxlin knows, see `download`). tensorflow-datasets is another source on
+request, imported lazily because it is an optional extra. The image shape (H, W, C) and the class
+count come from the data, never from the name: `Datasets` carries them to the model, evaluation,
+figures and params file. Reading the files themselves is `idx`'s job.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import math
 import os
-import stat
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from jaxlin.config import DATASETS, NUM_CLASSES
 from jaxlin.data import download
-from jaxlin.data.download import GZIP_MAGIC, IDX_FILES
-from jaxlin.data.files import NotARegularFile, open_regular
-from jaxlin.errors import JaxlinError
+from jaxlin.data.download import IDX_FILES
+from jaxlin.data.idx import (MAX_IDX_BYTES, DataError, _find_idx_file, _read_up_to,  # noqa: F401 (re-exported)
+                             read_idx, read_idx_files)
 
 DATA_DIR_ENV = "JAXLIN_DATA_DIR"
+# MNIST's images; other data sets bring their own shape (`Datasets.image_shape`).
 IMAGE_SHAPE = (28, 28)
 IMAGE_SIZE = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+MNIST_IMAGE_SHAPE = (*IMAGE_SHAPE, 1)
 # The old TensorFlow `input_data` took the first 5,000 training images for validation.
 VALIDATION_SIZE = 5000
+MIN_CLASSES = 2  # a classifier needs two classes, even when one split shows only one
 
-_IDX_UBYTE = 0x08
+
+def default_image_shape(features: int) -> tuple[int, int, int]:
+    """The (H, W, C) that flat images of `features` values are taken to have when nobody says: MNIST's
+    28x28 for 784, a square gray image, a square RGB image, else one row of pixels."""
+    side = math.isqrt(features)
+    if side * side == features:
+        return side, side, 1
+    side = math.isqrt(features // 3)
+    if features % 3 == 0 and side * side * 3 == features:
+        return side, side, 3
+    return 1, features, 1
 
 
-class DataError(JaxlinError, ValueError):
-    """The data could not be found or is not valid MNIST-format data."""
+def image_shape_of(images: np.ndarray, image_shape=None, where: str = "arrays") -> tuple[int, int, int]:
+    """(H, W, C) of images (n, H, W), (n, H, W, C) or flat (n, features) (then `image_shape`, else
+    `default_image_shape`); a given `image_shape` must agree with the array. DataError otherwise."""
+    if images.ndim == 3:
+        found = (*images.shape[1:], 1)
+    elif images.ndim == 4:
+        found = images.shape[1:]
+    elif images.ndim == 2:
+        found = None
+    else:
+        raise DataError(f"{where}: images are {images.shape}, expected (n, H, W), (n, H, W, C) or (n, features)")
+    if image_shape is not None:
+        shape = tuple(int(d) for d in image_shape)
+        if len(shape) == 2:
+            shape = (*shape, 1)
+        if len(shape) != 3 or min(shape) < 1:
+            raise DataError(f"{where}: image_shape must be (H, W) or (H, W, C) of sizes >= 1, got {image_shape}")
+        features = images.shape[1] if images.ndim == 2 else math.prod(found)
+        if math.prod(shape) != features or (found is not None and found != shape):
+            raise DataError(f"{where}: images are {images.shape}, which is not image_shape {shape} per image")
+        return shape
+    shape = tuple(int(d) for d in found) if found is not None else default_image_shape(int(images.shape[1]))
+    if min(shape) < 1:
+        raise DataError(f"{where}: images are {images.shape}; an image needs at least one pixel")
+    return shape
+
+
+def class_count(*label_arrays: np.ndarray) -> int:
+    """1 + the largest label over all splits, at least `MIN_CLASSES`."""
+    largest = max((int(labels.max()) for labels in label_arrays if len(labels)), default=0)
+    return max(largest + 1, MIN_CLASSES)
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split: uint8 images flattened to (n, 784) and int32 class ids (n,). Images in other forms
-    (float in [0, 1], (n, 28, 28)) come in through `Split.from_arrays`, which checks and converts them."""
+    """One split: uint8 images flattened to (n, H*W*C) and int32 class ids (n,). Images in other forms
+    (float in [0, 1], (n, H, W[, C])) come in through `Split.from_arrays`, which checks and converts them."""
 
     images_uint8: np.ndarray
     labels: np.ndarray
@@ -55,22 +97,22 @@ class Split:
                             f"(float in [0, 1], say) to Split.from_arrays or Datasets.from_arrays, which convert them")
 
     @classmethod
-    def from_arrays(cls, images, labels, where: str = "arrays") -> Split:
-        """A split from images (n, 784) or (n, 28, 28): uint8 (or integers) in 0..255, or floats in [0, 1]
-        (stored as uint8, rounded: MNIST's own floats come back exactly), and integer labels in
-        0..9; anything else is one DataError naming `where`."""
+    def from_arrays(cls, images, labels, where: str = "arrays", image_shape=None,
+                    num_classes: int | None = None) -> Split:
+        """A split from images (n, H, W), (n, H, W, C) or (n, features) (checked against `image_shape`
+        when given): uint8 (or integers) in 0..255, or floats in [0, 1] (stored as uint8, rounded:
+        MNIST's own floats come back exactly), and integer labels in 0..num_classes-1 (default: any
+        label >= 0); anything else is one DataError naming `where`."""
         images, labels = np.asarray(images), np.asarray(labels)
-        if images.ndim == 3:
-            images = images.reshape(len(images), -1)
-        if images.ndim != 2 or images.shape[1] != IMAGE_SIZE:
-            raise DataError(f"{where}: images are {images.shape}, expected (n, {IMAGE_SIZE}) or (n, 28, 28)")
+        shape = image_shape_of(images, image_shape, where)
+        images = images.reshape(len(images), math.prod(shape))
         if labels.ndim != 1 or len(labels) != len(images):
             raise DataError(f"{where}: {len(images)} images but labels of shape {labels.shape}")
         if not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"{where}: labels must be integer class ids, got {labels.dtype}")
-        if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-            raise DataError(f"{where}: labels must lie in 0..{NUM_CLASSES - 1}, got {int(labels.min())}.."
-                            f"{int(labels.max())}")
+        top = "" if num_classes is None else f"{num_classes - 1}"
+        if len(labels) and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
+            raise DataError(f"{where}: labels must lie in 0..{top}, got {int(labels.min())}..{int(labels.max())}")
         if np.issubdtype(images.dtype, np.floating):
             if images.size and not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
                 raise DataError(f"{where}: float images must lie in [0, 1] (scale 0-255 images by 1/255, or give "
@@ -90,208 +132,167 @@ class Split:
 
     @functools.cached_property
     def images(self) -> np.ndarray:
-        """float32 images in [0, 1], shape (n, 784); computed once."""
+        """float32 images in [0, 1], shape (n, features); computed once."""
         return self.images_uint8.astype(np.float32) / 255.0
+
+    def one_hot(self, num_classes: int) -> np.ndarray:
+        """float32 one-hot labels, shape (n, num_classes)."""
+        return np.eye(num_classes, dtype=np.float32)[self.labels]
 
     @property
     def one_hot_labels(self) -> np.ndarray:
-        """float32 one-hot labels, shape (n, 10)."""
-        return np.eye(NUM_CLASSES, dtype=np.float32)[self.labels]
+        """float32 one-hot labels over 1 + the largest label (MNIST's 10 at least); a data set's own
+        count is `Datasets.one_hot_labels(split)`."""
+        return self.one_hot(max(NUM_CLASSES, class_count(self.labels)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Datasets:
+    """The tutorial's three splits and what the data is: `image_shape` (H, W, C) and `num_classes`
+    (when not given: the images' `default_image_shape` and 1 + the largest label of any split)."""
+
     train: Split
     validation: Split
     test: Split
     name: str = "mnist"
     source: str = ""
+    image_shape: tuple[int, int, int] | None = None
+    num_classes: int | None = None
+
+    def __post_init__(self):
+        features = self.train.images_uint8.shape[1]
+        shape = self.image_shape or default_image_shape(features)
+        object.__setattr__(self, "image_shape", tuple(int(d) for d in shape))
+        if self.num_classes is None:
+            object.__setattr__(self, "num_classes", class_count(*(s.labels for s in self.splits())))
+        for split_name, split in zip(("train", "validation", "test"), self.splits()):
+            if split.images_uint8.ndim != 2 or split.images_uint8.shape[1] != self.num_features:
+                raise DataError(f"{self.name} ({split_name}): images are {split.images_uint8.shape}, expected "
+                                f"(n, {self.num_features}) for images of shape {self.image_shape}")
+            if len(split) and split.labels.max() >= self.num_classes:
+                raise DataError(f"{self.name} ({split_name}): label {int(split.labels.max())} out of range "
+                                f"0..{self.num_classes - 1}")
+
+    def splits(self) -> tuple[Split, Split, Split]:
+        return self.train, self.validation, self.test
+
+    @property
+    def num_features(self) -> int:
+        """Values per image: H * W * C."""
+        return math.prod(self.image_shape)
+
+    def summary(self) -> dict:
+        """What a run's records say of its data."""
+        return {"name": self.name, "source": self.source, "image_shape": list(self.image_shape),
+                "num_classes": self.num_classes, "train": len(self.train), "validation": len(self.validation),
+                "test": len(self.test)}
+
+    def describe(self) -> str:
+        """One line for a run's log, e.g. "mnist from DIR: 28x28x1 images, 10 classes; train 55000, ..."."""
+        shape = "x".join(str(d) for d in self.image_shape)
+        return (f"{self.name} from {self.source}: {shape} images, {self.num_classes} classes; train {len(self.train)}, "
+                f"validation {len(self.validation)}, test {len(self.test)}")
+
+    def one_hot_labels(self, split: Split) -> np.ndarray:
+        """`split`'s labels one-hot over this data set's classes, (n, num_classes)."""
+        return split.one_hot(self.num_classes)
 
     @classmethod
     def from_arrays(cls, train_images, train_labels, test_images, test_labels,
-                    validation_size: int = VALIDATION_SIZE, name: str = "arrays") -> Datasets:
+                    validation_size: int = VALIDATION_SIZE, name: str = "arrays", image_shape=None,
+                    num_classes: int | None = None) -> Datasets:
         """Data sets from arrays (see `Split.from_arrays` for what images may be): the first
-        `validation_size` training examples validate, as in the tutorial."""
-        train = Split.from_arrays(train_images, train_labels, "training arrays")
-        test = Split.from_arrays(test_images, test_labels, "test arrays")
+        `validation_size` training examples validate, as in the tutorial. `image_shape` (H, W[, C])
+        defaults to the arrays' own ((n, H, W[, C]) images) or `default_image_shape`; `num_classes` to
+        1 + the largest label."""
+        shape = image_shape_of(np.asarray(train_images), image_shape, "training arrays")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < MIN_CLASSES):
+            raise DataError(f"num_classes must be an integer >= {MIN_CLASSES}, got {num_classes!r}")
+        train = Split.from_arrays(train_images, train_labels, "training arrays", shape, num_classes)
+        test = Split.from_arrays(test_images, test_labels, "test arrays", shape, num_classes)
         train, validation = split_train(train, validation_size)
-        return cls(train, validation, test, name, "arrays")
+        return cls(train, validation, test, name, "arrays", shape, num_classes)
 
 
-# The largest body jaxlin reads from one IDX file (8 GiB; MNIST's largest is 47 MB): a header
-# promising more is refused before anything is decompressed.
-MAX_IDX_BYTES = 1 << 33
-_BLOCK = 1 << 20
-_MAX_DEFLATE_RATIO = 1032
-
-
-def _read_up_to(stream, limit: int) -> bytes:
-    """At most `limit` bytes of `stream`, read in blocks: a gzip bomb expands no further."""
-    chunks, size = [], 0
-    while size < limit:
-        block = stream.read(min(_BLOCK, limit - size))
-        if not block:
-            break
-        chunks.append(block)
-        size += len(block)
-    return b"".join(chunks)
-
-
-def read_idx(path: str | os.PathLike, expected_ndim: int | None = None,
-             item_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Reads one IDX file of unsigned bytes (gzip-compressed or not), validated.
-
-    The header is a big-endian magic number (0, 0, type, ndim) followed by ndim
-    uint32 dimensions; the payload must hold exactly the product of them. The header
-    is checked (sizes in Python integers, against `expected_ndim` and `item_shape`)
-    before the body is read, and no more than the promised bytes + 1 are ever
-    decompressed.
-    """
-    path = Path(path)
-    try:
-        with open_regular(path) as raw:
-            compressed = raw.read(2) == GZIP_MAGIC
-            raw.seek(0)
-            stream = gzip.GzipFile(fileobj=raw) if compressed else raw
-            # What the file can hold at most: deflate expands at most ~1032:1.
-            capacity = os.fstat(raw.fileno()).st_size * (_MAX_DEFLATE_RATIO if compressed else 1)
-            return _read_idx_stream(path, stream, expected_ndim, item_shape, capacity)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({err})") from err
-    except MemoryError as err:
-        raise DataError(f"{path}: not enough memory to read it") from err
-    except (NotARegularFile, IsADirectoryError) as err:
-        raise DataError(f"{path}: not a regular file") from err
-    except OSError as err:
-        raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
-
-
-def _read_idx_stream(path: Path, stream, expected_ndim, item_shape, capacity: int) -> np.ndarray:
-    magic = _read_up_to(stream, 4)
-    if len(magic) < 4:
-        raise DataError(f"{path}: file too short for an IDX header ({len(magic)} bytes)")
-    zero0, zero1, type_code, ndim = magic
-    if zero0 or zero1 or type_code != _IDX_UBYTE or ndim == 0:
-        raise DataError(
-            f"{path}: bad IDX magic number 0x{magic.hex()} "
-            f"(expected 0x000008NN: unsigned bytes with NN dimensions)"
-        )
-    if expected_ndim is not None and ndim != expected_ndim:
-        raise DataError(f"{path}: has {ndim} dimensions, expected {expected_ndim}")
-    dims = _read_up_to(stream, 4 * ndim)
-    if len(dims) < 4 * ndim:
-        raise DataError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
-    if item_shape is not None and shape[1:] != tuple(item_shape):
-        raise DataError(f"{path}: items are {shape[1:]}, expected {tuple(item_shape)}")
-    expected = math.prod(shape)  # a Python integer: cannot wrap around
-    if expected > MAX_IDX_BYTES:
-        raise DataError(f"{path}: header {shape} promises {expected} bytes, more than the {MAX_IDX_BYTES} "
-                        f"jaxlin reads from one file")
-    if expected > capacity:
-        raise DataError(f"{path}: truncated: header {shape} promises {expected} bytes of data, more than a "
-                        f"file of its size can hold")
-    body = bytearray(expected + 1)  # one buffer: the peak is what the header promises
-    view, size = memoryview(body), 0
-    while size <= expected:
-        count = stream.readinto(view[size:size + _BLOCK])
-        if not count:
-            break
-        size += count
-    if size != expected:
-        problem = "truncated" if size < expected else "has trailing bytes"
-        held = f"file holds {size}" if size < expected else "file holds more"
-        raise DataError(f"{path}: {problem}: header {shape} promises {expected} bytes of data, {held}")
-    return np.frombuffer(body, np.uint8, count=expected).reshape(shape)
-
-
-def _find_idx_file(data_dir: Path, stem: str) -> Path:
-    """The file holding `stem` (gzip-compressed or not); one that cannot be looked at is named with the
-    reason, and so is one that is there but not a regular file (a directory, a FIFO)."""
-    irregular = None
-    for name in (stem + ".gz", stem):
-        path = data_dir / name
-        try:
-            mode = path.stat().st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as err:  # e.g. a data directory without read or search permission
-            raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
-        if stat.S_ISREG(mode):
-            return path
-        irregular = irregular or path
-    if irregular is not None:
-        raise DataError(f"{irregular}: not a regular file")
-    raise DataError(f"{data_dir}: missing {stem}.gz (or uncompressed {stem})")
-
-
-def _check_pair(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
-    if images.shape[1:] != IMAGE_SHAPE:
-        raise DataError(f"{where}: images are {images.shape[1:]}, expected {IMAGE_SHAPE}")
-    if len(images) != len(labels):
-        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
-    if len(labels) and labels.max() >= NUM_CLASSES:
-        raise DataError(f"{where}: label {int(labels.max())} out of range 0..{NUM_CLASSES - 1}")
-    return Split(images.reshape(len(images), IMAGE_SIZE), labels.astype(np.int32))
+class ValidationSizeError(DataError):
+    """A validation size that leaves no training data (the setting's fault, not the files')."""
 
 
 def split_train(train: Split, validation_size: int = VALIDATION_SIZE) -> tuple[Split, Split]:
-    """The tutorial's split: the first `validation_size` examples validate."""
-    if not 0 <= validation_size < len(train):
-        raise DataError(f"validation size {validation_size} does not fit {len(train)} examples")
+    """The tutorial's split: the first `validation_size` examples validate; at least one must train."""
+    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)) or validation_size < 0:
+        raise DataError(f"validation size must be an integer >= 0, got {validation_size!r}")
+    if validation_size >= len(train):
+        raise ValidationSizeError(f"validation size {validation_size} does not fit {len(train)} examples: it leaves no "
+                        f"training data (choose --validation-size below {len(train)})")
     return (
         Split(train.images_uint8[validation_size:], train.labels[validation_size:]),
         Split(train.images_uint8[:validation_size], train.labels[:validation_size]),
     )
 
 
-def load_idx_dir(data_dir: str | os.PathLike, name: str = "mnist") -> Datasets:
-    """Reads the four IDX files of an MNIST-format data set from a directory."""
-    data_dir = Path(data_dir)
+def _pair(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
+    """A split from an IDX images array (n, H, W[, C]) and its labels (n,)."""
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if min(images.shape[1:], default=0) < 1:
+        raise DataError(f"{where}: images are {images.shape[1:]}; an image needs at least one pixel")
+    return Split(images.reshape(len(images), math.prod(images.shape[1:])), labels.astype(np.int32))
+
+
+def _check_directory(data_dir: Path) -> None:
     try:
         if not data_dir.is_dir():
             problem = "is not a directory" if data_dir.exists() else "does not exist"
             raise DataError(f"data directory {data_dir} {problem}")
     except OSError as err:  # a parent directory without search permission
         raise DataError(f"data directory {data_dir}: cannot read it ({err.strerror or err})") from err
-    arrays = {}
-    for key, stem in IDX_FILES.items():
-        images = "images" in key
-        arrays[key] = read_idx(_find_idx_file(data_dir, stem), 3 if images else 1, IMAGE_SHAPE if images else ())
-    train = _check_pair(arrays["train_images"], arrays["train_labels"], f"{data_dir} (train)")
-    test = _check_pair(arrays["test_images"], arrays["test_labels"], f"{data_dir} (t10k)")
+
+
+def load_idx_dir(data_dir: str | os.PathLike, name: str = "mnist",
+                 validation_size: int = VALIDATION_SIZE) -> Datasets:
+    """Reads the four IDX files of a data set in MNIST's format from a directory: images (n, H, W) or
+    (n, H, W, C), the same shape in both splits; the class count is 1 + the largest label."""
+    data_dir = Path(data_dir)
+    _check_directory(data_dir)
+    arrays = read_idx_files(data_dir)
+    train = _pair(arrays["train_images"], arrays["train_labels"], f"{data_dir} (train)")
+    test = _pair(arrays["test_images"], arrays["test_labels"], f"{data_dir} (t10k)")
     if not len(test):
         raise DataError(f"{data_dir} (t10k): the test split holds no images")
-    train, validation = split_train(train)
-    return Datasets(train, validation, test, name=name, source=str(data_dir))
+    shape = image_shape_of(arrays["train_images"], where=f"{data_dir} (train)")
+    train, validation = split_train(train, validation_size)
+    return Datasets(train, validation, test, name=name, source=str(data_dir), image_shape=shape,
+                    num_classes=class_count(arrays["train_labels"], arrays["test_labels"]))
 
 
-def _tfds_split(tfds, name: str, split: str, tfds_dir) -> Split:
+def _tfds_split(tfds, name: str, split: str, tfds_dir) -> tuple[np.ndarray, np.ndarray]:
     dataset = tfds.load(name, split=split, as_supervised=True, data_dir=tfds_dir)
     # Iterating in batches, not `batch_size=-1`, which aborts under mock_data (tfds 4.9.10).
     images, labels = [], []
     for batch_images, batch_labels in tfds.as_numpy(dataset.batch(10_000)):
         images.append(batch_images)
         labels.append(batch_labels)
-    images = np.concatenate(images)[..., 0]
-    return _check_pair(images.astype(np.uint8), np.concatenate(labels), f"tfds {name}/{split}")
+    images = np.concatenate(images)
+    return images.astype(np.uint8), np.concatenate(labels)
 
 
-def load_tfds(name: str = "mnist", tfds_dir: str | None = None) -> Datasets:
+def load_tfds(name: str = "mnist", tfds_dir: str | None = None, validation_size: int = VALIDATION_SIZE) -> Datasets:
     """Loads through tensorflow-datasets (downloads on first use; needs TensorFlow)."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
         raise DataError(_no_data_message(name, f"tensorflow-datasets is not installed ({err})")) from err
     try:
-        train = _tfds_split(tfds, name, "train", tfds_dir)
-        test = _tfds_split(tfds, name, "test", tfds_dir)
+        train_images, train_labels = _tfds_split(tfds, name, "train", tfds_dir)
+        test_images, test_labels = _tfds_split(tfds, name, "test", tfds_dir)
     except DataError:
         raise
     except Exception as err:  # tfds raises many types for network and build failures
         raise DataError(_no_data_message(name, f"tensorflow-datasets failed: {err}")) from err
-    train, validation = split_train(train)
-    return Datasets(train, validation, test, name=name, source="tensorflow-datasets")
+    data = Datasets.from_arrays(train_images, train_labels, test_images, test_labels, validation_size, name)
+    return dataclasses.replace(data, source="tensorflow-datasets")
 
 
 def _no_data_message(name: str, reason: str) -> str:
@@ -310,16 +311,19 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str | None:
 
 
 def load_datasets(name: str = "mnist", data_dir: str | os.PathLike | None = None, source: str = "auto",
-                  progress: bool = True, log=None) -> Datasets:
+                  progress: bool = True, log=None, validation_size: int = VALIDATION_SIZE) -> Datasets:
     """Loads `name` from the first of: `data_dir`, $JAXLIN_DATA_DIR, the download cache, a download
-    from the mirrors (see `download`); or through tensorflow-datasets when `source` is "tfds"."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    from the mirrors (see `download`); or through tensorflow-datasets when `source` is "tfds". With a
+    directory, `name` only names the data (any IDX set); jaxlin fetches only the sets it knows
+    (`config.DATASETS`). The first `validation_size` training examples validate."""
     directory = resolve_data_dir(data_dir)
     if directory is not None:
-        return load_idx_dir(directory, name)
+        return load_idx_dir(directory, name, validation_size)
+    if name not in DATASETS:
+        raise DataError(f"jaxlin cannot fetch a data set called {name!r} (it fetches {', '.join(DATASETS)}); "
+                        f"pass --data-dir DIR (or {DATA_DIR_ENV}=DIR), a directory holding its four IDX files")
     if source == "tfds":
-        return load_tfds(name)
+        return load_tfds(name, validation_size=validation_size)
     cached = download.cached_files(name)
     if cached is None:
         try:
@@ -327,7 +331,9 @@ def load_datasets(name: str = "mnist", data_dir: str | os.PathLike | None = None
         except download.DownloadError as err:
             raise DataError(_no_data_message(name, str(err))) from err
     try:
-        return load_idx_dir(cached, name)
+        return load_idx_dir(cached, name, validation_size)
+    except ValidationSizeError:
+        raise
     except DataError as err:
         raise DataError(f"{err} (in jaxlin's cache: `jaxlin download --dataset {name}` replaces a file "
                         f"that does not verify)") from err

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 INPUTS_FILE = ".figure-inputs.npz"
+OPTIONAL_ARRAYS = ("images", "weights")  # None when their figures do not apply (see `outputs.figure_inputs`)
 
 
 class FigureWorker:
@@ -81,11 +82,14 @@ def main() -> int:
     for line in sys.stdin:
         request = json.loads(line)
         directory = request.pop("directory")
-        request.pop("weights", None)  # None (no weights figure) travels in the JSON, an array in the .npz
+        # A figure that does not apply has None for its array: None travels in the JSON, an array in the .npz.
+        for name in OPTIONAL_ARRAYS:
+            request.pop(name, None)
         try:
             with np.load(os.path.join(directory, INPUTS_FILE), allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
-            plots.draw_run_figures(directory, weights=arrays.pop("weights", None), **arrays, **request)
+            optional = {name: arrays.pop(name, None) for name in OPTIONAL_ARRAYS}
+            plots.draw_run_figures(directory, **optional, **arrays, **request)
             reply = {"ok": True}
         except Exception as err:  # reported: the run then draws the figures itself
             reply = {"ok": False, "error": f"{type(err).__name__}: {err}"}

@@ -33,6 +33,8 @@ from jaxlin.models import Model, model_from_spec
 
 MODEL_KEY = "__model__"
 DIGEST_KEY = "__digest__"
+# The data's image shape (H, W, C) the params were trained on (int64 [3]): what `predict` makes images into.
+IMAGE_SHAPE_KEY = "__image_shape__"
 PREFIX = "layers"
 # A model description is about a hundred bytes; anything this large is not one (a 430 KB file
 # could otherwise hold a 100-million-character string that takes gigabytes to read).
@@ -90,8 +92,11 @@ def params_digest(arrays: dict[str, np.ndarray], model_json: str) -> str:
     return digest.hexdigest()
 
 
-def save_params(path: str | os.PathLike, params, model: Model) -> None:
+def save_params(path: str | os.PathLike, params, model: Model, image_shape: tuple[int, ...] | None = None) -> None:
+    """`image_shape` (H, W, C), the data's, is stored too (and covered by the digest)."""
     arrays = {name: np.asarray(value, np.float32) for name, value in leaf_names(params)}
+    if image_shape is not None:
+        arrays[IMAGE_SHAPE_KEY] = np.asarray(image_shape, np.int64)
     model_json = json.dumps(model.spec)
     digest = params_digest(arrays, model_json)
     arrays[MODEL_KEY] = np.array(model_json)
@@ -184,10 +189,41 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def load_params(path: str | os.PathLike, model: Model | None = None, input_size: int = 784,
-                num_classes: int = 10, log=_note) -> tuple[Any, Model]:
+def _stored_image_shape(path: Path, value: np.ndarray | None) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    if value.shape != (3,) or value.dtype.kind not in "iu" or value.min() < 1:
+        raise CheckpointError(f"{path}: {IMAGE_SHAPE_KEY} is not an image shape (H, W, C)")
+    return tuple(int(d) for d in value)
+
+
+def stored_image_shape(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """The image shape (H, W, C) a params file was trained on; None in files of a jaxlin before other
+    data sets (MNIST's then). Read after `load_params` has verified the file."""
+    path = Path(path)
+    with _open_params(path) as handle:
+        try:
+            with np.load(handle, allow_pickle=False) as archive:  # reads that one small entry, not the params
+                value = archive[IMAGE_SHAPE_KEY] if IMAGE_SHAPE_KEY in archive.files else None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+            raise CheckpointError(f"{path}: not a readable params file ({_first_line(err)})") from err
+    return _stored_image_shape(path, value)
+
+
+def _spec_sizes(spec) -> tuple[int | None, int | None]:
+    """(inputs, classes) as a model description states them, or None where it does not."""
+    sizes = spec.get("layer_sizes") if isinstance(spec, dict) else None
+    if isinstance(sizes, list) and len(sizes) >= 2 and all(type(v) is int for v in (sizes[0], sizes[-1])):
+        return sizes[0], sizes[-1]
+    return None, None
+
+
+def load_params(path: str | os.PathLike, model: Model | None = None, input_size: int | None = None,
+                num_classes: int | None = None, log=_note,
+                image_shape: tuple[int, int, int] | None = None) -> tuple[Any, Model]:
     """Loads params; checks them against `model` (or the model the file names, which must fit
-    inputs of `input_size` values and `num_classes` classes).
+    images of `image_shape` (H, W, C) or of `input_size` values, and `num_classes` classes: the
+    data's, when given; else what the file says it was trained on).
 
     A file without a digest (written by a jaxlin older than digests) loads after its other
     checks, and `log` (default: a line on stderr) says that it was not verified."""
@@ -200,8 +236,17 @@ def load_params(path: str | os.PathLike, model: Model | None = None, input_size:
     if stored_digest is not None and _text_entry(path, stored_digest, "the digest") != params_digest(
             arrays, model_json):
         raise CheckpointError(f"{path}: params file is damaged (digest mismatch)")
+    saved_shape = _stored_image_shape(path, arrays.pop(IMAGE_SHAPE_KEY, None))
+    if image_shape is not None and saved_shape is not None and tuple(image_shape) != saved_shape:
+        raise CheckpointError(f"{path}: the params are for images of shape {saved_shape}, these are "
+                              f"{tuple(image_shape)}")
     try:
-        saved_model = model_from_spec(json.loads(model_json), input_size, num_classes)
+        spec = json.loads(model_json)
+        spec_inputs, spec_classes = _spec_sizes(spec)
+        image_shape = image_shape or (saved_shape if input_size is None else None)
+        input_size = input_size or spec_inputs or 784
+        num_classes = num_classes or spec_classes or 10
+        saved_model = model_from_spec(spec, input_size, num_classes, image_shape)
     except RecursionError as err:
         raise CheckpointError(f"{path}: the model description is nested too deeply to be one") from err
     except ValueError as err:  # JSON errors and ModelError

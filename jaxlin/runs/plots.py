@@ -1,7 +1,13 @@
-"""The tutorial's figures as PNG files, drawn headless with matplotlib's Figure API."""
+"""The tutorial's figures as PNG files, drawn headless with matplotlib's Figure API.
+
+Images are drawn at the data's own shape (H, W, C): gray (C = 1) with the tutorial's binary colour
+map, colour (C = 3) as RGB. What a run cannot draw (images of data that are not pictures, weights of
+a first layer that is not dense) arrives as None and is skipped; `outputs` says why in a note.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +16,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from jaxlin.runs.params_file import atomic_write
-from jaxlin.data.datasets import IMAGE_SHAPE
+
+MNIST_SHAPE = (28, 28, 1)
+MAX_WEIGHT_IMAGES = 64  # one per class up to 64 classes; more would be too small to see
+MAX_LABELLED_CLASSES = 50  # beyond this, the confusion matrix's cells carry no numbers
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Figure:
@@ -18,22 +27,41 @@ def _save(fig: Figure, path: str | os.PathLike) -> Figure:
     return fig
 
 
-def draw_run_figures(directory: str | os.PathLike, images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
-                     weights: np.ndarray | None, weight_titles: Sequence[str] | None, confusion: np.ndarray,
-                     evaluations: Sequence[dict], curve_key: str = "test_accuracy") -> None:
-    """The tutorial's figures of a trained model, into `directory` (no weights figure when `weights` is None)."""
+def draw_run_figures(directory: str | os.PathLike, images: np.ndarray | None, labels: np.ndarray,
+                     predictions: np.ndarray, weights: np.ndarray | None, weight_titles: Sequence[str] | None,
+                     confusion: np.ndarray, evaluations: Sequence[dict], curve_key: str = "test_accuracy",
+                     image_shape: Sequence[int] = MNIST_SHAPE) -> list[str]:
+    """The tutorial's figures of a trained model, into `directory`: no image grids when `images` is
+    None, no weights figure when `weights` is None. Returns the names of the files written."""
     directory = Path(directory)
-    plot_images(images[:9], labels[:9], predictions[:9], directory / "example_images.png", title="First test images")
-    plot_misclassified(images, labels, predictions, directory / "misclassified.png")
+    shape = tuple(int(d) for d in image_shape)
+    written = []
+    if images is not None:
+        plot_images(images[:9], labels[:9], predictions[:9], directory / "example_images.png",
+                    title="First test images", image_shape=shape)
+        plot_misclassified(images, labels, predictions, directory / "misclassified.png", image_shape=shape)
+        written += ["example_images.png", "misclassified.png"]
     if weights is not None:
-        plot_weights(weights, directory / "weights.png", weight_titles)
+        plot_weights(weights, directory / "weights.png", weight_titles, image_shape=shape)
+        written.append("weights.png")
     plot_confusion_matrix(np.asarray(confusion), directory / "confusion_matrix.png")
     plot_learning_curve(evaluations, directory / "learning_curve.png", curve_key)
+    return written + ["confusion_matrix.png", "learning_curve.png"]
+
+
+def _show_image(ax, flat: np.ndarray, shape: tuple[int, int, int]) -> None:
+    """One image of flat uint8 values, gray or RGB by its channel count."""
+    image = np.asarray(flat).reshape(shape)
+    if shape[2] == 1:
+        ax.imshow(image[..., 0], cmap="binary")
+    else:
+        ax.imshow(image)
 
 
 def plot_images(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray | None,
-                path: str | os.PathLike, title: str = "") -> Figure:
-    """Up to 9 images in a 3x3 grid, each captioned with its true (and predicted) class."""
+                path: str | os.PathLike, title: str = "", image_shape: Sequence[int] = MNIST_SHAPE) -> Figure:
+    """Up to 9 images (flat, of `image_shape`) in a 3x3 grid, each captioned with its true (and predicted) class."""
+    shape = tuple(int(d) for d in image_shape)
     fig = Figure(figsize=(5, 5.4))
     axes = fig.subplots(3, 3)
     for i, ax in enumerate(axes.flat):
@@ -42,7 +70,7 @@ def plot_images(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray 
         if i >= len(images):
             ax.axis("off")
             continue
-        ax.imshow(images[i].reshape(IMAGE_SHAPE), cmap="binary")
+        _show_image(ax, images[i], shape)
         caption = f"True: {labels[i]}" + ("" if predictions is None else f", Pred: {predictions[i]}")
         ax.set_xlabel(caption)
     if title:
@@ -52,21 +80,33 @@ def plot_images(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray 
 
 
 def plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
-                       path: str | os.PathLike) -> int:
+                       path: str | os.PathLike, image_shape: Sequence[int] = MNIST_SHAPE) -> int:
     """The first 9 misclassified images; returns how many were misclassified in all."""
     wrong = np.flatnonzero(predictions != labels)
     first = wrong[:9]
     plot_images(images[first], labels[first], predictions[first], path,
-                title=f"Misclassified: {len(wrong)} of {len(labels)}")
+                title=f"Misclassified: {len(wrong)} of {len(labels)}", image_shape=image_shape)
     return len(wrong)
 
 
-def plot_weights(weights: np.ndarray, path: str | os.PathLike, titles: Sequence[str]) -> Figure:
-    """Columns of a (784, n) weight matrix as images in a 3x4 grid, one shared colour scale."""
-    count = min(weights.shape[1], 12)
-    limit = float(np.abs(weights[:, :count]).max()) or 1.0  # symmetric, so white means zero
-    fig = Figure(figsize=(7, 5.6))
-    axes = fig.subplots(3, 4)
+def _grid(count: int) -> tuple[int, int]:
+    """Rows and columns for `count` panels: rows of 4 up to 12 (the tutorial's 3x4), else about square."""
+    if count <= 12:
+        return max(1, math.ceil(count / 4)), 4
+    columns = math.ceil(math.sqrt(count))
+    return math.ceil(count / columns), columns
+
+
+def plot_weights(weights: np.ndarray, path: str | os.PathLike, titles: Sequence[str],
+                 image_shape: Sequence[int] = MNIST_SHAPE) -> Figure:
+    """Columns of a (H*W*C, n) weight matrix as images (up to 64), one shared symmetric colour scale:
+    gray inputs in the seismic map (white is zero), RGB inputs as colours around mid-gray."""
+    shape = tuple(int(d) for d in image_shape)
+    count = min(weights.shape[1], MAX_WEIGHT_IMAGES)
+    limit = float(np.abs(weights[:, :count]).max()) or 1.0  # symmetric, so white (gray for RGB) means zero
+    rows, columns = _grid(count)
+    fig = Figure(figsize=(7 * columns / 4, 5.6 * rows / 3))
+    axes = fig.subplots(rows, columns, squeeze=False)
     image = None
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
@@ -74,25 +114,39 @@ def plot_weights(weights: np.ndarray, path: str | os.PathLike, titles: Sequence[
         if i >= count:
             ax.axis("off")
             continue
-        image = ax.imshow(weights[:, i].reshape(IMAGE_SHAPE), vmin=-limit, vmax=limit, cmap="seismic")
+        column = weights[:, i].reshape(shape)
+        if shape[2] == 1:
+            image = ax.imshow(column[..., 0], vmin=-limit, vmax=limit, cmap="seismic")
+        else:
+            ax.imshow(np.clip(0.5 + column / (2 * limit), 0, 1))
         ax.set_xlabel(titles[i])
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    else:  # RGB: no colour bar can say what a colour means
+        fig.suptitle(f"Weights per colour channel: mid-gray is 0, full colour ±{limit:.3g}")
     return _save(fig, path)
 
 
 def plot_confusion_matrix(confusion: np.ndarray, path: str | os.PathLike) -> Figure:
+    """counts[true, predicted] of K classes: the figure grows with K; cells carry their counts up to
+    50 classes, and the tick labels thin out beyond that."""
     num_classes = len(confusion)
-    fig = Figure(figsize=(6, 5.4))
+    side = max(6.0, 2 + 0.32 * min(num_classes, 80))
+    fig = Figure(figsize=(side, side * 0.9))
     ax = fig.subplots()
     image = ax.imshow(confusion, cmap="Blues")
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)  # as tall as the matrix, however large
     threshold = confusion.max() / 2
-    for (true, pred), count in np.ndenumerate(confusion):
-        ax.text(pred, true, str(count), ha="center", va="center", fontsize=7,
-                color="white" if count > threshold else "black")
-    ticks = np.arange(num_classes)
+    if num_classes <= MAX_LABELLED_CLASSES:
+        fontsize = 7 if num_classes <= 20 else 6 if num_classes <= 35 else 5
+        for (true, pred), count in np.ndenumerate(confusion):
+            ax.text(pred, true, str(count), ha="center", va="center", fontsize=fontsize,
+                    color="white" if count > threshold else "black")
+    ticks = np.arange(0, num_classes, max(1, math.ceil(num_classes / MAX_LABELLED_CLASSES)))
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
+    if num_classes > 20:
+        ax.tick_params(labelsize=7)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title("Confusion matrix (test set)")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import jax
 
-from jaxlin.config import Config, ConfigError
-from jaxlin.data.datasets import DATA_DIR_ENV, Datasets, load_datasets, resolve_data_dir
+from jaxlin.config import NUM_CLASSES, Config, ConfigError
+from jaxlin.data.datasets import DATA_DIR_ENV, MNIST_IMAGE_SHAPE, Datasets, load_datasets, resolve_data_dir
 from jaxlin.errors import JaxlinError
 from jaxlin.models import Model, get_model
 from jaxlin.runs.checkpoints import CheckpointStore, CheckpointWriteError, DamagedCheckpoint
@@ -47,8 +47,38 @@ class Stopped(Exception):
         self.exit_code = exit_code
 
 
-def build_model(config: Config) -> Model:
-    return get_model(config.model, config.hidden_sizes, config.activation)
+def build_model(config: Config, data: Datasets | dict | None = None) -> Model:
+    """The model `config` names, for the data's image shape and class count: `data` is the loaded
+    `Datasets`, or a checkpoint record's ``"data"`` entry (see `data_fields`); MNIST's without either."""
+    image_shape, num_classes = data_sizes(data)
+    return get_model(config.model, config.hidden_sizes, config.activation, num_classes=num_classes,
+                     image_shape=image_shape)
+
+
+def data_fields(data: Datasets) -> dict:
+    """What a checkpoint record says of the data, so that the model can be rebuilt before it is loaded."""
+    return {"image_shape": list(data.image_shape), "num_classes": data.num_classes}
+
+
+def data_sizes(data: Datasets | dict | None) -> tuple[tuple[int, int, int], int]:
+    """(image_shape, num_classes) of loaded data or of a record's `data_fields` (records of a jaxlin
+    before other data sets: MNIST's); a record's entry that is not one is a ConfigError."""
+    if isinstance(data, Datasets):
+        return data.image_shape, data.num_classes
+    if data is None:
+        return MNIST_IMAGE_SHAPE, NUM_CLASSES
+    try:
+        shape, classes = tuple(data["image_shape"]), data["num_classes"]
+        if len(shape) != 3 or not all(type(d) is int and d >= 1 for d in (*shape, classes)):
+            raise ValueError(shape, classes)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"the run record's data sizes are not readable ({err})") from err
+    return shape, classes
+
+
+def recorded_data(record: dict) -> dict | None:
+    """A checkpoint record's data sizes (None in records of a jaxlin before other data sets)."""
+    return record.get("data")
 
 
 def resume_command(command: str, out: Path) -> str:
@@ -250,14 +280,18 @@ def _prepare(session: Session, explicit: set[str]) -> None:
         if config.data_dir:  # a resumed run may start elsewhere
             config = config.replace(data_dir=str(Path(config.data_dir).absolute()))
         kind.check(config)
-        model = build_model(config)
         data = session.data
         if data is None and resolve_data_dir(config.data_dir) is None and config.source == "tfds":
             log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
                 f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
-        data = data or load_datasets(config.dataset, config.data_dir, config.source, progress=session.progress,
-                                     log=log)
-        config.validate(len(data.train))
+        if data is None:
+            data = load_datasets(config.dataset, config.data_dir, config.source, progress=session.progress, log=log,
+                                 validation_size=config.validation_size)
+        else:  # data given from Python was split by its maker: record what it holds out
+            config = config.replace(validation_size=len(data.validation))
+            kind.check(config)
+        config.validate(len(data.train), data.num_features, data.num_classes)
+        model = build_model(config, data)  # for the data's image shape and class count
         session.placement, session.plan_text = kind.plan(config, data, model)
     session.config, session.model, session.data = config, model, data
     session.data_seconds = time.perf_counter() - session.started
@@ -269,7 +303,7 @@ class _SessionHooks(LoopHooks):
     def __init__(self, session: Session, run_dir: RunDir, store: CheckpointStore | None, fields: dict,
                  last_recorded_step: int | None, saved_state: Callable):
         self.session, self.run_dir, self.store = session, run_dir, store
-        self.fields = {"kind": session.kind.command, **fields}
+        self.fields = {"kind": session.kind.command, "data": data_fields(session.data), **fields}
         self.checkpoints = store is not None
         self.last_recorded_step = last_recorded_step
         self.saved_state = saved_state

@@ -18,7 +18,7 @@ from jaxlin.models import Model
 from jaxlin.runs import params_file
 from jaxlin.runs.outputs import accuracy_line, library_versions, write_figures
 from jaxlin.runs.rundir import METRICS_FILE, PARAMS_FILE, TRAIN_LAYOUT, to_json
-from jaxlin.runs.session import Outcome, RunKind, Session, build_model, run, saved_config
+from jaxlin.runs.session import Outcome, RunKind, Session, build_model, recorded_data, run, saved_config
 from jaxlin.runs.session import resume_command as _resume_command
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host
 from jaxlin.runtime.signals import StopRequest
@@ -36,8 +36,7 @@ def describe_run(config: Config, data: Datasets, model: Model, placement: Placem
     opt = optimizers.describe(config)
     seeds = f"seed {config.seed}" + (f", data seed {config.data_seed}" if config.data_seed is not None else "")
     return (
-        f"Data: {data.name} from {data.source}: train {len(data.train)}, "
-        f"validation {len(data.validation)}, test {len(data.test)}\n"
+        f"Data: {data.describe()}\n"
         f"Model: {model.describe()}; optimizer {opt}; batch {config.batch_size}; "
         f"{config.num_steps} steps; {config.loop} loop; {seeds}; device {placement.describe()}"
     )
@@ -69,7 +68,7 @@ class TrainRun(RunKind):
     def record_check(self, out: Path, config: Config | None = None, model: Model | None = None):
         def check(step: int, record: dict) -> None:
             saved = saved_config(record, out, step)
-            rebuilt = build_model(saved)
+            rebuilt = build_model(saved, recorded_data(record))  # for the data the run was trained on
             recorded = record.get("model")
             if recorded is not None and recorded != rebuilt.spec:
                 raise ConfigError(f"--resume: checkpoint {step} in {out} is of a model that `jaxlin train` does "
@@ -117,26 +116,26 @@ class TrainRun(RunKind):
             "timings": {"data_load_seconds": session.data_seconds, **timings,
                         "total_seconds": time.perf_counter() - session.started},
             "device": session.placement.describe(),
+            "data": data.summary(),
             "versions": library_versions(),
             "model": model.describe(),
             "optimizer": optimizers.describe(trainer.config),  # what trained, as the run's log said
             "config": trainer.config.used_settings(),
         }
 
+        notes: list[str] = []  # figures left out, said after the outputs are published
+
         def write(staging: Path) -> None:
             tick = time.perf_counter()
             if self.figures:
-                write_figures(staging, data, model, params, final, evaluations, worker=self.figure_worker)
+                notes.extend(write_figures(staging, data, model, params, final, evaluations, worker=self.figure_worker))
             figures_seconds = time.perf_counter() - tick
-            params_file.save_params(staging / PARAMS_FILE, params, model)
+            params_file.save_params(staging / PARAMS_FILE, params, model, data.image_shape)
             metrics["timings"]["breakdown"] = _breakdown(timings, session.data_seconds, figures_seconds,
                                                          time.perf_counter() - tick - figures_seconds)
             (staging / METRICS_FILE).write_text(to_json(metrics, indent=2) + "\n")
 
-        after = []
-        if model.first_dense_weights(params) is None:
-            after.append(f"(No weights figure: the first layer of the {model.name} is not dense.)")
-        return Outcome(metrics, write, [accuracy_line(final["accuracy"], f"after {state.step} steps")], after)
+        return Outcome(metrics, write, [accuracy_line(final["accuracy"], f"after {state.step} steps")], notes)
 
 
 def _breakdown(timings: dict, data_seconds: float, figures_seconds: float, writing_seconds: float) -> dict:

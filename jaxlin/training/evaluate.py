@@ -4,7 +4,8 @@
 every example in one compiled call (one batch after another, so memory is bounded
 by one batch); the padding is cut off on the host, never counted.
 Everything else is counted from those predictions, so the accuracy in the
-progress bar, in `metrics.jsonl` and in the confusion matrix cannot disagree.
+progress bar, in `metrics.jsonl` and in the confusion matrix cannot disagree. The confusion
+matrix has a row and a column per class of the data (10 for MNIST, K for another set).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin.data.datasets import NUM_CLASSES, Split
+from jaxlin.data.datasets import Split
 
 EVAL_BATCH_SIZE = 10_000
 
@@ -44,8 +45,11 @@ def make_predict_fn(apply_fn: Callable) -> Callable:
     return jax.jit(predict)
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """counts[true, predicted]."""
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """counts[true, predicted], (num_classes, num_classes); `num_classes` defaults to 1 + the largest
+    label or prediction (at least MNIST's 10)."""
+    if num_classes is None:
+        num_classes = max(10, int(np.max(labels, initial=-1)) + 1, int(np.max(predictions, initial=-1)) + 1)
     flat = np.asarray(labels, np.int64) * num_classes + np.asarray(predictions, np.int64)
     return np.bincount(flat, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
@@ -59,9 +63,10 @@ class Evaluator:
     """Test metrics of params on one split, computed on `device` (default: JAX's default device)."""
 
     def __init__(self, apply_fn: Callable, images_uint8, labels, batch_size: int = EVAL_BATCH_SIZE,
-                 placement=None, predict_fn: Callable | None = None):
+                 placement=None, predict_fn: Callable | None = None, num_classes: int | None = None):
         """`placement` (see `parallel`): where to evaluate; over several devices each batch is
-        sharded along its examples."""
+        sharded along its examples. `num_classes`: the confusion matrix's size (default: the width of
+        the model's logits, which is the data's class count)."""
         from jaxlin.runtime.devices import resolve_placement
 
         placement = placement or resolve_placement()
@@ -77,6 +82,7 @@ class Evaluator:
         batches = padded.reshape(num_batches, batch_size, *images.shape[1:])
         self._batches = placement.put(batches, placement.batch_sharding(axis=1))
         self._predict = predict_fn or make_predict_fn(apply_fn)
+        self._apply, self.num_classes = apply_fn, num_classes
 
     @property
     def batches(self) -> jax.Array:
@@ -94,7 +100,7 @@ class Evaluator:
     def __call__(self, params) -> dict:
         """accuracy (None for an empty split), num_examples, per_class_accuracy, confusion_matrix, predictions."""
         predictions = self.predictions(params)
-        confusion = confusion_matrix(self.labels, predictions)
+        confusion = confusion_matrix(self.labels, predictions, self.classes(params))
         correct = int(np.trace(confusion))
         return {
             "accuracy": correct / self.num_examples if self.num_examples else None,
@@ -104,10 +110,20 @@ class Evaluator:
             "predictions": predictions,
         }
 
+    def classes(self, params) -> int:
+        """The class count: as given, else the model's logits width (found once, from shapes alone)."""
+        if self.num_classes is None:
+            features = self._batches.shape[-1]
+            logits = jax.eval_shape(self._apply, params, jax.ShapeDtypeStruct((1, features), jnp.float32))
+            self.num_classes = int(logits.shape[-1])
+        return self.num_classes
+
     def accuracy(self, params) -> float | None:
         return self(params)["accuracy"]
 
 
-def evaluate(apply_fn: Callable, params, split: Split, batch_size: int = EVAL_BATCH_SIZE, placement=None) -> dict:
-    """Accuracy and its break-down on every example of `split`."""
-    return Evaluator(apply_fn, split.images_uint8, split.labels, batch_size, placement)(params)
+def evaluate(apply_fn: Callable, params, split: Split, batch_size: int = EVAL_BATCH_SIZE, placement=None,
+             num_classes: int | None = None) -> dict:
+    """Accuracy and its break-down (per class of `num_classes`, default the model's) on every example of `split`."""
+    return Evaluator(apply_fn, split.images_uint8, split.labels, batch_size, placement,
+                     num_classes=num_classes)(params)

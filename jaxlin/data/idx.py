@@ -1,0 +1,153 @@
+"""Reading IDX files (the format of MNIST and its kin: KMNIST, EMNIST, Fashion-MNIST), validated.
+
+An IDX file is a big-endian header (0, 0, type, ndim, then ndim uint32 sizes) and the bytes it
+promises; jaxlin reads unsigned-byte files, gzip-compressed or not. Every header is checked before
+its body is read, and no more than the promised bytes (+ 1, to see trailing data) are decompressed,
+so a lying or hostile file is refused in one line rather than read into memory. `datasets` turns
+the four files of a data set into splits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import stat
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from jaxlin.data.download import GZIP_MAGIC, IDX_FILES
+from jaxlin.data.files import NotARegularFile, open_regular
+from jaxlin.errors import JaxlinError
+
+_IDX_UBYTE = 0x08
+
+
+class DataError(JaxlinError, ValueError):
+    """The data could not be found or is not valid MNIST-format data."""
+
+
+# The largest body jaxlin reads from one IDX file (8 GiB; MNIST's largest is 47 MB): a header
+# promising more is refused before anything is decompressed.
+MAX_IDX_BYTES = 1 << 33
+_BLOCK = 1 << 20
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _read_up_to(stream, limit: int) -> bytes:
+    """At most `limit` bytes of `stream`, read in blocks: a gzip bomb expands no further."""
+    chunks, size = [], 0
+    while size < limit:
+        block = stream.read(min(_BLOCK, limit - size))
+        if not block:
+            break
+        chunks.append(block)
+        size += len(block)
+    return b"".join(chunks)
+
+
+def read_idx(path: str | os.PathLike, expected_ndim: int | tuple[int, ...] | None = None,
+             item_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Reads one IDX file of unsigned bytes (gzip-compressed or not), validated.
+
+    The header is a big-endian magic number (0, 0, type, ndim) followed by ndim
+    uint32 dimensions; the payload must hold exactly the product of them. The header
+    is checked (sizes in Python integers, against `expected_ndim` (one count or a tuple of them) and
+    `item_shape`)
+    before the body is read, and no more than the promised bytes + 1 are ever
+    decompressed.
+    """
+    path = Path(path)
+    try:
+        with open_regular(path) as raw:
+            compressed = raw.read(2) == GZIP_MAGIC
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if compressed else raw
+            # What the file can hold at most: deflate expands at most ~1032:1.
+            capacity = os.fstat(raw.fileno()).st_size * (_MAX_DEFLATE_RATIO if compressed else 1)
+            return _read_idx_stream(path, stream, expected_ndim, item_shape, capacity)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({err})") from err
+    except MemoryError as err:
+        raise DataError(f"{path}: not enough memory to read it") from err
+    except (NotARegularFile, IsADirectoryError) as err:
+        raise DataError(f"{path}: not a regular file") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
+
+
+def _read_idx_stream(path: Path, stream, expected_ndim, item_shape, capacity: int) -> np.ndarray:
+    magic = _read_up_to(stream, 4)
+    if len(magic) < 4:
+        raise DataError(f"{path}: file too short for an IDX header ({len(magic)} bytes)")
+    zero0, zero1, type_code, ndim = magic
+    if zero0 or zero1 or type_code != _IDX_UBYTE or ndim == 0:
+        raise DataError(
+            f"{path}: bad IDX magic number 0x{magic.hex()} "
+            f"(expected 0x000008NN: unsigned bytes with NN dimensions)"
+        )
+    allowed = (expected_ndim,) if isinstance(expected_ndim, int) else expected_ndim
+    if allowed is not None and ndim not in allowed:
+        raise DataError(f"{path}: has {ndim} dimensions, expected {' or '.join(str(n) for n in allowed)}")
+    dims = _read_up_to(stream, 4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
+    if item_shape is not None and shape[1:] != tuple(item_shape):
+        raise DataError(f"{path}: items are {shape[1:]}, expected {tuple(item_shape)}")
+    expected = math.prod(shape)  # a Python integer: cannot wrap around
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"{path}: header {shape} promises {expected} bytes, more than the {MAX_IDX_BYTES} "
+                        f"jaxlin reads from one file")
+    if expected > capacity:
+        raise DataError(f"{path}: truncated: header {shape} promises {expected} bytes of data, more than a "
+                        f"file of its size can hold")
+    body = bytearray(expected + 1)  # one buffer: the peak is what the header promises
+    view, size = memoryview(body), 0
+    while size <= expected:
+        count = stream.readinto(view[size:size + _BLOCK])
+        if not count:
+            break
+        size += count
+    if size != expected:
+        problem = "truncated" if size < expected else "has trailing bytes"
+        held = f"file holds {size}" if size < expected else "file holds more"
+        raise DataError(f"{path}: {problem}: header {shape} promises {expected} bytes of data, {held}")
+    return np.frombuffer(body, np.uint8, count=expected).reshape(shape)
+
+
+def _find_idx_file(data_dir: Path, stem: str) -> Path:
+    """The file holding `stem` (gzip-compressed or not); one that cannot be looked at is named with the
+    reason, and so is one that is there but not a regular file (a directory, a FIFO)."""
+    irregular = None
+    for name in (stem + ".gz", stem):
+        path = data_dir / name
+        try:
+            mode = path.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as err:  # e.g. a data directory without read or search permission
+            raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
+        if stat.S_ISREG(mode):
+            return path
+        irregular = irregular or path
+    if irregular is not None:
+        raise DataError(f"{irregular}: not a regular file")
+    raise DataError(f"{data_dir}: missing {stem}.gz (or uncompressed {stem})")
+
+
+def read_idx_files(data_dir: Path) -> dict[str, np.ndarray]:
+    """The four arrays of a data set's directory, by `IDX_FILES` key: images (n, H, W) or (n, H, W, C),
+    labels (n,); each file gzip-compressed or not."""
+    arrays = {}
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        if key == "train_images":
+            ndim, item_shape = (3, 4), None
+        elif key == "test_images":  # refused from its header when its images are not the training images' shape
+            ndim, item_shape = arrays["train_images"].ndim, arrays["train_images"].shape[1:]
+        else:
+            ndim, item_shape = 1, ()
+        arrays[key] = read_idx(_find_idx_file(data_dir, IDX_FILES[key]), ndim, item_shape)
+    return arrays
