@@ -54,6 +54,14 @@ class Model(NamedTuple):
     first_layer_dense: bool  # its first layer is a dense `{"w": (inputs, units), "b"}` at params[0]
     init_uses_key: bool  # False when `init` ignores its key (the linear model starts from zeros)
     eval_batch_size: int = 10_000  # images per compiled evaluation batch (bounds activation memory)
+    # Training mode, for models with dropout or non-trained state (batch-norm statistics); None for the
+    # others, which train through `apply` exactly as they always have. `train_apply(params, images, key)
+    # -> (logits, params)` returns the params with their non-trained leaves updated; `key` is the step's
+    # dropout key (see `trainer.step_key`). `trainable(params)` is a pytree of Python bools, the structure
+    # of params, saying which leaves the optimizer trains (None: the floating-point leaves); the others
+    # live in params too, so checkpoints, params.npz, evaluation and predict carry them unchanged.
+    train_apply: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]] | None = None
+    trainable: Callable[[Any], Any] | None = None
 
     @property
     def spec(self) -> dict:
@@ -67,12 +75,36 @@ class Model(NamedTuple):
     def describe(self) -> str:
         return f"{self.name} {self.architecture}"
 
+    def trained_mask(self, params) -> list[bool]:
+        """For each leaf of params (in `jax.tree.leaves` order), whether the optimizer trains it."""
+        if self.trainable is not None:
+            return [bool(m) for m in jax.tree.leaves(self.trainable(params))]
+        return [jnp.issubdtype(leaf.dtype, jnp.inexact) for leaf in jax.tree.leaves(params)]
+
+    def trained_part(self, params):
+        """What the optimizer sees: params itself for a model with no training mode (so its optimizer
+        state and its bits are what they always were), else the list of its trained leaves."""
+        if self.train_apply is None:
+            return params
+        return [leaf for leaf, trained in zip(jax.tree.leaves(params), self.trained_mask(params)) if trained]
+
+    def with_trained(self, params, trained):
+        """params with its trained leaves replaced by `trained` (a list from `trained_part`)."""
+        if self.train_apply is None:
+            return trained
+        leaves, treedef = jax.tree.flatten(params)
+        fresh = iter(trained)
+        return treedef.unflatten([next(fresh) if is_trained else leaf
+                                  for leaf, is_trained in zip(leaves, self.trained_mask(params))])
+
     def first_dense_weights(self, params) -> tuple[np.ndarray, list[str]] | None:
         """The first layer's weights as images with their titles, when that layer is dense: one per
-        class when it is the only layer, else one per hidden unit."""
-        if not self.first_layer_dense:
+        class when it is the only layer, else one per hidden unit. None for any other params (a Flax
+        or Equinox model's), whatever the model says of itself: the figure is skipped, never a crash."""
+        first = params[0] if self.first_layer_dense and isinstance(params, (list, tuple)) and params else None
+        if not isinstance(first, dict) or getattr(first.get("w"), "ndim", 0) != 2:
             return None
-        weights = np.asarray(params[0]["w"])
+        weights = np.asarray(first["w"])
         titles = ([f"Weights: {d}" for d in range(weights.shape[1])] if self.is_single_dense_layer
                   else [f"Hidden unit {i}" for i in range(weights.shape[1])])
         return weights, titles
@@ -268,41 +300,67 @@ def _has_init_and_apply(candidate) -> bool:
         and not isinstance(candidate, type)
 
 
+def _build_candidate(found, reference: str, image_shape: tuple[int, int, int], num_classes: int):
+    """What MODULE:NAME names, as an object with init and apply: a Flax or Equinox module wrapped by
+    `adapters`, an object with init and apply as it is, or what a factory returns given the data's shape."""
+    from jaxlin import adapters
+
+    adapted = adapters.adapt(found, reference, image_shape, num_classes)
+    if adapted is not None:
+        return adapted
+    if isinstance(found, Model) or _has_init_and_apply(found):
+        return found
+    if not callable(found):
+        return None
+    try:
+        made = found(image_shape=image_shape, num_classes=num_classes)
+    except Exception as err:
+        raise ModelError(f"--model {reference}: calling it with image_shape={image_shape} and "
+                         f"num_classes={num_classes} failed: {type(err).__name__}: {err}") from err
+    adapted = adapters.adapt(made, reference, image_shape, num_classes)
+    return adapted if adapted is not None else made
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+
+
 def user_model(reference: str, image_shape: tuple[int, int, int], num_classes: int) -> Model:
     """A user's model, MODULE:NAME: an object with `init(key) -> params` and `apply(params, images) ->
     logits` (images float32 [batch, H*W*C] in [0, 1]), or a callable (a class, a factory) that returns
-    one when called with `image_shape=(H, W, C)` and `num_classes=K`. Its spec is its reference, so
-    checkpoints and params files rebuild it by importing it again."""
-    found = _import_reference(reference)
-    if isinstance(found, Model):
-        candidate = found
-    elif _has_init_and_apply(found):
-        candidate = found
-    elif callable(found):
-        try:
-            candidate = found(image_shape=image_shape, num_classes=num_classes)
-        except Exception as err:
-            raise ModelError(f"--model {reference}: calling it with image_shape={image_shape} and "
-                             f"num_classes={num_classes} failed: {type(err).__name__}: {err}") from err
-    else:
-        candidate = None
+    one when called with `image_shape=(H, W, C)` and `num_classes=K`; or a Flax linen or nnx module or
+    an Equinox module (a class or an instance), wrapped by `jaxlin.adapters`. An object may also have
+    `train_apply(params, images, key) -> (logits, params)` and `trainable(params)` (see `Model`) for
+    dropout and non-trained state. Its spec is its reference, so checkpoints and params files rebuild
+    it by importing it again."""
+    candidate = _build_candidate(_import_reference(reference), reference, image_shape, num_classes)
     if not _has_init_and_apply(candidate) and not isinstance(candidate, Model):
         raise ModelError(f"--model {reference}: not a model: expected an object with init(key) and "
-                         f"apply(params, images), or a callable that returns one given image_shape and num_classes")
+                         f"apply(params, images), a Flax or Equinox module, or a callable that returns one "
+                         f"given image_shape and num_classes")
     input_size = math.prod(image_shape)
+    train_apply, trainable = getattr(candidate, "train_apply", None), getattr(candidate, "trainable", None)
+    images = jax.ShapeDtypeStruct((2, input_size), jnp.float32)
     try:
         params = jax.eval_shape(candidate.init, jax.random.key(0))
-        logits = jax.eval_shape(candidate.apply, params, jax.ShapeDtypeStruct((2, input_size), jnp.float32))
+        logits = jax.eval_shape(candidate.apply, params, images)
+        if train_apply is not None:
+            train_logits, new_params = jax.eval_shape(train_apply, params, images, jax.random.key(0))
     except Exception as err:
         raise ModelError(f"--model {reference}: its init and apply do not run on images of {input_size} values: "
-                         f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}") from err
+                         f"{_first_line(err)}") from err
     if tuple(logits.shape) != (2, num_classes):
         raise ModelError(f"--model {reference}: apply returns logits of shape {tuple(logits.shape)} for 2 images; "
                          f"expected (2, {num_classes})")
+    if train_apply is not None and (tuple(train_logits.shape) != (2, num_classes)
+                                    or jax.tree.structure(new_params) != jax.tree.structure(params)):
+        raise ModelError(f"--model {reference}: train_apply must return (logits of shape (2, {num_classes}), "
+                         f"params of the structure init returns)")
     dense = _dense_widths(params, input_size)
     return Model(reference, (input_size, num_classes), "none", init=candidate.init, apply=candidate.apply,
                  architecture=f"{input_size}-...-{num_classes} (your model)",
-                 activation_widths=dense or (num_classes,), first_layer_dense=bool(dense), init_uses_key=True)
+                 activation_widths=dense or (num_classes,), first_layer_dense=bool(dense), init_uses_key=True,
+                 train_apply=train_apply, trainable=trainable)
 
 
 def _dense_widths(params, input_size: int) -> tuple[int, ...]:

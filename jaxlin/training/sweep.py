@@ -45,7 +45,7 @@ from jaxlin.runtime import compile_cache
 from jaxlin.runtime.devices import Placement, to_host
 from jaxlin.training.sampler import EpochSampler, check_window
 from jaxlin.training.state import SweepState
-from jaxlin.training.trainer import make_update_fn, run_keys
+from jaxlin.training.trainer import dropout_key, is_stateful, make_update_fn, run_keys, step_key
 
 # Of the device's (or, on a CPU, the host's) memory, what a sweep may plan to hold.
 MEMORY_FRACTION = 0.8
@@ -111,7 +111,8 @@ def describe_member(member: Config, names: tuple[str, ...]) -> dict:
     return described
 
 
-def sweep_chunk(apply_fn: Callable, optimizer, unroll: int = 1, shared_order: bool = True) -> Callable:
+def sweep_chunk(apply_fn: Callable, optimizer, unroll: int = 1, shared_order: bool = True,
+                model: Model | None = None) -> Callable:
     """The fused loop over M members, not yet jitted:
 
     (params[M], opt_state[M], frozen_at[M], train_uint8, labels, order, offset, start_step,
@@ -120,19 +121,25 @@ def sweep_chunk(apply_fn: Callable, optimizer, unroll: int = 1, shared_order: bo
     `order` is shared (1-D) or per member ([M, L]); step i reads order[offset + i*B : ... + B]
     (see `EpochSampler.window`). frozen_at[m] is -1 while member m trains, else the (1-based) step
     whose loss was not finite: from that step on its params and optimizer state stay as they were.
-    """
-    update = make_update_fn(apply_fn, optimizer)
 
-    def member_step(params, opt_state, frozen_at, images, labels, step_number):
-        new_params, new_opt_state, loss = update(params, opt_state, images, labels)
+    A stateful `model` (dropout, batch-norm statistics: see `trainer.make_update_fn`) takes each member's
+    dropout key after start_step (keys[M]): member m's step trains with the key `jaxlin train` of its
+    seed would use at that step, so a member still matches a run of its own.
+    """
+    update = make_update_fn(apply_fn, optimizer, model)
+    stateful = is_stateful(model)
+
+    def member_step(params, opt_state, frozen_at, images, labels, step_number, key=None):
+        key_args = (step_key(key, step_number - 1),) if stateful else ()  # step_number is 1-based
+        new_params, new_opt_state, loss = update(params, opt_state, images, labels, *key_args)
         alive, finite = frozen_at < 0, jnp.isfinite(loss)
         keep = alive & finite
         params = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_params, params)
         opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_opt_state, opt_state)
         return params, opt_state, jnp.where(alive & ~finite, step_number, frozen_at), loss
 
-    def train_chunk(params, opt_state, frozen_at, images_uint8, labels, order, offset, start_step, batch_size,
-                    num_steps):
+    def train_chunk(params, opt_state, frozen_at, images_uint8, labels, order, offset, start_step, *keys,
+                    batch_size, num_steps):
         if order.shape[-1] < num_steps * batch_size:
             raise ValueError(f"batch order of {order.shape[-1]} indices is too short for {num_steps} steps "
                              f"of {batch_size}")
@@ -147,14 +154,14 @@ def sweep_chunk(apply_fn: Callable, optimizer, unroll: int = 1, shared_order: bo
             start = offset + i * batch_size
             if shared_order:  # one gather; the batch is not mapped, so the members' dots become one
                 images, batch_labels = gather(jax.lax.dynamic_slice(order, (start,), (batch_size,)))
-                carry_and_loss = jax.vmap(member_step, in_axes=(0, 0, 0, None, None, None))(
-                    *carry, images, batch_labels, step_number)
+                carry_and_loss = jax.vmap(member_step, in_axes=(0, 0, 0, None, None, None) + (0,) * len(keys))(
+                    *carry, images, batch_labels, step_number, *keys)
             else:
-                def own_batch(params, opt_state, frozen, member_order):
+                def own_batch(params, opt_state, frozen, member_order, *key):
                     images, batch_labels = gather(jax.lax.dynamic_slice(member_order, (start,), (batch_size,)))
-                    return member_step(params, opt_state, frozen, images, batch_labels, step_number)
+                    return member_step(params, opt_state, frozen, images, batch_labels, step_number, *key)
 
-                carry_and_loss = jax.vmap(own_batch)(*carry, order)
+                carry_and_loss = jax.vmap(own_batch)(*carry, order, *keys)
             return carry_and_loss[:3], carry_and_loss[3]
 
         steps = jnp.arange(num_steps, dtype=jnp.int32)
@@ -195,7 +202,10 @@ class SweepTrainer:
                     for seed in data_seeds}
         self._samplers = [samplers[m.data_seed] for m in self.members]
         self._unique_samplers = samplers
-        chunk = sweep_chunk(model.apply, self.optimizer, base.unroll, self.shared_order)
+        chunk = sweep_chunk(model.apply, self.optimizer, base.unroll, self.shared_order, model)
+        # A stateful model's members each draw dropout keys from their own seed (see `sweep_chunk`).
+        self._keys = (placement.put(_member_keys([dropout_key(m.seed) for m in self.members]), self.member_sharding),
+                      ) if is_stateful(model) else ()
         extra = {}
         if placement.mesh is not None:
             losses = placement.batch_sharding(axis=1)
@@ -240,7 +250,7 @@ class SweepTrainer:
         each = [optimizers.member_hyperparameters(m, self.hyperparameters) for m in self.members]
         values = {name: jnp.asarray([v[name] for v in each], jnp.float32) for name in self.hyperparameters}
         make = functools.partial(optimizers.build_injectable, self.base)
-        opt_state = jax.vmap(lambda p, hp: make(**hp).init(p))(params, values)
+        opt_state = jax.vmap(lambda p, hp: make(**hp).init(self.model.trained_part(p)))(params, values)
         frozen_at = jnp.full((len(self.members),), -1, jnp.int32)
         return self.place(SweepState(params, opt_state, frozen_at, 0))
 
@@ -307,11 +317,11 @@ class SweepTrainer:
             tick = time.perf_counter()
             self._compiled[num_steps] = self._chunk.lower(
                 state.params, state.opt_state, state.frozen_at, self.train_images_uint8, self.train_labels, order,
-                offset, state.step, batch_size=self.base.batch_size, num_steps=num_steps).compile()
+                offset, state.step, *self._keys, batch_size=self.base.batch_size, num_steps=num_steps).compile()
             self.compile_seconds += time.perf_counter() - tick
         params, opt_state, frozen_at, losses = self._compiled[num_steps](
             state.params, state.opt_state, state.frozen_at, self.train_images_uint8, self.train_labels, order, offset,
-            state.step)
+            state.step, *self._keys)
         return SweepState(params, opt_state, frozen_at, state.step + num_steps), losses
 
     def frozen_at(self, state: SweepState) -> np.ndarray:
@@ -328,7 +338,7 @@ def estimate_memory(base: Config, model: Model, num_members: int, num_devices: i
     (10,000 images at once, in member groups on one device, all members on a mesh), and the data."""
     params = jax.eval_shape(model.init, jax.random.key(0))
     param_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(params))
-    opt_state = jax.eval_shape(optimizers.build(base).init, params)
+    opt_state = jax.eval_shape(optimizers.build(base).init, model.trained_part(params))
     opt_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(opt_state))
     widths = model.activation_widths
     activation_bytes = 4 * 3 * base.batch_size * sum(widths)

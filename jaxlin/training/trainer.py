@@ -63,13 +63,39 @@ def run_keys(seed: int, data_seed: int | None = None) -> tuple[jax.Array, jax.Ar
     return init_key, sample_key
 
 
+# Folded into the run's seed to make its dropout keys: a stream of its own, so the init and batch-order
+# keys (`run_keys`) and every existing run's bits stay as they were.
+DROPOUT_STREAM = 0x64726F70
+
+
+def dropout_key(seed: int) -> jax.Array:
+    """The base of a run's dropout keys, from its seed alone (a sweep member's from its own seed)."""
+    return jax.random.fold_in(jax.random.key(seed), DROPOUT_STREAM)
+
+
+def step_key(base: jax.Array, step) -> jax.Array:
+    """The dropout key of global step `step` (0-based): a function of the seed and the step only, so a
+    resumed run draws the same masks as one that never stopped, and no key is stored."""
+    return jax.random.fold_in(base, step)
+
+
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Softmax cross-entropy averaged over the batch (labels are class ids)."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_update_fn(apply_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
-    """One gradient step: (params, opt_state, images, labels) -> (params, opt_state, loss)."""
+def make_update_fn(apply_fn: Callable, optimizer: optax.GradientTransformation,
+                   model: Model | None = None) -> Callable:
+    """One gradient step: (params, opt_state, images, labels) -> (params, opt_state, loss).
+
+    For a `model` with a training mode (`Model.train_apply`: dropout, batch-norm statistics) the step
+    takes the step's dropout key too, (params, opt_state, images, labels, key): the loss comes from
+    `train_apply`, gradients and the optimizer see only the trained leaves (`Model.trained_part`), and
+    the other leaves take the values `train_apply` returned, so no optimizer or weight decay touches
+    them. Any other model gets exactly the step it always had (the same compiled code, the same bits).
+    """
+    if model is not None and model.train_apply is not None:
+        return _make_stateful_update(model, optimizer)
 
     def update(params, opt_state, images, labels):
         loss, grads = jax.value_and_grad(lambda p: cross_entropy_loss(apply_fn(p, images), labels))(params)
@@ -79,13 +105,41 @@ def make_update_fn(apply_fn: Callable, optimizer: optax.GradientTransformation) 
     return update
 
 
-def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
-    """The per-step path: a jitted update fed with host batches of float images."""
-    return jax.jit(make_update_fn(apply_fn, optimizer), donate_argnums=(0, 1))
+def _make_stateful_update(model: Model, optimizer: optax.GradientTransformation) -> Callable:
+    def update(params, opt_state, images, labels, key):
+        def loss_fn(trained):
+            logits, new_params = model.train_apply(model.with_trained(params, trained), images, key)
+            return cross_entropy_loss(logits, labels), new_params
+
+        trained = model.trained_part(params)
+        (loss, new_params), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+        updates, opt_state = optimizer.update(grads, opt_state, trained)
+        return model.with_trained(new_params, optax.apply_updates(trained, updates)), opt_state, loss
+
+    return update
+
+
+def is_stateful(model: Model | None) -> bool:
+    """Whether `model` trains through its own training mode, which takes a dropout key per step."""
+    return model is not None and model.train_apply is not None
+
+
+def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
+                    model: Model | None = None) -> Callable:
+    """The per-step path: a jitted update fed with host batches of float images. A stateful `model`'s
+    step also takes the (0-based) global step and the run's dropout key: (..., labels, step, base_key)."""
+    update = make_update_fn(apply_fn, optimizer, model)
+    if not is_stateful(model):
+        return jax.jit(update, donate_argnums=(0, 1))
+
+    def step(params, opt_state, images, labels, step_number, base_key):
+        return update(params, opt_state, images, labels, step_key(base_key, step_number))
+
+    return jax.jit(step, donate_argnums=(0, 1))
 
 
 def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1,
-                      shard_batch: Callable = lambda indices: indices) -> Callable:
+                      shard_batch: Callable = lambda indices: indices, model: Model | None = None) -> Callable:
     """The fused path's body, not yet jitted (so it can be vmapped over many models):
 
     (params, opt_state, train_uint8, train_labels, order, offset, batch_size, num_steps)
@@ -93,27 +147,50 @@ def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformatio
     order[offset + i*B : offset + (i+1)*B] (see `EpochSampler.window`). `shard_batch` lays out
     each step's indices (sharded over a mesh by `Placement.constrain_batch`), so that each
     device gathers and trains on its part of the batch.
-    """
-    update = make_update_fn(apply_fn, optimizer)
 
-    def train_chunk(params, opt_state, images_uint8, labels, order, offset, batch_size, num_steps):
+    A stateful `model` (see `make_update_fn`) takes two more arguments after `offset`: the chunk's first
+    global step (traced, so one compiled chunk serves every chunk of its length) and the run's dropout
+    key; step i trains with `step_key(base_key, start_step + i)`.
+    """
+    update = make_update_fn(apply_fn, optimizer, model)
+
+    def gather(images_uint8, labels, order, offset, batch_size, step):
+        indices = shard_batch(jax.lax.dynamic_slice(order, (offset + step * batch_size,), (batch_size,)))
+        # The window lies inside the order (checked when traced and by the host, `check_window`) and
+        # the sampler's indices are in bounds: promising it spares the gather its clamping.
+        images = to_float_images(images_uint8.at[indices].get(mode="promise_in_bounds"))
+        return images, labels.at[indices].get(mode="promise_in_bounds")
+
+    def check_order(order, batch_size, num_steps):
         if order.shape[0] < num_steps * batch_size:  # shapes are static: checked when traced
             raise ValueError(f"batch order of {order.shape[0]} indices is too short for {num_steps} steps "
                              f"of {batch_size}")
 
+    def train_chunk(params, opt_state, images_uint8, labels, order, offset, batch_size, num_steps):
+        check_order(order, batch_size, num_steps)
+
         def body(carry, step):
-            indices = shard_batch(jax.lax.dynamic_slice(order, (offset + step * batch_size,), (batch_size,)))
-            # The window lies inside the order (checked above and by the host, `check_window`) and
-            # the sampler's indices are in bounds: promising it spares the gather its clamping.
-            images = to_float_images(images_uint8.at[indices].get(mode="promise_in_bounds"))
-            params, opt_state, loss = update(*carry, images, labels.at[indices].get(mode="promise_in_bounds"))
+            params, opt_state, loss = update(*carry, *gather(images_uint8, labels, order, offset, batch_size, step))
             return (params, opt_state), loss
 
         steps = jnp.arange(num_steps, dtype=jnp.int32)
         (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps, unroll=unroll)
         return params, opt_state, losses
 
-    return train_chunk
+    def stateful_chunk(params, opt_state, images_uint8, labels, order, offset, start_step, base_key, batch_size,
+                       num_steps):
+        check_order(order, batch_size, num_steps)
+
+        def body(carry, step):
+            batch = gather(images_uint8, labels, order, offset, batch_size, step)
+            params, opt_state, loss = update(*carry, *batch, step_key(base_key, start_step + step))
+            return (params, opt_state), loss
+
+        steps = jnp.arange(num_steps, dtype=jnp.int32)
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps, unroll=unroll)
+        return params, opt_state, losses
+
+    return stateful_chunk if is_stateful(model) else train_chunk
 
 
 def as_singleton_batch(chunk: Callable) -> Callable:
@@ -130,17 +207,19 @@ def as_singleton_batch(chunk: Callable) -> Callable:
 
 
 def make_fused_train(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1,
-                     placement: Placement | None = None, dot_layout: str = "plain") -> Callable:
+                     placement: Placement | None = None, dot_layout: str = "plain",
+                     model: Model | None = None) -> Callable:
     """`fused_train_chunk` jitted, with batch_size and num_steps static and the state donated;
     over several devices, each step's batch is sharded and the results replicated. `dot_layout`
-    "batched" computes it as a singleton vmap (one device only)."""
+    "batched" computes it as a singleton vmap (one device only). A stateful `model`: see
+    `fused_train_chunk`."""
     if placement is None or placement.mesh is None:
-        chunk = fused_train_chunk(apply_fn, optimizer, unroll)
+        chunk = fused_train_chunk(apply_fn, optimizer, unroll, model=model)
         if dot_layout == "batched":
             chunk = as_singleton_batch(chunk)
         return jax.jit(chunk, static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1))
     replicated = placement.replicated
-    return jax.jit(fused_train_chunk(apply_fn, optimizer, unroll, placement.constrain_batch),
+    return jax.jit(fused_train_chunk(apply_fn, optimizer, unroll, placement.constrain_batch, model),
                    static_argnames=("batch_size", "num_steps"), donate_argnums=(0, 1),
                    out_shardings=(replicated, replicated, replicated))
 
@@ -184,13 +263,21 @@ class Trainer:
         self.compile_seconds = 0.0
         chosen = layout.choose(config, model, placement)  # a fixed rule: same flags, same bits
         self.config = config = config.replace(dot_layout=chosen) if config.loop == "fused" else config
-        self._fused = make_fused_train(model.apply, self.optimizer, config.unroll, placement, chosen)
-        self._step = make_train_step(model.apply, self.optimizer)
+        self._fused = make_fused_train(model.apply, self.optimizer, config.unroll, placement, chosen, model)
+        self._step = make_train_step(model.apply, self.optimizer, model)
+        # A stateful model's steps take the run's dropout key and their global step (see `fused_train_chunk`).
+        self._dropout_key = placement.put(dropout_key(config.seed)) if is_stateful(model) else None
         self._compiled: dict[int, Callable] = {}
+
+    def _key_args(self, start_step: int) -> tuple:
+        """The arguments a stateful model's chunk or step takes after the batch: none for the others."""
+        if self._dropout_key is None:
+            return ()
+        return np.int32(start_step), self._dropout_key
 
     def init_state(self) -> TrainState:
         params = self.placement.put(self.model.init(self._init_key))
-        return TrainState(params, self.optimizer.init(params), 0)
+        return TrainState(params, self.optimizer.init(self.model.trained_part(params)), 0)
 
     def place(self, state: TrainState) -> TrainState:
         """A (restored, host) state on this trainer's devices."""
@@ -205,12 +292,13 @@ class Trainer:
                 order = self.sampler.warm_up(length)
                 self._compiled[length] = self._fused.lower(
                     state.params, state.opt_state, self.train_images_uint8, self.train_labels, order, 0,
-                    batch_size=batch_size, num_steps=length).compile()
+                    *self._key_args(0), batch_size=batch_size, num_steps=length).compile()
             else:
                 images, labels = self.placement.put(
                     (self.host_train_images[:batch_size], self.host_train_labels[:batch_size]),
                     self.placement.batch_sharding())
-                self._compiled[length] = self._step.lower(state.params, state.opt_state, images, labels).compile()
+                self._compiled[length] = self._step.lower(state.params, state.opt_state, images, labels,
+                                                          *self._key_args(0)).compile()
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[length]
 
@@ -218,7 +306,7 @@ class Trainer:
         """The structure and dtypes of this trainer's state as host zeros (what a checkpoint restores into)."""
         params = jax.eval_shape(self.model.init, self._init_key)
         params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
-        return TrainState(params, self.optimizer.init(params), 0)
+        return TrainState(params, self.optimizer.init(self.model.trained_part(params)), 0)
 
     def saved_state(self, state: TrainState) -> TrainState:
         """What a checkpoint holds: the state itself (the store copies it to the host)."""
@@ -245,15 +333,16 @@ class Trainer:
             order, offset = self.sampler.window(start_step, num_steps)
             check_window(order.shape[0], offset, batch_size, num_steps)
             params, opt_state, losses = chunk(
-                state.params, state.opt_state, self.train_images_uint8, self.train_labels, order, offset)
+                state.params, state.opt_state, self.train_images_uint8, self.train_labels, order, offset,
+                *self._key_args(start_step))
             return TrainState(params, opt_state, start_step + num_steps), losses
         step_fn, losses = self._compiled_chunk(state, 1), []
         params, opt_state = state.params, state.opt_state
         sharded = self.placement.batch_sharding()
-        for indices in self.sampler.batch_indices(start_step, num_steps):
+        for step, indices in enumerate(self.sampler.batch_indices(start_step, num_steps), start_step):
             images, labels = self.placement.put((self.host_train_images[indices], self.host_train_labels[indices]),
                                                 sharded)
-            params, opt_state, loss = step_fn(params, opt_state, images, labels)
+            params, opt_state, loss = step_fn(params, opt_state, images, labels, *self._key_args(step))
             losses.append(loss)
         return TrainState(params, opt_state, start_step + num_steps), jnp.stack(losses)
 
