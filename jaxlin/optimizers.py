@@ -123,9 +123,9 @@ def hyperparameters(name: str, settings) -> dict:
 # --- settings checks (no JAX) -----------------------------------------------------------------------
 
 
-def check_settings(config) -> None:
-    """The optimizer settings that depend on each other; raises ConfigError naming the first bad one. A
-    reference is checked here for its syntax only: `build` imports it."""
+def check_settings(config, weight_decay_flag: str = "--weight-decay") -> None:
+    """The optimizer settings that depend on each other; raises ConfigError naming the first bad one (a
+    sweep's decays as `weight_decay_flag`). A reference is checked for its syntax only: `build` imports it."""
     warmup, steps = config.warmup_steps, config.num_steps
     if config.schedule == "cosine" and warmup:
         raise ConfigError(f"--warmup-steps {warmup}: the cosine schedule has no warm-up; use --schedule "
@@ -133,9 +133,9 @@ def check_settings(config) -> None:
     if warmup and warmup >= steps:
         raise ConfigError(f"--warmup-steps {warmup} must be fewer than --num-steps {steps}")
     if config.weight_decay and config.optimizer in REGISTRY and REGISTRY[config.optimizer].weight_decay is None:
-        raise ConfigError(f"--weight-decay: the {config.optimizer} optimizer takes no weight decay")
+        raise ConfigError(f"{weight_decay_flag}: the {config.optimizer} optimizer takes no weight decay")
     if config.weight_decay and config.optimizer not in REGISTRY:
-        raise ConfigError(f"--weight-decay: your optimizer {config.optimizer} applies its own weight decay, if "
+        raise ConfigError(f"{weight_decay_flag}: your optimizer {config.optimizer} applies its own weight decay, if "
                           f"any; give it in its factory")
 
 

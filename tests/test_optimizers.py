@@ -258,3 +258,58 @@ def test_an_unknown_optimizer_on_the_command_line_is_one_line_exit_2(tmp_path, c
     assert err == ["jaxlin: error: unknown optimizer 'rmsprop'; choose one of sgd, momentum, adam, or give your own "
                    "as MODULE:NAME"]
     assert not (tmp_path / "run").exists()
+
+
+class _StopAfterFirstSave:
+    """Loop hooks that keep the first checkpoint and then stop the run, as a signal would."""
+
+    checkpoints, last_recorded_step = True, None
+
+    def __init__(self):
+        self.saved = None
+
+    def on_start(self, config):
+        pass
+
+    def on_evaluation(self, record):
+        pass
+
+    def save(self, state, progress, wait=False):
+        if self.saved is None and state.step > 0:  # the first after training began
+            self.saved = (jax.device_get(state), progress)
+
+    def should_stop(self):
+        return self.saved is not None
+
+    def report(self, line):
+        pass
+
+
+def test_a_stopped_run_with_a_schedule_resumes_to_the_same_bits(tiny_data):
+    """The schedule's step count lives in the optimizer state, which the checkpoint holds."""
+    config = TINY.replace(optimizer="momentum", learning_rate=0.1, schedule="warmup-cosine", warmup_steps=8,
+                          weight_decay=0.01, clip_norm=0.5, checkpoint_every=15)
+    model = get_model("linear")
+    whole = fit(config, tiny_data, model, progress=False)
+    hooks = _StopAfterFirstSave()
+    stopped = fit(config, tiny_data, model, progress=False, hooks=hooks)
+    assert stopped.stopped and hooks.saved[0].step == 15
+    resumed = fit(config, tiny_data, model, progress=False, start=hooks.saved)
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "myopt:make_opt", "--weight-decays", "0,0.1"],
+     "--weight-decays: your optimizer myopt:make_opt applies its own weight decay"),
+    (["--weight-decay", "0.1", "--weight-decays", "0,0.1"], "give --weight-decay or --weight-decays, not both"),
+    (["--clip-norms", "1,-1"], "--clip-norms: clip norm must be a finite number >= 0"),
+    (["--weight-decays", "0.1,0.1"], "--weight-decays lists a value twice"),
+])
+def test_bad_sweep_optimizer_lists_are_one_line_exit_2(tmp_path, capsys, args, message):
+    from jaxlin.cli.main import main
+
+    assert main(["sweep", *args, "--output-dir", str(tmp_path / "sweep")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "sweep").exists()

@@ -88,7 +88,7 @@ def _check_grid(args: argparse.Namespace, config: Config) -> None:
                           f"(use --optimizer momentum)")
     if args.weight_decays is not None and not args.resume:
         for value in args.weight_decays:  # each member's, against the optimizer (adam: adamw; sgd: added)
-            optimizers.check_settings(config.replace(weight_decay=value))
+            optimizers.check_settings(config.replace(weight_decay=value), "--weight-decays")
     for plural, single in GRID_LISTS.items():
         values = getattr(args, plural)
         if values is None:
