@@ -273,26 +273,9 @@ def model_from_spec(spec, input_size: int = 784, num_classes: int = 10,
 
 def _import_reference(reference: str):
     """The object MODULE:NAME names; MODULE is imported from the current directory or PYTHONPATH."""
-    import importlib
-    import os
-    import sys
+    from jaxlin.references import import_reference  # shared with --optimizer
 
-    module_name, _, attribute = reference.partition(":")
-    here = os.getcwd()
-    if here not in sys.path and "" not in sys.path:  # the console script's path lacks the working directory
-        sys.path.insert(0, here)
-    try:
-        target = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ModelError(f"--model {reference}: cannot import {module_name} ({err}); run jaxlin from the directory "
-                         f"that holds it, or add that directory to PYTHONPATH") from err
-    except Exception as err:  # the user's module failed while it was imported: say where, in one line
-        raise ModelError(f"--model {reference}: importing {module_name} failed: {type(err).__name__}: {err}") from err
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ModelError(f"--model {reference}: {module_name} has no {attribute}")
-        target = getattr(target, part)
-    return target
+    return import_reference(reference, "--model", ModelError)
 
 
 def _has_init_and_apply(candidate) -> bool:
