@@ -178,3 +178,18 @@ def test_a_fifo_as_an_image_or_as_params_is_refused_without_waiting(zero_params,
     assert run(tmp_path / "fifo.png", tmp_path / "digit.png") == 2
     assert capsys.readouterr().err == (f"jaxlin: error: {tmp_path / 'fifo.png'}: not a regular file (a params "
                                        f"file is an .npz written by `jaxlin train`)\n")
+
+
+def test_params_for_images_no_file_can_become_are_refused_in_one_line(tmp_path, capsys):
+    """Two channels (neither gray nor RGB), and a flat input of unknown shape: one line each, exit 2."""
+    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
+    two_channels = get_model("linear", image_shape=(8, 8, 2), num_classes=4)
+    save_params(tmp_path / "two.npz", two_channels.init(jax.random.key(0)), two_channels, (8, 8, 2))
+    flat = get_model("linear", input_size=50, num_classes=3)
+    save_params(tmp_path / "flat.npz", flat.init(jax.random.key(0)), flat)
+    for name, message in (("two.npz", "the params take images of 2 channels; predict makes image files into gray "
+                                      "(1) or RGB (3) images only"),
+                          ("flat.npz", "the params take 50 values per image and the file does not say their shape")):
+        assert main(["predict", str(tmp_path / name), str(tmp_path / "digit.png")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

@@ -33,6 +33,8 @@ def run(args: argparse.Namespace, stop: StopRequest | None) -> int:
         print(json.dumps(metrics, indent=2))
         return 0
     print(f"Params: {metrics['params']} ({metrics['model']})")
+    shape = "x".join(str(d) for d in metrics["image_shape"])
+    print(f"Data: {metrics['dataset']} test split: {shape} images, {metrics['num_classes']} classes")
     print(accuracy_line(metrics["test_accuracy"]) + f" of {metrics['num_examples']} images")
     per_class = "  ".join(f"{d}: {a:.1%}" for d, a in enumerate(metrics["per_class_accuracy"]))
     print(f"Per class: {per_class}")
