@@ -149,9 +149,8 @@ class Config:
             )
         if self.model == "mlp" and (not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes)):
             raise ConfigError(f"hidden sizes must be at least 1, got {list(self.hidden_sizes)}")
-        # Before the data is known, the fewest params any data could give (1 input, 2 classes): a size
-        # refused then is refused whatever the data.
-        sizes = (input_size or 1, num_classes or 2)
+        # The data's sizes once it is loaded; before that (the command line checks settings first), MNIST's.
+        sizes = (input_size or INPUT_SIZE, num_classes or NUM_CLASSES)
         if self.model == "mlp" and self.num_params(*sizes) > MAX_PARAMS:
             raise ConfigError(f"hidden sizes {list(self.hidden_sizes)} make {self.num_params(*sizes):,} params; "
                               f"at most {MAX_PARAMS:,}")

@@ -218,3 +218,15 @@ def test_a_figure_that_fails_is_a_note_and_the_run_still_finishes(letters_dir, t
     assert "(Figures not drawn: RuntimeError: no fonts today; the other outputs are complete.)" in \
         capsys.readouterr().out
     assert (out / "metrics.json").is_file() and (out / "params.npz").is_file() and not list(out.glob("*.png"))
+
+
+def test_the_mlp_size_check_uses_the_data_sizes():
+    """784 inputs and 10 classes until the data is loaded; then the data's own sizes."""
+    from jaxlin.config import Config, ConfigError
+
+    config = Config(model="mlp", hidden_sizes=(100_000,))
+    config.validate(1000)  # MNIST: 784 x 100,000 + ... = 79 million params, under 2**28
+    config.validate(1000, input_size=256, num_classes=20)
+    params = 3072 * 100_000 + 100_000 + 100_000 * 6 + 6
+    with pytest.raises(ConfigError, match=rf"hidden sizes \[100000\] make {params:,} params"):
+        config.validate(1000, input_size=3072, num_classes=6)
