@@ -229,6 +229,8 @@ def _nnx(found, reference, image_shape, num_classes) -> Adapted:
         model.train()
         return model(images), to_params(model)
 
+    if not rng_leaves and not has_state:  # no dropout stream, no statistics: trained as any jaxlin model
+        return Adapted(init, apply)
     return Adapted(init, apply, train_apply, _collections_trainable)
 
 

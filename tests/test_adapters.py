@@ -67,6 +67,14 @@ class NnxBatchNorm(nnx.Module):
         return self.out(jax.nn.relu(self.norm(self.hidden(x))))
 
 
+class NnxLinear(nnx.Module):
+    def __init__(self, num_classes, *, rngs):
+        self.out = nnx.Linear(784, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(x)
+
+
 class EqxMLP(eqx.Module):
     mlp: eqx.nn.MLP
     dropout: eqx.nn.Dropout
@@ -146,8 +154,9 @@ def test_only_trained_leaves_reach_the_optimizer(workdir):
     np.testing.assert_array_equal(rebuilt["batch_stats"]["BatchNorm_0"]["mean"],
                                   updated["batch_stats"]["BatchNorm_0"]["mean"])
     np.testing.assert_array_equal(rebuilt["params"]["Dense_0"]["kernel"], params["params"]["Dense_0"]["kernel"])
-    plain = get_model("adapted:LinenCNN")  # no train switch, no other collection: trained as any jaxlin model
-    assert plain.train_apply is None and plain.trained_part(params) is params
+    for reference in ("adapted:LinenCNN", "adapted:NnxLinear"):  # no switch, no state: trained as any jaxlin model
+        plain = get_model(reference)
+        assert plain.train_apply is None and plain.trained_part(params) is params, reference
 
 
 def test_nnx_batch_statistics_are_state_updated_in_training_only(workdir):
