@@ -57,10 +57,14 @@ def check_user_models(cases: list[tuple[str, int, int]]) -> None:
     """Builds each user's model once here (imported from the working directory, traced with
     `jax.eval_shape`), so that a bad reference is one line before any worker starts; raises JaxlinError."""
     from jaxlin.config import INPUT_SIZE, NUM_CLASSES
-    from jaxlin.models import get_model
+    from jaxlin.models import ModelError, get_model
 
     for model in sorted({model for model, _, _ in cases if is_model_reference(model)}):
-        get_model(model, input_size=INPUT_SIZE, num_classes=NUM_CLASSES)
+        if get_model(model, input_size=INPUT_SIZE, num_classes=NUM_CLASSES).train_apply is not None:
+            # The contenders call the plain update (params, opt_state, images, labels); a training mode's
+            # step also takes its step number and dropout key, which they do not thread yet.
+            raise ModelError(f"--cases {model}: the benchmark does not yet time models with a training mode "
+                             f"(dropout or batch-norm state); time it with jaxlin train instead")
 
 
 def check_optimizer(name: str | None, rate: float | None) -> None:

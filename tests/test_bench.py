@@ -243,6 +243,24 @@ def test_a_case_is_read_from_the_right_so_a_users_model_may_hold_a_colon():
             parse_case(bad)
 
 
+def test_a_model_with_a_training_mode_is_refused_in_one_line(tmp_path, monkeypatch):
+    """The contenders call the plain update; a model with dropout or batch-norm state is refused, not timed wrong."""
+    from bench.__main__ import check_user_models
+    from jaxlin.models import ModelError
+
+    (tmp_path / "dropnets.py").write_text(USER_MODEL + """
+
+class WithDropout(TinyNet):
+    def train_apply(self, params, images, key):
+        keep = jax.random.bernoulli(key, 0.5, images.shape)
+        return self.apply(params, images * keep * 2.0), params
+""")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_user_models([("dropnets:TinyNet", 50, 5)])
+    with pytest.raises(ModelError, match="does not yet time models with a training mode"):
+        check_user_models([("dropnets:WithDropout", 50, 5)])
+
+
 @pytest.mark.slow
 def test_a_bad_case_or_optimizer_is_one_line_and_writes_nothing(tiny_data_dir, tmp_path):
     for argv, message in [(["--cases", "nomodule:Net:50:5"], "--cases: --model nomodule:Net: cannot import nomodule"),

@@ -365,7 +365,7 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     GradientTransformation (a schedule, clipping, weight decay...), replaces the one `config` names
     (whose optimizer settings are then unused: `FitResult.optimizer` says what ran).
     """
-    config.validate(len(data.train))
+    config.validate(len(data.train), data.num_features, data.num_classes)
     hooks = hooks or LoopHooks()
     placement = resolve_placement(config.device, config.devices, config.batch_size)
     evals = eval_schedule(config.num_steps, config.eval_every, eval_steps)
