@@ -44,3 +44,21 @@ def test_confusion_matrix_and_learning_curve(tmp_path):
     plots.plot_learning_curve([{"step": 0, "test_accuracy": 0.1}, {"step": 10, "test_accuracy": 0.9}],
                               tmp_path / "l.png")
     assert _is_png(tmp_path / "c.png") and _is_png(tmp_path / "l.png")
+
+
+def test_the_sweep_figure_draws_a_line_per_combination_of_the_settings_besides_the_learning_rate(tmp_path):
+    """Members that differ in weight decay (or clip norm...) at one learning rate are not joined in one line."""
+    from jaxlin.runs.plots import plot_sweep
+
+    members = [{"index": i, "learning_rate": lr, "weight_decay": wd, "seed": 0, "data_seed": None,
+                "diverged_at_step": None, "validation_accuracy": acc, "test_accuracy": acc,
+                "validation_curve": [0.1, acc], "final_train_loss": 0.3}
+               for i, (lr, wd, acc) in enumerate([(0.1, 0.0, 0.90), (0.5, 0.0, 0.91), (0.1, 1e-4, 0.89),
+                                                  (0.5, 1e-4, 0.92)])]
+    curves = np.array([m["validation_curve"] for m in members])
+    fig = plot_sweep(members, [0, 10], curves, 3, tmp_path / "sweep.png")
+    left = fig.axes[0]
+    labels = [line.get_label() for line in left.get_lines()]
+    assert labels == ["weight decay 0.0", "weight decay 0.0001"]
+    assert [list(line.get_xdata()) for line in left.get_lines()] == [[0.1, 0.5], [0.1, 0.5]]
+    assert (tmp_path / "sweep.png").exists()

@@ -167,35 +167,41 @@ def plot_learning_curve(evaluations: Sequence[dict], path: str | os.PathLike, ke
     return _save(fig, path)
 
 
+# What a sweep's member record holds besides its settings.
+_SWEEP_OUTCOMES = frozenset({"index", "diverged_at_step", "validation_accuracy", "test_accuracy",
+                             "validation_curve", "final_train_loss"})
+
+
 def plot_sweep(members: Sequence[dict], steps: Sequence[int], curves: np.ndarray, best: int | None,
                path: str | os.PathLike) -> Figure:
-    """Left: final validation accuracy against learning rate, a line per seed (and momentum), diverged
-    members marked with an x at the bottom. Right: every member's validation curve, the best in bold.
+    """Left: final validation accuracy against learning rate, a line per combination of the other settings,
+    diverged members marked with an x at the bottom. Right: every member's validation curve, the best in bold.
 
-    members: dicts with learning_rate, seed, data_seed, momentum (or None), diverged_at_step (or None),
-    validation_accuracy; curves: (num_members, len(steps)) validation accuracies (NaN where unknown).
+    members: dicts with learning_rate, the other settings that tell members apart (seed, data_seed,
+    momentum, weight_decay...), diverged_at_step (or None), validation_accuracy; curves:
+    (num_members, len(steps)) validation accuracies (NaN where unknown).
     """
     fig = Figure(figsize=(11, 4.2))
     left, right = fig.subplots(1, 2)
+    # A line per combination of every setting but the learning rate (seed, data seed, momentum, weight
+    # decay, clip norm...); the legend names only the settings that vary.
+    settings = sorted({name for m in members for name in m if name not in _SWEEP_OUTCOMES and name != "learning_rate"})
+    varying = [name for name in settings if len({repr(m.get(name)) for m in members}) > 1]
     groups: dict[tuple, list[int]] = {}
     for i, member in enumerate(members):
-        groups.setdefault((member["seed"], member["data_seed"], member.get("momentum")), []).append(i)
+        groups.setdefault(tuple(member.get(name) for name in varying), []).append(i)
     floor = min([100 * m["validation_accuracy"] for m in members
                  if m["validation_accuracy"] is not None and m["diverged_at_step"] is None] or [0])
-    for (seed, data_seed, momentum), indices in groups.items():
+    for number, (values, indices) in enumerate(groups.items()):
         indices = sorted(indices, key=lambda i: members[i]["learning_rate"])
-        parts = [f"seed {seed}" if len({m["seed"] for m in members}) > 1 else "",
-                 f"data seed {data_seed}" if len({m["data_seed"] for m in members}) > 1 else "",
-                 f"momentum {momentum}" if len({m.get("momentum") for m in members}) > 1 else ""]
-        label = ", ".join(p for p in parts if p) or "all members"
+        label = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in zip(varying, values)) or "all members"
         ok = [i for i in indices if members[i]["diverged_at_step"] is None]
         (line,) = left.plot([members[i]["learning_rate"] for i in ok],
                             [100 * members[i]["validation_accuracy"] for i in ok], marker="o", label=label)
         bad = [i for i in indices if members[i]["diverged_at_step"] is not None]
         if bad:
             left.scatter([members[i]["learning_rate"] for i in bad], [floor] * len(bad), marker="x", s=60,
-                         color=line.get_color(), label="diverged" if (seed, data_seed, momentum) == next(iter(groups))
-                         else None)
+                         color=line.get_color(), label="diverged" if number == 0 else None)
     if best is not None:
         left.scatter([members[best]["learning_rate"]], [100 * members[best]["validation_accuracy"]], s=160,
                      facecolors="none", edgecolors="black", label="best (validation)")
