@@ -220,6 +220,26 @@ def test_a_figure_that_fails_is_a_note_and_the_run_still_finishes(letters_dir, t
     assert (out / "metrics.json").is_file() and (out / "params.npz").is_file() and not list(out.glob("*.png"))
 
 
+def test_a_sweep_whose_figures_fail_still_finishes_and_says_so(letters_dir, tmp_path, monkeypatch, capsys):
+    from jaxlin.runs import plots
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts today")
+
+    monkeypatch.delenv("JAXLIN_FIGURE_ERRORS_RAISE")
+    monkeypatch.setattr(plots, "draw_run_figures", broken)
+    monkeypatch.setattr(plots, "plot_sweep", broken)
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--data-dir", str(letters_dir), "--output-dir", str(out), "--num-steps", "10",
+                 "--eval-every", "10", "--batch-size", "50", "--learning-rates", "0.1,0.5", "--no-progress",
+                 "--validation-size", "50"]) == 0
+    shown = capsys.readouterr().out
+    assert "(Sweep figure not drawn: RuntimeError: no fonts today; the other outputs are complete.)" in shown
+    assert "(Figures not drawn: RuntimeError: no fonts today; the other outputs are complete.)" in shown
+    assert (out / "sweep.json").is_file() and (out / "best" / "params.npz").is_file()
+    assert not list(out.rglob("*.png"))
+
+
 def test_the_mlp_size_check_uses_the_data_sizes():
     """784 inputs and 10 classes until the data is loaded; then the data's own sizes."""
     from jaxlin.config import Config, ConfigError

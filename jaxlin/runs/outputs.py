@@ -110,12 +110,18 @@ def write_figures(directory: Path, data: Datasets, model: Model, params, final: 
 
         plots.draw_run_figures(directory, **inputs)
     except Exception as err:  # any failure, so that no figure can fail a trained run
-        if os.environ.get(FIGURE_ERRORS_ENV):
-            raise
         _remove_figures(directory)
-        notes.append(f"(Figures not drawn: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; "
-                     f"the other outputs are complete.)")
+        notes.append(figure_failure_note("Figures", err))
     return notes
+
+
+def figure_failure_note(what: str, err: Exception) -> str:
+    """The note for figures that failed to draw (re-raises `err` when $JAXLIN_FIGURE_ERRORS_RAISE is set, so
+    that tests see figure bugs); call it from an `except` block."""
+    if os.environ.get(FIGURE_ERRORS_ENV):
+        raise err
+    return (f"({what} not drawn: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; "
+            f"the other outputs are complete.)")
 
 
 def _remove_figures(directory: Path) -> None:

@@ -21,7 +21,7 @@ from jaxlin.data.datasets import Datasets
 from jaxlin.models import Model
 from jaxlin.runs import params_file
 from jaxlin.runs.checkpoints import DamagedCheckpoint
-from jaxlin.runs.outputs import library_versions, write_figures
+from jaxlin.runs.outputs import figure_failure_note, library_versions, write_figures
 from jaxlin.runs.rundir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, RECORDS_FILE, SET_ASIDE_DIR, SWEEP_OUTPUTS,
                                 Layout, to_json)
 from jaxlin.runs.session import Outcome, RunKind, Session, run
@@ -136,20 +136,25 @@ class SweepRun(RunKind):
         here = Placement((session.placement.local_device,))
         final = Evaluator(model.apply, data.test.images_uint8, data.test.labels, model.eval_batch_size, here)(
             best_params) if best is not None else None
-        members = self.members
+        members, notes = self.members, []
 
         def write(staging: Path) -> None:
-            from jaxlin.runs import plots  # matplotlib: only when figures are drawn
-
             curves = np.array([[np.nan if a is None else a for a in r["validation_accuracy"]]
                                for r in summary["evaluations"]]).T
-            plots.plot_sweep(summary["members"], [r["step"] for r in summary["evaluations"]], curves, best,
-                             staging / SWEEP_FIGURE)
+            try:
+                from jaxlin.runs import plots  # matplotlib: only when figures are drawn
+
+                plots.plot_sweep(summary["members"], [r["step"] for r in summary["evaluations"]], curves, best,
+                                 staging / SWEEP_FIGURE)
+            except Exception as err:  # a figure never fails a finished sweep
+                (staging / SWEEP_FIGURE).unlink(missing_ok=True)
+                notes.append(figure_failure_note("Sweep figure", err))
             if best is not None:
-                _write_best(staging / BEST_DIR, summary, best, best_params, final, data, model, members[best])
+                notes.extend(_write_best(staging / BEST_DIR, summary, best, best_params, final, data, model,
+                                         members[best]))
             (staging / SWEEP_FILE).write_text(to_json(summary, indent=2) + "\n")
 
-        return Outcome(summary, write, before=[format_table(summary)])
+        return Outcome(summary, write, before=[format_table(summary)], after=notes)
 
 
 def _describe(config: Config, grid: Grid, members: list[Config], data: Datasets, model: Model, device: str,
@@ -239,12 +244,13 @@ def _finish(trainer: SweepTrainer, state: SweepState, loop, evaluations: list[di
 
 
 def _write_best(directory: Path, summary: dict, best: int, params, final: dict, data: Datasets, model: Model,
-                member: Config) -> None:
+                member: Config) -> list[str]:
+    """The best member's own run directory (figures, params, metrics); returns the figures' notes."""
     directory.mkdir()
     evaluations = [{"step": r["step"], "validation_accuracy": r["validation_accuracy"][best],
                     "train_loss": r["train_loss"][best], "elapsed_seconds": r["elapsed_seconds"]}
                    for r in summary["evaluations"]]
-    write_figures(directory, data, model, params, final, evaluations, curve_key="validation_accuracy")
+    notes = write_figures(directory, data, model, params, final, evaluations, curve_key="validation_accuracy")
     params_file.save_params(directory / PARAMS_FILE, params, model, data.image_shape)
     metrics = {"member": best, "final_test_accuracy": final["accuracy"],
                "final_validation_accuracy": summary["best_validation_accuracy"],
@@ -254,6 +260,7 @@ def _write_best(directory: Path, summary: dict, best: int, params, final: dict, 
                "config": {k: v for k, v in member.used_settings().items() if k != "dot_layout"},
                "versions": summary["versions"]}
     (directory / METRICS_FILE).write_text(to_json(metrics, indent=2) + "\n")
+    return notes
 
 
 def _percent(value) -> str:
