@@ -195,7 +195,7 @@ run.train_and_evaluate(Config(num_steps=20, eval_every=10, batch_size=50, output
 FROM_PYTHON = {
     # A user's own model: the record names it, and `jaxlin train` builds no such model.
     "model": ("from jaxlin import models\nfrom jaxlin.runs import session\n"
-              "session.build_model = lambda config: models.get_model('mlp', hidden_sizes=(8,))._replace(name='mine')",
+              "session.build_model = lambda config, data=None: models.get_model('mlp', hidden_sizes=(8,))._replace(name='mine')",
               "a model that `jaxlin train` does not build (mine)"),
     # A user's own optimizer: the record says sgd, the state holds Adam's moments.
     "optimizer": ("import optax\nfrom jaxlin.training import trainer\n"
@@ -225,7 +225,7 @@ def test_a_record_without_a_digest_from_an_older_jaxlin_is_used_with_a_note(tiny
     out = copy_of(finished, tmp_path)
     path = record_file(out / CHECKPOINT_DIR / "30")
     record = json.loads(path.read_text())
-    del record["digest"], record["model"], record["kind"]  # what an older jaxlin wrote
+    del record["digest"], record["model"], record["kind"], record["data"]  # what an older jaxlin wrote
     path.write_text(json.dumps(record))
     done = train(tiny_data_dir, out, "--resume", "--num-steps", "40")
     assert done.returncode == 0, done.stderr
