@@ -55,16 +55,14 @@ def parse_case(item: str) -> tuple[str, int, int]:
 
 def check_user_models(cases: list[tuple[str, int, int]]) -> None:
     """Builds each user's model once here (imported from the working directory, traced with
-    `jax.eval_shape`), so that a bad reference is one line before any worker starts; raises JaxlinError."""
+    `jax.eval_shape`), so that a bad reference is one line before any worker starts; raises JaxlinError.
+    A model with a training mode (dropout, batch-norm statistics) is timed by the jaxlin per-step and fused
+    contenders as `jaxlin train` trains it; the other contenders time the built-in models only."""
     from jaxlin.config import INPUT_SIZE, NUM_CLASSES
-    from jaxlin.models import ModelError, get_model
+    from jaxlin.models import get_model
 
     for model in sorted({model for model, _, _ in cases if is_model_reference(model)}):
-        if get_model(model, input_size=INPUT_SIZE, num_classes=NUM_CLASSES).train_apply is not None:
-            # The contenders call the plain update (params, opt_state, images, labels); a training mode's
-            # step also takes its step number and dropout key, which they do not thread yet.
-            raise ModelError(f"--cases {model}: the benchmark does not yet time models with a training mode "
-                             f"(dropout or batch-norm state); time it with jaxlin train instead")
+        get_model(model, input_size=INPUT_SIZE, num_classes=NUM_CLASSES)
 
 
 def check_optimizer(name: str | None, rate: float | None) -> None:
@@ -175,7 +173,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default=None, metavar="MODEL:BATCH:STEPS,...",
                         help="throughput cases instead of the plan's, e.g. linear:100:1000,mlp:1000:100; MODEL may "
                         "be your own MODULE:NAME (as for jaxlin train --model; MODULE imported from the working "
-                        "directory), e.g. mymodels:TinyMLP:100:500, timed by the jaxlin contenders only")
+                        "directory), e.g. mymodels:TinyMLP:100:500, timed by jaxlin_per_step and jaxlin_fused only "
+                        "(models with dropout or batch-norm state too, as jaxlin train trains them)")
     parser.add_argument("--optimizer", default=None, metavar="NAME",
                         help="the jaxlin contenders' optimizer, as jaxlin train --optimizer takes it (default: the "
                         "tutorial's SGD, which every contender runs; with another, only the jaxlin ones run)")

@@ -16,7 +16,8 @@ from bench.common import (HIDDEN_SIZES, INPUT_SIZE, SHARED_MODELS, NextBatch, in
 from jaxlin.models import get_model
 from jaxlin.training.evaluate import Evaluator
 from jaxlin.training.sampler import EpochSampler, epoch_window, shuffled_epoch
-from jaxlin.training.trainer import fused_train_chunk, make_fused_train, make_optimizer, make_train_step
+from jaxlin.training.trainer import (dropout_key, fused_train_chunk, is_stateful, make_fused_train, make_optimizer,
+                                     make_train_step)
 
 
 def make_accuracy_fn(apply_fn, images_uint8, labels):
@@ -25,10 +26,16 @@ def make_accuracy_fn(apply_fn, images_uint8, labels):
     return Evaluator(apply_fn, images_uint8, labels).accuracy
 
 
+@functools.cache
 def _model(model: str):
     """jaxlin's model `model` for MNIST's images: a built-in name (the MLP at jaxlin's hidden sizes) or a
-    user's MODULE:NAME, imported from the working directory as `jaxlin train --model` does."""
+    user's MODULE:NAME, imported from the working directory as `jaxlin train --model` does (once per
+    process: each repeat restarts from its params, not from a fresh import)."""
     return get_model(model, hidden_sizes=HIDDEN_SIZES, input_size=INPUT_SIZE)
+
+
+# The seed of the dropout keys a model with a training mode trains with (what `jaxlin train --seed 0` uses).
+DROPOUT_SEED = 0
 
 
 def _jax_params(model: str, seed: int = 0):
@@ -75,12 +82,31 @@ class _JaxContender:
         return _model(model)
 
     def _start(self, model: str):
-        self.apply = self._model(model).apply
+        """Fresh params and optimizer state of `model`. A model with a training mode (dropout, batch-norm
+        statistics: `Model.train_apply`) is timed as `jaxlin train` trains it: the optimizer state covers its
+        trained leaves only, and each step takes its global step and the run's dropout key (`_key_args`)."""
+        self.model_object = self._model(model)
+        self.apply = self.model_object.apply
         settings = optimizer_config(model, *self.optimizer_choice)
         self.optimizer = make_optimizer(settings)
         self._model_key = (model, settings.optimizer, settings.learning_rate)
+        self._dropout_key = dropout_key(DROPOUT_SEED) if is_stateful(self.model_object) else None
         params = _jax_params(model)
-        return params, self.optimizer.init(params)
+        return params, self.optimizer.init(self.model_object.trained_part(params))
+
+    def _key_args(self, step: int) -> tuple:
+        """What a stateful model's step or chunk takes after its batch (its first global step and the dropout
+        key, see `jaxlin.training.trainer.fused_train_chunk`); nothing for the others."""
+        if self._dropout_key is None:
+            return ()
+        return np.int32(step), self._dropout_key
+
+    def _linear_only(self, model: str) -> None:
+        """The many-model and data-parallel contenders train plain update steps: a model with a training mode
+        is refused in one line (the runner times only the linear model with them)."""
+        if is_stateful(self._model(model)):
+            raise ValueError(f"{type(self).__name__} does not time a model with a training mode ({model}); "
+                             "jaxlin_per_step and jaxlin_fused do")
 
     def peak(self, size: int = 2048, repeats: int = 5) -> dict:
         """The machine's large-matmul rate through XLA: the best of `repeats` float32 (size x size) products."""
@@ -96,7 +122,8 @@ class _JaxContender:
         params, opt_state = self._start(model)
         images = jnp.zeros((batch_size, 784), jnp.float32)
         labels = jnp.zeros((batch_size,), jnp.int32)
-        compiled = make_train_step(self.apply, self.optimizer).lower(params, opt_state, images, labels).compile()
+        compiled = make_train_step(self.apply, self.optimizer, model=self.model_object).lower(
+            params, opt_state, images, labels, *self._key_args(0)).compile()
         analysis = compiled.cost_analysis()
         analysis = analysis[0] if isinstance(analysis, list) else analysis
         return {"flops_per_step": float(analysis["flops"]), "source": "XLA cost analysis of jaxlin's update step"}
@@ -129,9 +156,10 @@ class JaxlinPerStep(_JaxContender):
     def setup(self, model: str, batch_size: int, num_steps: int) -> dict:
         params, opt_state = self._start(model)
         self.model, self.batch_size, self.num_steps = model, batch_size, num_steps
-        self.step = make_train_step(self.apply, self.optimizer)
+        self.step = make_train_step(self.apply, self.optimizer, model=self.model_object)
         images, labels = self.data["train_images"][:batch_size], self.data["train_labels"][:batch_size]
-        compile_seconds, self.compiled = timed(lambda: self.step.lower(params, opt_state, images, labels).compile())
+        compile_seconds, self.compiled = timed(lambda: self.step.lower(params, opt_state, images, labels,
+                                                                       *self._key_args(0)).compile())
         warm_up, _ = timed(self.run)
         return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up}
 
@@ -140,17 +168,18 @@ class JaxlinPerStep(_JaxContender):
         next_batch = NextBatch(len(self.data["train_labels"]))
         images, labels = self.data["train_images"], self.data["train_labels"]
         start = time.perf_counter()
-        for _ in range(self.num_steps):
+        for step in range(self.num_steps):
             indices = next_batch(self.batch_size)
-            params, opt_state, loss = self.compiled(params, opt_state, images[indices], labels[indices])
+            params, opt_state, loss = self.compiled(params, opt_state, images[indices], labels[indices],
+                                                    *self._key_args(step))
         loss = float(jax.block_until_ready(loss))
         return {"seconds": time.perf_counter() - start, "loss": loss}
 
     def _train_on_order(self, order, params, opt_state):
-        step = self._cached("step", lambda: make_train_step(self.apply, self.optimizer))
-        for indices in order:
+        step = self._cached("step", lambda: make_train_step(self.apply, self.optimizer, model=self.model_object))
+        for number, indices in enumerate(order):
             params, opt_state, _ = step(params, opt_state, self.data["train_images"][indices],
-                                        self.data["train_labels"][indices])
+                                        self.data["train_labels"][indices], *self._key_args(number))
         return params, opt_state
 
 
@@ -166,10 +195,11 @@ class JaxlinFused(_JaxContender):
             raise ValueError(f"num_steps {num_steps} is not a multiple of steps_per_call {steps_per_call}")
         sampler = EpochSampler(jax.random.key(0), len(self.data["train_labels"]), batch_size)
         self.dot_layout = self._choose_layout(model, batch_size, unroll)
-        fused = make_fused_train(self.apply, self.optimizer, unroll, dot_layout=self.dot_layout)
+        fused = make_fused_train(self.apply, self.optimizer, unroll, dot_layout=self.dot_layout,
+                                 model=self.model_object)
         order = sampler.warm_up(self.steps_per_call)
         compile_seconds, self.compiled = timed(lambda: fused.lower(
-            params, opt_state, self.images_uint8, self.labels, order, 0,
+            params, opt_state, self.images_uint8, self.labels, order, 0, *self._key_args(0),
             batch_size=batch_size, num_steps=self.steps_per_call).compile())
         warm_up, _ = timed(self.run)
         return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up, "dot_layout": self.dot_layout}
@@ -191,15 +221,16 @@ class JaxlinFused(_JaxContender):
         for first_step in range(0, self.num_steps, self.steps_per_call):
             order, offset = sampler.window(first_step, self.steps_per_call)
             params, opt_state, losses = self.compiled(params, opt_state, self.images_uint8, self.labels,
-                                                      order, offset)
+                                                      order, offset, *self._key_args(first_step))
         loss = float(jax.block_until_ready(losses)[-1])
         return {"seconds": time.perf_counter() - start, "loss": loss}
 
     def _train_on_order(self, order, params, opt_state):
-        fused = self._cached("fused", lambda: make_fused_train(self.apply, self.optimizer))
+        fused = self._cached("fused", lambda: make_fused_train(self.apply, self.optimizer, model=self.model_object))
         num_steps, batch_size = order.shape
         params, opt_state, _ = fused(params, opt_state, self.images_uint8, self.labels,
-                                     jnp.asarray(order.ravel()), 0, batch_size=batch_size, num_steps=num_steps)
+                                     jnp.asarray(order.ravel()), 0, *self._key_args(0), batch_size=batch_size,
+                                     num_steps=num_steps)
         return params, opt_state
 
 
@@ -210,6 +241,7 @@ class JaxlinDataParallel(_JaxContender):
 
     def setup(self, model: str, batch_size: int, num_steps: int, devices: int = 1,
               steps_per_call: int = 1000) -> dict:
+        self._linear_only(model)
         from jaxlin.runtime.devices import resolve_placement
 
         self.placement = resolve_placement("auto", devices, batch_size)
@@ -246,6 +278,7 @@ class JaxlinVmap(_JaxContender):
 
     def setup(self, model: str, batch_size: int, num_steps: int, num_models: int = 8,
               steps_per_call: int = 1000) -> dict:
+        self._linear_only(model)
         self.model, self.batch_size, self.num_steps = model, batch_size, num_steps
         self.num_models, self.steps_per_call = num_models, min(steps_per_call, num_steps)
         self._start(model)
@@ -295,6 +328,7 @@ class JaxlinSweep(_JaxContender):
 
     def setup(self, model: str, batch_size: int, num_steps: int, num_models: int = 8,
               steps_per_call: int = 1000) -> dict:
+        self._linear_only(model)
         from jaxlin.config import Config
         from jaxlin.data.datasets import Datasets, Split
         from jaxlin.runtime.devices import resolve_placement

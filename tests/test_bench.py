@@ -243,22 +243,54 @@ def test_a_case_is_read_from_the_right_so_a_users_model_may_hold_a_colon():
             parse_case(bad)
 
 
-def test_a_model_with_a_training_mode_is_refused_in_one_line(tmp_path, monkeypatch):
-    """The contenders call the plain update; a model with dropout or batch-norm state is refused, not timed wrong."""
-    from bench.__main__ import check_user_models
-    from jaxlin.models import ModelError
-
-    (tmp_path / "dropnets.py").write_text(USER_MODEL + """
+TRAINING_MODE_MODELS = USER_MODEL + """
 
 class WithDropout(TinyNet):
     def train_apply(self, params, images, key):
         keep = jax.random.bernoulli(key, 0.5, images.shape)
         return self.apply(params, images * keep * 2.0), params
-""")
+
+
+class WithCounter(TinyNet):
+    \"\"\"Batch-norm-like: a leaf the training mode updates and the optimizer must not touch.\"\"\"
+
+    def init(self, key):
+        return {**super().init(key), "seen": jnp.zeros(())}
+
+    def apply(self, params, images):
+        return images @ params["w"] + params["b"]
+
+    def trainable(self, params):
+        return {"w": True, "b": True, "seen": False}
+
+    def train_apply(self, params, images, key):
+        return self.apply(params, images), {**params, "seen": params["seen"] + images.shape[0]}
+"""
+
+
+@pytest.mark.parametrize("contender", ["JaxlinPerStep", "JaxlinFused"])
+def test_the_jaxlin_contenders_time_a_model_with_a_training_mode(contender, tiny_data_dir, tmp_path, monkeypatch):
+    """Dropout and batch-norm-like state are timed as jaxlin train trains them (step number and dropout
+    key threaded, the optimizer on the trained leaves only), and the user's models pass the bench's check."""
+    import bench.jax_contenders as contenders
+    from bench.__main__ import check_user_models
+    from bench.common import load_data
+
+    (tmp_path / "modenets.py").write_text(TRAINING_MODE_MODELS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    check_user_models([("dropnets:TinyNet", 50, 5)])
-    with pytest.raises(ModelError, match="does not yet time models with a training mode"):
-        check_user_models([("dropnets:WithDropout", 50, 5)])
+    check_user_models([("modenets:WithDropout", 50, 4), ("modenets:WithCounter", 50, 4)])
+    data = load_data(str(tiny_data_dir))
+    for model in ("modenets:WithDropout", "modenets:WithCounter"):
+        timer = getattr(contenders, contender)(data)
+        setup = timer.setup(model=model, batch_size=50, num_steps=4)
+        reply = timer.run()
+        assert setup["compile_seconds"] > 0 and reply["seconds"] > 0 and np.isfinite(reply["loss"])
+    counter = contenders.JaxlinPerStep(data)
+    params, opt_state = counter._start("modenets:WithCounter")
+    params, _ = counter._train_on_order(np.zeros((3, 50), np.int32), params, opt_state)
+    assert float(params["seen"]) == 150.0  # the training mode's update, untouched by the optimizer
+    with pytest.raises(ValueError, match="JaxlinVmap does not time a model with a training mode"):
+        contenders.JaxlinVmap(data).setup(model="modenets:WithDropout", batch_size=50, num_steps=4)
 
 
 @pytest.mark.slow
