@@ -6,6 +6,10 @@ times a user's own model (jaxlin's contenders only), `--optimizer` another optim
 `--quick` runs a few steps of each contender to prove the harness works; its timings mean nothing.
 `--replot RESULTS_JSON` redraws a saved run and rewrites the generated tables of docs/benchmark.md
 (the lines between its two marker comments); those tables are never edited by hand.
+
+Exit status: 0 when every requested measurement ran; 1 when any failed (a contender that did not start, a
+case that did not compile or run, a time-to-accuracy or end-to-end run), each named on stderr in one line
+(contender, case, reason) after the results and chart are written; 2 for bad arguments (nothing written).
 """
 
 from __future__ import annotations
@@ -252,7 +256,13 @@ def main(argv=None) -> int:
     print(report.table(results))
     print("\ntargets:", json.dumps(results["targets"], indent=1))
     print(f"\nwrote {out / (stem + '.json')} and {out / (stem + '.png')}")
-    return 0
+    failed = report.failures(results)
+    for line in failed:
+        print(f"python -m bench: failed: {line}", file=sys.stderr)
+    if failed:
+        print(f"python -m bench: {len(failed)} requested measurement(s) failed (exit status 1); the rest is in "
+              f"{out / (stem + '.json')}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -117,6 +117,30 @@ def _end_to_end_targets(results: dict) -> dict:
     return out
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """A failure's reason on one line: its first non-empty line, cut at `limit` characters."""
+    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def failures(results: dict) -> list[str]:
+    """One line per requested measurement that did not run to the end: a contender that failed to start, a
+    throughput row (contender, case, reason), a time-to-accuracy or an end-to-end run. Skipped contenders
+    (not installed, sitting out another optimizer or model) are not failures."""
+    lines = [f"{name}: failed to start: {one_line(c.get('reason', ''))}"
+             for name, c in results.get("contenders", {}).items() if c.get("status") == "failed"]
+    for r in results.get("throughput", []):
+        if r.get("status") == "failed":
+            case = f"{r.get('model')}, batch {r.get('batch_size')}, {r.get('num_steps')} steps"
+            extra = f" ({r['variant']})" if r.get("sweep") or "devices" in r or "num_models" in r else ""
+            lines.append(f"{r['contender']}, {case}{extra}: {one_line(r.get('reason', ''))}")
+    lines += [f"{r['contender']}, time to accuracy: {one_line(r.get('reason', ''))}"
+              for r in results.get("time_to_accuracy", []) if r.get("status") == "failed"]
+    lines += [f"end to end {r['name']}: {one_line(r.get('reason', '') or 'no timed run')}"
+              for r in results.get("end_to_end", []) if r.get("status") == "failed"]
+    return lines
+
+
 def _case_order(case: tuple[str, int]) -> tuple[int, int]:
     model, batch_size = case
     return (MODELS.index(model) if model in MODELS else len(MODELS), batch_size)
@@ -335,6 +359,12 @@ def chart(results: dict, path: Path) -> None:
     e2e = sorted((r for r in results.get("end_to_end", []) if r.get("status") == "ok"),
                  key=lambda r: r["median_seconds"])
     panels = len(cases) + (1 if tta else 0) + (1 if many else 0) + (1 if e2e else 0)
+    if not panels:  # nothing was timed (every row failed or was skipped): a chart that says so
+        fig = Figure(figsize=(6, 2))
+        fig.text(0.5, 0.5, "no timings to draw: every requested case failed or was skipped\n"
+                 "(see the failures printed by python -m bench and the results JSON)", ha="center", va="center")
+        fig.savefig(path, dpi=80)
+        return
     columns = min(panels, 4)
     fig = Figure(figsize=(4.2 * columns, 3.2 * ((panels + columns - 1) // columns)))
     axes = fig.subplots((panels + columns - 1) // columns, columns, squeeze=False).ravel()

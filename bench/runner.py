@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import TARGET_ACCURACY, runs_model, shared_order
+from bench.report import one_line
 from bench.worker import CONTENDERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +170,8 @@ def summarize(seconds: list[float], num_steps: int, batch_size: int, num_models:
 
 
 def interleaved(workers: dict, setups: list[tuple[str, str, dict]], repeats: int, log) -> list[dict]:
-    """Sets up each (worker, variant, args), then runs them round-robin `repeats` times."""
+    """Sets up each (worker, variant, args), then runs them round-robin `repeats` times. A row whose set-up
+    or run fails is recorded as failed with its reason, logged in one line, and the others go on."""
     rows = []
     for name, variant, args in setups:
         row = {"contender": name, "variant": variant, **args}
@@ -178,6 +180,7 @@ def interleaved(workers: dict, setups: list[tuple[str, str, dict]], repeats: int
             row["seconds"] = []
         except RuntimeError as err:
             row.update(status="failed", reason=str(err))
+            log(f"  {name:<16} {variant:<22} failed: {one_line(err)}")
         rows.append(row)
     live = [r for r in rows if "seconds" in r]
     for repeat in range(repeats):
@@ -189,7 +192,7 @@ def interleaved(workers: dict, setups: list[tuple[str, str, dict]], repeats: int
                 row.update(status="failed", reason=str(err))
                 row.pop("seconds")
                 live.remove(row)
-                log(f"  {row['contender']:<16} {row['variant']:<22} failed: {str(err)[:200]}")
+                log(f"  {row['contender']:<16} {row['variant']:<22} failed: {one_line(err)}")
                 continue
             row["seconds"].append(reply["seconds"])
             row["loss"] = reply["loss"]
@@ -405,15 +408,20 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
             contenders[name] = {"status": "skipped", "reason": reason}
             log(f"{name}: skipped ({reason})")
             continue
-        worker = Worker(name, data_dir, worker_env(name, native_blas), plan.worker_options())
-        if "skipped" in worker.hello:
-            contenders[name] = {"status": "skipped", "reason": worker.hello["skipped"]}
-            log(f"{name}: skipped ({worker.hello['skipped']})")
-            worker.process.wait()
+        try:
+            worker = Worker(name, data_dir, worker_env(name, native_blas), plan.worker_options())
+            if "skipped" in worker.hello:
+                contenders[name] = {"status": "skipped", "reason": worker.hello["skipped"]}
+                log(f"{name}: skipped ({worker.hello['skipped']})")
+                worker.process.wait()
+                continue
+            info = worker.ask("info")
+        except RuntimeError as err:  # a worker that does not start: recorded, the others go on
+            contenders[name] = {"status": "failed", "reason": str(err)}
+            log(f"{name}: failed to start: {one_line(err)}")
             continue
         workers[name] = worker
-        contenders[name] = {"status": "ok", "startup_seconds": worker.hello["startup_seconds"],
-                            "info": worker.ask("info")}
+        contenders[name] = {"status": "ok", "startup_seconds": worker.hello["startup_seconds"], "info": info}
     try:
         peak = peak_rates(workers, log) if plan.peak else {"peak_gflops": None}
         rows = throughput(workers, plan, log)

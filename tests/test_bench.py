@@ -130,6 +130,23 @@ def test_a_failed_run_is_recorded_and_the_others_go_on():
     assert rows[1]["status"] == "ok" and len(rows[1]["repeats_seconds"]) == 3
 
 
+class _FailingSetup(_FailingWorker):
+    def ask(self, op, variant=None, **kwargs):
+        if op == "setup" and variant == self.fail_on:
+            raise RuntimeError("a setup: TypeError: bad dtype\nmore detail")
+        return super().ask(op, variant, **kwargs)
+
+
+def test_a_failed_setup_is_logged_in_one_line():
+    from bench.runner import interleaved
+
+    logged = []
+    setups = [("a", "bad", {"model": "m:N", "batch_size": 10, "num_steps": 5})]
+    rows = interleaved({"a": _FailingSetup("bad")}, setups, repeats=2, log=logged.append)
+    assert rows[0]["status"] == "failed" and "bad dtype" in rows[0]["reason"]
+    assert [line.split() for line in logged] == [["a", "bad", "failed:", "a", "setup:", "TypeError:", "bad", "dtype"]]
+
+
 def test_benchmark_rejects_a_bad_data_dir(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--data-dir", str(tmp_path / "none"),
                            "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -353,3 +370,49 @@ def test_the_jax_contenders_train_with_the_optimizer_they_are_given(tiny_data_di
     kinds = lambda state: {type(s).__name__ for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "_fields"))}
     assert "ScaleByAdamState" in kinds(adam_state) and "ScaleByAdamState" not in kinds(sgd_state)
     assert contender._model_key == ("linear", "adam", 0.001)
+
+
+def _results_with_a_failed_case() -> dict:
+    """What runner.run returns when a user's model fails in its worker: nothing timed, the row failed."""
+    reason = "jaxlin_fused setup: ValueError: Incompatible shapes for broadcasting\nTraceback line two"
+    return {"meta": {"plan": {"tta_target": 0.918}, "cpu_model": "cpu", "cpu_count": 2},
+            "contenders": {"jaxlin_fused": {"status": "ok", "info": {"device_kind": "cpu"}}},
+            "peak": {"peak_gflops": None},
+            "throughput": [{"contender": "jaxlin_fused", "variant": "mine:Short-b50", "model": "mine:Short",
+                            "batch_size": 50, "num_steps": 20, "status": "failed", "reason": reason}],
+            "time_to_accuracy": [], "end_to_end": []}
+
+
+def test_a_failed_case_is_one_line_on_stderr_the_chart_is_drawn_and_the_exit_status_is_1(
+        tiny_data_dir, tmp_path, monkeypatch, capsys):
+    import bench.__main__ as cli
+
+    monkeypatch.setattr(cli.runner, "run", lambda *args, **kwargs: _results_with_a_failed_case())
+    code = cli.main(["--data-dir", str(tiny_data_dir), "--contenders", "jaxlin_fused", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert (tmp_path / "cpu.json").exists() and (tmp_path / "cpu.png").read_bytes()[:4] == b"\x89PNG"
+    failed = [line for line in err.splitlines() if line.startswith("python -m bench: failed: ")]
+    assert failed == ["python -m bench: failed: jaxlin_fused, mine:Short, batch 50, 20 steps: "
+                      "jaxlin_fused setup: ValueError: Incompatible shapes for broadcasting"]
+    assert "exit status 1" in err
+    ok = _results_with_a_failed_case()
+    ok["throughput"][0].update(status="ok", repeats_seconds=[0.1], median_us_per_step=1.0, min_us_per_step=1.0,
+                               max_us_per_step=1.0, steps_per_second=1.0, examples_per_second=1.0)
+    monkeypatch.setattr(cli.runner, "run", lambda *args, **kwargs: ok)
+    assert cli.main(["--data-dir", str(tiny_data_dir), "--contenders", "jaxlin_fused", "--out", str(tmp_path)]) == 0
+    assert "failed" not in capsys.readouterr().err
+
+
+def test_the_failures_name_every_kind_of_measurement_that_did_not_run():
+    from bench.report import failures
+
+    results = _results_with_a_failed_case()
+    results["contenders"]["torch_eager"] = {"status": "failed", "reason": "worker torch_eager exited with status 1:\nx"}
+    results["contenders"]["tf_reference"] = {"status": "skipped", "reason": "tensorflow is not installed"}
+    results["time_to_accuracy"] = [{"contender": "jaxlin_per_step", "status": "failed", "reason": "boom"}]
+    results["end_to_end"] = [{"name": "jaxlin_help", "status": "failed", "reason": ""}]
+    assert failures(results) == [
+        "torch_eager: failed to start: worker torch_eager exited with status 1:",
+        "jaxlin_fused, mine:Short, batch 50, 20 steps: jaxlin_fused setup: ValueError: Incompatible shapes for "
+        "broadcasting", "jaxlin_per_step, time to accuracy: boom", "end to end jaxlin_help: no timed run"]
