@@ -185,7 +185,10 @@ def main(argv=None) -> int:
     parser.add_argument("--learning-rate", type=float, default=None, metavar="LR",
                         help="the jaxlin contenders' learning rate (default: 0.5 for linear, 0.1 for the others)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the fused-loop K/unroll sweep")
-    parser.add_argument("--no-vmap", action="store_true", help="skip the many-models vmap runs")
+    parser.add_argument("--no-vmap", action="store_true",
+                        help="skip the many-models runs (the jaxlin_vmap and jaxlin_sweep contenders)")
+    parser.add_argument("--no-parallel", action="store_true",
+                        help="skip the data-parallel runs of the linear model (the jaxlin_data_parallel contender)")
     parser.add_argument("--no-tta", action="store_true", help="skip the time-to-accuracy runs")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end (whole process) runs")
     parser.add_argument("--replot", metavar="RESULTS_JSON",
@@ -238,6 +241,8 @@ def main(argv=None) -> int:
         plan = runner.dataclasses.replace(plan, sweep=[])
     if args.no_vmap:
         plan = runner.dataclasses.replace(plan, num_models=[])
+    if args.no_parallel:
+        plan = runner.dataclasses.replace(plan, device_counts=[])
     if args.no_tta:
         plan = runner.dataclasses.replace(plan, tta_repeats=0)
     if args.no_e2e:

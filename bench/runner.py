@@ -138,7 +138,12 @@ def available(name: str) -> bool:
 
 
 def skip_reason(name: str, plan: Plan) -> str | None:
-    """Why a contender does not run at all (None: it runs)."""
+    """Why a contender does not run at all (None: it runs): its framework is missing, it cannot train the
+    optimizer asked for, or the plan holds nothing for it (no worker is started for nothing)."""
+    if name in ("jaxlin_vmap", "jaxlin_sweep") and not plan.num_models:
+        return "no many-models runs in this plan (--no-vmap)"
+    if name == "jaxlin_data_parallel" and not plan.device_counts:
+        return "no data-parallel runs in this plan (--no-parallel)"
     if not available(name):
         return f"{CONTENDERS[name][2]} is not installed"
     if plan.own_optimizer and not name.startswith("jaxlin"):
@@ -435,7 +440,7 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
     return {
         "meta": {"started": started.isoformat(timespec="seconds"), "python": platform.python_version(),
                  "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                 "plan": dataclasses.asdict(plan), "data_dir": portable(str(Path(data_dir).resolve()))},
+                 "plan": dataclasses.asdict(plan), "data_dir": str(Path(data_dir).resolve())},
         "contenders": contenders,
         "peak": peak,
         "throughput": rows,

@@ -416,3 +416,38 @@ def test_the_failures_name_every_kind_of_measurement_that_did_not_run():
         "torch_eager: failed to start: worker torch_eager exited with status 1:",
         "jaxlin_fused, mine:Short, batch 50, 20 steps: jaxlin_fused setup: ValueError: Incompatible shapes for "
         "broadcasting", "jaxlin_per_step, time to accuracy: boom", "end to end jaxlin_help: no timed run"]
+
+
+def test_no_vmap_and_no_parallel_start_no_worker_for_nothing_and_the_data_dir_is_absolute(
+        tiny_data_dir, tmp_path, monkeypatch, capsys):
+    """--no-vmap skips jaxlin_vmap and jaxlin_sweep, --no-parallel jaxlin_data_parallel: each is listed as
+    skipped with its reason (not "ok"), and no worker starts; meta.data_dir is absolute from anywhere."""
+    import dataclasses
+    import shutil
+
+    import bench.__main__ as cli
+    from bench import runner
+
+    real_run = runner.run
+    monkeypatch.setattr(runner, "Worker", lambda *args, **kwargs: pytest.fail("no worker should start"))
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_data_dir, tmp_path / "data")
+    seen = {}
+
+    def run(plan, data_dir, names, **kwargs):
+        seen["plan"] = plan
+        return real_run(dataclasses.replace(plan, peak=False, tta_repeats=0, e2e_repeats=0), data_dir, names,
+                        **kwargs)
+
+    monkeypatch.setattr(cli.runner, "run", run)
+    argv = ["--data-dir", "data", "--out", "out", "--contenders", "jaxlin_vmap,jaxlin_sweep,jaxlin_data_parallel",
+            "--no-vmap", "--no-parallel", "--no-sweep", "--no-tta", "--no-e2e"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert seen["plan"].device_counts == [] and seen["plan"].num_models == []
+    results = json.loads((tmp_path / "out" / "cpu.json").read_text())
+    assert {name: c["status"] for name, c in results["contenders"].items()} == {
+        "jaxlin_vmap": "skipped", "jaxlin_sweep": "skipped", "jaxlin_data_parallel": "skipped"}
+    assert "--no-parallel" in results["contenders"]["jaxlin_data_parallel"]["reason"]
+    assert "--no-vmap" in results["contenders"]["jaxlin_sweep"]["reason"]
+    assert results["meta"]["data_dir"] == str((tmp_path / "data").resolve())
+    assert "jaxlin vmap | skipped: no many-models runs" in capsys.readouterr().out
