@@ -19,9 +19,9 @@ on, as the command line does, unless JAXLIN_COMPILE_CACHE=0 or JAX's own cache i
 (`jaxlin.runtime.compile_cache`, docs/library.md). Examples of extending jaxlin are in examples/.
 """
 
-from __future__ import annotations
-
-import importlib
+# No `from __future__ import annotations` and `importlib` under a private name: the package's namespace
+# holds the public API, its submodules and private names only (`dir(jaxlin)` lists the API, see `__dir__`).
+import importlib as _importlib
 
 _EXPORTS = {
     "Config": "jaxlin.config",
@@ -48,10 +48,11 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'jaxlin' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    value = getattr(_importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value  # looked up once
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The public API (`__all__`), whether or not a name was looked up yet, and nothing else."""
+    return list(__all__)

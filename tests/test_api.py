@@ -23,6 +23,18 @@ def test_every_public_name_resolves_to_the_object_of_its_module():
     assert set(jaxlin.__all__) <= set(dir(jaxlin))
 
 
+def test_the_namespace_holds_the_public_api_and_no_import_helpers():
+    import jaxlin.cli.main  # a loaded submodule is an attribute, not part of the listing
+
+    jaxlin.Config  # noqa: B018  (a name looked up once is cached in the module)
+    assert dir(jaxlin) == jaxlin.__all__ == sorted(jaxlin._EXPORTS)
+    for helper in ("annotations", "importlib"):
+        assert not hasattr(jaxlin, helper), helper
+    star = {}
+    exec("from jaxlin import *", star)
+    assert set(star) - {"__builtins__"} == set(jaxlin.__all__)
+
+
 def test_a_name_that_is_not_public_is_an_attribute_error():
     import pytest
 
