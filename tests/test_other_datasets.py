@@ -250,3 +250,92 @@ def test_the_mlp_size_check_uses_the_data_sizes():
     params = 3072 * 100_000 + 100_000 + 100_000 * 6 + 6
     with pytest.raises(ConfigError, match=rf"hidden sizes \[100000\] make {params:,} params"):
         config.validate(1000, input_size=3072, num_classes=6)
+
+
+def test_arrays_with_an_empty_test_split_are_refused_in_one_line():
+    from jaxlin.data.datasets import Datasets, DataError
+
+    images, labels = twenty_classes(60, 0)
+    with pytest.raises(DataError, match="^test arrays: the test split holds no images"):
+        Datasets.from_arrays(images, labels, images[:0], labels[:0], validation_size=10)
+
+
+def test_resuming_on_other_data_of_the_same_shape_is_refused_naming_both(letters_dir, tmp_path, capsys):
+    other = write_set(tmp_path / "other20", twenty_classes, 1200, 300, compressed=())
+    (other / "train-labels-idx1-ubyte").write_bytes((letters_dir / "train-labels-idx1-ubyte").read_bytes())
+    out = tmp_path / "run"
+    common = ["--output-dir", str(out), "--validation-size", "200"]
+    assert main(["train", "--data-dir", str(letters_dir), *common, *STEPS]) == 0
+    capsys.readouterr()
+    images = other / "train-images-idx3-ubyte"  # same shape and classes: one pixel differs
+    body = bytearray(images.read_bytes())
+    body[-1] ^= 1
+    images.write_bytes(bytes(body))
+    assert main(["train", "--data-dir", str(other), *common, "--resume", "--num-steps", "40"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"jaxlin: error: --resume: the run in {out} trained on other data (")
+    assert str(letters_dir) in err and str(other) in err and len(err.splitlines()) == 1
+    assert main(["train", "--data-dir", str(letters_dir), *common, "--resume", "--num-steps", "40"]) == 0
+
+
+def test_a_checkpoint_without_a_data_fingerprint_resumes_with_a_note(tiny_data, tmp_path):
+    from jaxlin.runs.session import check_same_data
+
+    lines = []
+    check_same_data({"data": {"image_shape": [28, 28, 1], "num_classes": 10}}, tiny_data, tmp_path, 10, lines.append)
+    check_same_data({}, tiny_data, tmp_path, 10, lines.append)
+    assert len(lines) == 2 and "does not record which data it trained on" in lines[0]
+
+
+def test_data_is_named_after_what_it_is_and_a_wrong_dataset_name_is_refused(letters_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    from jaxlin.data import datasets
+    from jaxlin.data.download import FILES
+    from jaxlin.data.idx import content_sha256, read_idx_files
+
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(letters_dir), "--output-dir", str(out), "--validation-size", "200", *STEPS,
+                 "--dry-run"]) == 0
+    assert f"Data: {letters_dir.name} from {letters_dir}: 16x16x1" in capsys.readouterr().out
+    # Files named as MNIST's gz files whose content is MNIST's (here: made to look so) are named mnist ...
+    gz = write_set(tmp_path / "mnist", twenty_classes, 1200, 300,
+                   compressed=("train_images", "train_labels", "test_images", "test_labels"))
+    arrays = read_idx_files(gz)
+    known = {"mnist": tuple(dataclasses_replace(f, content_sha256(arrays[key]))
+                            for key, f in zip(("train_images", "train_labels", "test_images", "test_labels"),
+                                              FILES["mnist"])),
+             "fashion_mnist": FILES["fashion_mnist"]}
+    monkeypatch.setattr(datasets.download, "FILES", known)
+    assert datasets.load_datasets(data_dir=gz, validation_size=200).name == "mnist"
+    assert main(["train", "--data-dir", str(gz), "--output-dir", str(out), "--validation-size", "200", *STEPS,
+                 "--dry-run"]) == 0
+    assert f"Data: mnist from {gz}" in capsys.readouterr().out
+    # ... and --dataset naming a set whose known files they contradict is refused, before anything is written.
+    assert main(["train", "--data-dir", str(gz), "--dataset", "fashion_mnist", "--output-dir", str(out),
+                 "--validation-size", "200", *STEPS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"jaxlin: error: --dataset fashion_mnist: {gz / 'train-labels-idx1-ubyte.gz'} is not "
+                   f"fashion_mnist's file (its content differs from fashion_mnist's known sha256); point --data-dir "
+                   f"at fashion_mnist's files, or drop --dataset to name the data after its directory")
+    assert not out.exists()
+    # A directory called like a known set without its content is not named after it.
+    monkeypatch.setattr(datasets.download, "FILES", {"mnist": FILES["mnist"]})
+    assert datasets.load_datasets(data_dir=gz, validation_size=200).name == "mnist-dir"
+
+
+def dataclasses_replace(remote, sha256):
+    import dataclasses
+
+    return dataclasses.replace(remote, sha256=sha256)
+
+
+def test_a_folder_with_both_a_gz_and_a_plain_file_is_refused(letters_dir, tmp_path):
+    import shutil
+
+    from jaxlin.data.datasets import DataError, load_datasets
+
+    both = shutil.copytree(letters_dir, tmp_path / "both")
+    write_idx(both / "train-images-idx3-ubyte", twenty_classes(1200, 5)[0], False)
+    with pytest.raises(DataError, match=rf"^{both} holds both train-images-idx3-ubyte.gz and train-images-idx3-ubyte: "
+                                        rf"keep one of them"):
+        load_datasets(data_dir=both)

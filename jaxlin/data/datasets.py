@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from jaxlin.config import DATASETS, NUM_CLASSES
 from jaxlin.data import download
 from jaxlin.data.download import IDX_FILES
 from jaxlin.data.idx import (MAX_IDX_BYTES, DataError, _find_idx_file, _read_up_to,  # noqa: F401 (re-exported)
-                             read_idx, read_idx_files)
+                             content_sha256, find_idx_files, read_idx, read_idx_files)
 
 DATA_DIR_ENV = "JAXLIN_DATA_DIR"
 # MNIST's images; other data sets bring their own shape (`Datasets.image_shape`).
@@ -176,6 +178,17 @@ class Datasets:
     def splits(self) -> tuple[Split, Split, Split]:
         return self.train, self.validation, self.test
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 over the image shape and every split's uint8 images and labels (computed once; about
+        0.04 s for MNIST): a checkpoint records it, so that a run resumes only on the data it trained on."""
+        digest = hashlib.sha256(repr((self.image_shape, self.num_classes)).encode())
+        for split in self.splits():
+            digest.update(f"{split.images_uint8.shape}".encode())
+            digest.update(memoryview(np.ascontiguousarray(split.images_uint8)).cast("B"))
+            digest.update(memoryview(np.ascontiguousarray(split.labels, dtype="<i4")).cast("B"))
+        return digest.hexdigest()
+
     @property
     def num_features(self) -> int:
         """Values per image: H * W * C."""
@@ -211,6 +224,8 @@ class Datasets:
             raise DataError(f"num_classes must be an integer >= {MIN_CLASSES}, got {num_classes!r}")
         train = Split.from_arrays(train_images, train_labels, "training arrays", shape, num_classes)
         test = Split.from_arrays(test_images, test_labels, "test arrays", shape, num_classes)
+        if not len(test):
+            raise DataError("test arrays: the test split holds no images (every run measures test accuracy on it)")
         train, validation = split_train(train, validation_size)
         return cls(train, validation, test, name, "arrays", shape, num_classes)
 
@@ -250,13 +265,21 @@ def _check_directory(data_dir: Path) -> None:
         raise DataError(f"data directory {data_dir}: cannot read it ({err.strerror or err})") from err
 
 
-def load_idx_dir(data_dir: str | os.PathLike, name: str = "mnist",
-                 validation_size: int = VALIDATION_SIZE) -> Datasets:
+def load_idx_dir(data_dir: str | os.PathLike, name: str | None = "mnist",
+                 validation_size: int = VALIDATION_SIZE, check_name: bool = False) -> Datasets:
     """Reads the four IDX files of a data set in MNIST's format from a directory: images (n, H, W) or
-    (n, H, W, C), the same shape in both splits; the class count is 1 + the largest label."""
+    (n, H, W, C), the same shape in both splits; the class count is 1 + the largest label.
+
+    `name` None names the data after what it is (`identify`); `check_name` refuses a `name` of a set
+    jaxlin knows (`config.DATASETS`) whose known files the directory's contradict (see `check_known`)."""
     data_dir = Path(data_dir)
     _check_directory(data_dir)
-    arrays = read_idx_files(data_dir)
+    paths = find_idx_files(data_dir)
+    arrays = read_idx_files(data_dir, paths)
+    if name is None:
+        name = identify(data_dir, paths, arrays)
+    elif check_name:
+        check_known(name, paths, arrays)
     train = _pair(arrays["train_images"], arrays["train_labels"], f"{data_dir} (train)")
     test = _pair(arrays["test_images"], arrays["test_labels"], f"{data_dir} (t10k)")
     if not len(test):
@@ -265,6 +288,49 @@ def load_idx_dir(data_dir: str | os.PathLike, name: str = "mnist",
     train, validation = split_train(train, validation_size)
     return Datasets(train, validation, test, name=name, source=str(data_dir), image_shape=shape,
                     num_classes=class_count(arrays["train_labels"], arrays["test_labels"]))
+
+
+# Labels first: a few kB that already tell most sets apart, before tens of MB of images are hashed.
+_CHECK_ORDER = ("train_labels", "test_labels", "train_images", "test_images")
+
+
+def _known_files(name: str) -> dict[str, download.RemoteFile]:
+    by_stem = {f.stem: f for f in download.FILES.get(name, ())}
+    return {key: by_stem[stem] for key, stem in IDX_FILES.items() if stem in by_stem}
+
+
+def _differing(name: str, paths: dict[str, Path], arrays: dict[str, np.ndarray]) -> Path | None:
+    """The first of the directory's files named as `name`'s known gz files whose content is not that
+    file's (by its known sha256); None when none differs."""
+    known = _known_files(name)
+    for key in _CHECK_ORDER:
+        path = paths[key]
+        if key in known and path.name == known[key].stem + ".gz" and content_sha256(arrays[key]) != known[key].sha256:
+            return path
+    return None
+
+
+def check_known(name: str, paths: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
+    """Refuses, in one line, data named after a set jaxlin knows whose files (those named as that set's
+    gz files) hold something else: a run would train on other data and record it as `name`."""
+    if name not in download.FILES:
+        return
+    path = _differing(name, paths, arrays)
+    if path is not None:
+        raise DataError(f"--dataset {name}: {path} is not {name}'s file (its content differs from {name}'s known "
+                        f"sha256); point --data-dir at {name}'s files, or drop --dataset to name the data after "
+                        f"its directory")
+
+
+def identify(data_dir: Path, paths: dict[str, Path], arrays: dict[str, np.ndarray]) -> str:
+    """The name of the data in `data_dir`: a set jaxlin knows when its four files are that set's gz files
+    with their known content, else the directory's name (a known set's name only with its content)."""
+    for name in download.FILES:
+        if (all(paths[key].name == f.stem + ".gz" for key, f in _known_files(name).items())
+                and _differing(name, paths, arrays) is None):
+            return name
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", data_dir.absolute().name).lstrip("._-") or "data"
+    return f"{stem}-dir" if stem in download.FILES else stem
 
 
 def _tfds_split(tfds, name: str, split: str, tfds_dir) -> tuple[np.ndarray, np.ndarray]:
@@ -310,15 +376,19 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str | None:
     return os.environ.get(DATA_DIR_ENV) or None
 
 
-def load_datasets(name: str = "mnist", data_dir: str | os.PathLike | None = None, source: str = "auto",
-                  progress: bool = True, log=None, validation_size: int = VALIDATION_SIZE) -> Datasets:
-    """Loads `name` from the first of: `data_dir`, $JAXLIN_DATA_DIR, the download cache, a download
-    from the mirrors (see `download`); or through tensorflow-datasets when `source` is "tfds". With a
-    directory, `name` only names the data (any IDX set); jaxlin fetches only the sets it knows
-    (`config.DATASETS`). The first `validation_size` training examples validate."""
+def load_datasets(name: str | None = None, data_dir: str | os.PathLike | None = None, source: str = "auto",
+                  progress: bool = True, log=None, validation_size: int = VALIDATION_SIZE,
+                  check_name: bool = False) -> Datasets:
+    """Loads `name` (default: MNIST) from the first of: `data_dir`, $JAXLIN_DATA_DIR, the download cache,
+    a download from the mirrors (see `download`); or through tensorflow-datasets when `source` is "tfds".
+    With a directory, `name` only names the data (any IDX set; None: named after what it is, see
+    `identify`), and `check_name` refuses the name of a set jaxlin knows whose known files the
+    directory's contradict; jaxlin fetches only the sets it knows (`config.DATASETS`). The first
+    `validation_size` training examples validate."""
     directory = resolve_data_dir(data_dir)
     if directory is not None:
-        return load_idx_dir(directory, name, validation_size)
+        return load_idx_dir(directory, name, validation_size, check_name)
+    name = name or "mnist"
     if name not in DATASETS:
         raise DataError(f"jaxlin cannot fetch a data set called {name!r} (it fetches {', '.join(DATASETS)}); "
                         f"pass --data-dir DIR (or {DATA_DIR_ENV}=DIR), a directory holding its four IDX files")

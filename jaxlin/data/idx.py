@@ -10,6 +10,7 @@ the four files of a data set into splits.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import stat
@@ -120,8 +121,9 @@ def _read_idx_stream(path: Path, stream, expected_ndim, item_shape, capacity: in
 
 def _find_idx_file(data_dir: Path, stem: str) -> Path:
     """The file holding `stem` (gzip-compressed or not); one that cannot be looked at is named with the
-    reason, and so is one that is there but not a regular file (a directory, a FIFO)."""
-    irregular = None
+    reason, and so is one that is there but not a regular file (a directory, a FIFO). Both `stem.gz` and
+    `stem` there is refused: they may hold different data, and picking one silently hides which."""
+    found, irregular = [], None
     for name in (stem + ".gz", stem):
         path = data_dir / name
         try:
@@ -131,16 +133,28 @@ def _find_idx_file(data_dir: Path, stem: str) -> Path:
         except OSError as err:  # e.g. a data directory without read or search permission
             raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
         if stat.S_ISREG(mode):
-            return path
-        irregular = irregular or path
+            found.append(path)
+        else:
+            irregular = irregular or path
+    if len(found) == 2:
+        raise DataError(f"{data_dir} holds both {found[0].name} and {found[1].name}: keep one of them, so that "
+                        f"it is clear which data is used")
+    if found:
+        return found[0]
     if irregular is not None:
         raise DataError(f"{irregular}: not a regular file")
     raise DataError(f"{data_dir}: missing {stem}.gz (or uncompressed {stem})")
 
 
-def read_idx_files(data_dir: Path) -> dict[str, np.ndarray]:
-    """The four arrays of a data set's directory, by `IDX_FILES` key: images (n, H, W) or (n, H, W, C),
-    labels (n,); each file gzip-compressed or not."""
+def find_idx_files(data_dir: Path) -> dict[str, Path]:
+    """The path of each of the four files of a data set's directory, by `IDX_FILES` key."""
+    return {key: _find_idx_file(data_dir, stem) for key, stem in IDX_FILES.items()}
+
+
+def read_idx_files(data_dir: Path, paths: dict[str, Path] | None = None) -> dict[str, np.ndarray]:
+    """The four arrays of a data set's directory (at `paths`, default `find_idx_files`), by `IDX_FILES`
+    key: images (n, H, W) or (n, H, W, C), labels (n,); each file gzip-compressed or not."""
+    paths = find_idx_files(data_dir) if paths is None else paths
     arrays = {}
     for key in ("train_images", "train_labels", "test_images", "test_labels"):
         if key == "train_images":
@@ -149,5 +163,14 @@ def read_idx_files(data_dir: Path) -> dict[str, np.ndarray]:
             ndim, item_shape = arrays["train_images"].ndim, arrays["train_images"].shape[1:]
         else:
             ndim, item_shape = 1, ()
-        arrays[key] = read_idx(_find_idx_file(data_dir, IDX_FILES[key]), ndim, item_shape)
+        arrays[key] = read_idx(paths[key], ndim, item_shape)
     return arrays
+
+
+def content_sha256(array: np.ndarray) -> str:
+    """sha256 of the uncompressed IDX file `read_idx` read `array` from (header and body): what
+    `download.FILES` records of each file of the sets jaxlin knows."""
+    digest = hashlib.sha256(bytes((0, 0, _IDX_UBYTE, array.ndim)))
+    digest.update(b"".join(int(d).to_bytes(4, "big") for d in array.shape))
+    digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return digest.hexdigest()

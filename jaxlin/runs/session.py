@@ -35,6 +35,7 @@ from jaxlin.training.loop import ChunkTrainer, Loop, LoopHooks, Progress
 from jaxlin.training.schedule import StepSchedule, checkpoint_schedule
 
 MODES = ("new", "overwrite", "resume")
+DEFAULT_DATASET = Config().dataset
 # What a run reports in one line (see cli): in a multi-process run, the processes agree on them.
 USER_ERRORS = (JaxlinError, OSError)
 
@@ -56,8 +57,27 @@ def build_model(config: Config, data: Datasets | dict | None = None) -> Model:
 
 
 def data_fields(data: Datasets) -> dict:
-    """What a checkpoint record says of the data, so that the model can be rebuilt before it is loaded."""
-    return {"image_shape": list(data.image_shape), "num_classes": data.num_classes}
+    """What a checkpoint record says of the data: its sizes, so that the model can be rebuilt before it is
+    loaded, and what it is (its `Datasets.fingerprint`), so that a run resumes only on the same data."""
+    return {"image_shape": list(data.image_shape), "num_classes": data.num_classes, "name": data.name,
+            "source": data.source, "fingerprint": data.fingerprint}
+
+
+def check_same_data(record: dict, data: Datasets, out: Path, step: int, log=None) -> None:
+    """Refuses (ConfigError) to resume the run whose checkpoint `record` is in `out` on other data than it
+    trained on; a record without a fingerprint (an older jaxlin's) is accepted with a note."""
+    recorded = recorded_data(record)
+    fingerprint = recorded.get("fingerprint") if isinstance(recorded, dict) else None
+    if fingerprint is None:
+        if log:
+            log(f"jaxlin: note: checkpoint {step} in {out} does not record which data it trained on (written by an "
+                f"older jaxlin); resuming on {data.name} from {data.source} unchecked")
+        return
+    if fingerprint != data.fingerprint:
+        was = f"{recorded.get('name', 'data')} from {recorded.get('source') or 'somewhere unrecorded'}"
+        raise ConfigError(f"--resume: the run in {out} trained on other data ({was}, sha256 {str(fingerprint)[:12]}) "
+                          f"than this command loads ({data.name} from {data.source}, sha256 "
+                          f"{data.fingerprint[:12]}); resume it on its own data, or start a new run")
 
 
 def data_sizes(data: Datasets | dict | None) -> tuple[tuple[int, int, int], int]:
@@ -164,9 +184,10 @@ def record_kind(record: dict) -> str:
     return str(kind)
 
 
-def _record_check(kind: RunKind, out: Path, config: Config | None = None, model: Model | None = None):
+def _record_check(kind: RunKind, out: Path, config: Config | None = None, model: Model | None = None,
+                  data: Datasets | None = None, log=None):
     """`kind.record_check` behind the check that the record is of this kind: another kind's checkpoints
-    are refused, never set aside or adopted."""
+    are refused, never set aside or adopted; given `data`, one trained on other data is refused too."""
     own = kind.record_check(out, config, model)
 
     def check(step: int, record: dict) -> None:
@@ -175,6 +196,8 @@ def _record_check(kind: RunKind, out: Path, config: Config | None = None, model:
             raise ConfigError(f"{out} holds a jaxlin {recorded} run, not a {kind.command} run; continue it with "
                               f"{rundir.resume_command(recorded, out)}")
         own(step, record)
+        if data is not None:
+            check_same_data(record, data, out, step, log)
 
     return check
 
@@ -285,8 +308,12 @@ def _prepare(session: Session, explicit: set[str]) -> None:
             log(f"No --data-dir and no {DATA_DIR_ENV}: loading {config.dataset} through "
                 f"tensorflow-datasets (it downloads on first use; offline, use --data-dir).")
         if data is None:
-            data = load_datasets(config.dataset, config.data_dir, config.source, progress=session.progress, log=log,
-                                 validation_size=config.validation_size)
+            # A name the user gave is checked against the files of a set jaxlin knows; left at its
+            # default with a directory, the data is named after what it is (see `datasets.identify`).
+            named = "dataset" in explicit or config.dataset != DEFAULT_DATASET
+            data = load_datasets(config.dataset if named or not resolve_data_dir(config.data_dir) else None,
+                                 config.data_dir, config.source, progress=session.progress, log=log,
+                                 validation_size=config.validation_size, check_name=named)
         else:  # data given from Python was split by its maker: record what it holds out
             config = config.replace(validation_size=len(data.validation))
             kind.check(config)
@@ -352,7 +379,7 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
                 if store is None:
                     raise ConfigError("--resume: checkpoints are off (--checkpoint-every 0)")
                 with failing_together(*USER_ERRORS):  # every process verifies it before any is moved
-                    usable = store.find_usable(_record_check(kind, out, config, session.model),
+                    usable = store.find_usable(_record_check(kind, out, config, session.model, session.data, log),
                                                lambda record: trainer.state_template(), log=log)
                 if is_primary():
                     store.set_aside_damaged(usable.damaged, log)
