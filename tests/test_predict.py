@@ -193,3 +193,20 @@ def test_params_for_images_no_file_can_become_are_refused_in_one_line(tmp_path, 
         assert main(["predict", str(tmp_path / name), str(tmp_path / "digit.png")]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_top_may_go_up_to_the_params_class_count(tmp_path, capsys):
+    """A 20-class model shows up to 20 probabilities; 21 is refused in one line, before any image is read."""
+    model = get_model("linear", num_classes=20, image_shape=(16, 16, 1))
+    path = tmp_path / "params.npz"
+    save_params(path, model.init(jax.random.PRNGKey(0)), model, (16, 16, 1))
+    mark = tmp_path / "mark.png"
+    pixels = np.zeros((16, 16), np.uint8)
+    pixels[4:12, 6:10] = 255
+    Image.fromarray(pixels).save(mark)
+    assert main(["predict", str(path), str(mark), "--top", "15"]) == 0
+    assert capsys.readouterr().out.count("%") == 15
+    assert main(["predict", str(path), str(tmp_path / "missing.png"), "--top", "21"]) == 2
+    assert capsys.readouterr().err.strip() == "jaxlin: error: --top must be in 1..20 (the params' 20 classes), got 21"
+    assert main(["predict", str(path), str(mark), "--top", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "jaxlin: error: --top must be at least 1, got 0"

@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
                     "colour images are resized to the data's size as they are.")
     p.add_argument("params", help="path to a params.npz written by `jaxlin train`")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--top", type=int, default=3, help="how many probabilities to show (default: %(default)s)")
+    p.add_argument("--top", type=int, default=3,
+                   help="how many probabilities to show, up to the params' class count (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
 
 
@@ -27,12 +28,12 @@ def run(args: argparse.Namespace, stop: StopRequest | None) -> int:
     """Exit 2 when any image could not be classified (each is named; the others are still classified)."""
     from jaxlin.runs.predict import predict_files
 
-    if not 1 <= args.top <= 10:
-        raise ConfigError(f"--top must be in 1..10, got {args.top}")
+    if args.top < 1:  # its upper limit is the params' class count (`predict_files`)
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
     from jaxlin.cli.backend import jax_devices
 
     jax_devices()
-    results = predict_files(args.params, args.images)
+    results = predict_files(args.params, args.images, args.top)
     if args.json:
         print(json.dumps([{"path": r.path, "label": r.label, "probabilities": r.probabilities, "error": r.error}
                           for r in results], indent=2))

@@ -196,14 +196,21 @@ def to_input(path: str, shape: tuple[int, int, int]) -> np.ndarray:
     return image.reshape(-1)
 
 
-def predict_files(params_path: str, paths: list[str]) -> list[Prediction]:
-    """One Prediction per path; a file that cannot be read gets an error and the others go on."""
+def predict_files(params_path: str, paths: list[str], top: int | None = None) -> list[Prediction]:
+    """One Prediction per path; a file that cannot be read gets an error and the others go on. `top`
+    (how many probabilities will be shown) must lie in 1..the params' class count: ConfigError, before
+    any image is read."""
     import jax
 
     from jaxlin.runs import params_file as checkpoint
     from jaxlin.training.evaluate import to_float_images
 
     params, model = checkpoint.load_params(params_path)
+    classes = model.layer_sizes[-1]
+    if top is not None and not 1 <= top <= classes:
+        from jaxlin.config import ConfigError
+
+        raise ConfigError(f"--top must be in 1..{classes} (the params' {classes} classes), got {top}")
     shape = params_image_shape(params_path, model)
     results, images = [], []
     for path in paths:
