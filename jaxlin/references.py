@@ -20,13 +20,27 @@ def import_reference(reference: str, flag: str, error: type[Exception]):
         sys.path.insert(0, here)
     try:
         target = importlib.import_module(module_name)
-    except ImportError as err:
-        raise error(f"{flag} {reference}: cannot import {module_name} ({err}); run jaxlin from the directory "
-                    f"that holds it, or add that directory to PYTHONPATH") from err
+    except ModuleNotFoundError as err:
+        if not _is_the_module(err.name, module_name):  # the module was found; something it imports was not
+            raise error(f"{flag} {reference}: importing {module_name} failed: {type(err).__name__}: "
+                        f"{_first_line(err)}") from err
+        raise error(f"{flag} {reference}: cannot import {module_name} ({_first_line(err)}); run jaxlin from the "
+                    f"directory that holds it, or add that directory to PYTHONPATH") from err
     except Exception as err:  # the user's module failed while it was imported: say where, in one line
-        raise error(f"{flag} {reference}: importing {module_name} failed: {type(err).__name__}: {err}") from err
+        raise error(f"{flag} {reference}: importing {module_name} failed: {type(err).__name__}: "
+                    f"{_first_line(err)}") from err
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise error(f"{flag} {reference}: {module_name} has no {attribute}")
         target = getattr(target, part)
     return target
+
+
+def _is_the_module(missing: str | None, module_name: str) -> bool:
+    """Whether a ModuleNotFoundError for `missing` means `module_name` itself (or a package above it) is not
+    there, rather than a module it imports."""
+    return missing is None or missing == module_name or module_name.startswith(missing + ".")
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:200]
