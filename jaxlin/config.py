@@ -250,9 +250,11 @@ def check_setting(name: str, value) -> None:
     elif name in ("weight_decay", "clip_norm") and value is not None:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"{label} must be a number, got {value!r}")
-        if not (math.isfinite(value) and value >= 0 and float32_finite(value)):
-            off = " (0: none)" if name == "weight_decay" else " (0: no clipping)"
+        off = " (0: none)" if name == "weight_decay" else " (0: no clipping)"
+        if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{label} must be a finite number >= 0{off}, got {value}")
+        if not float32_finite(value):  # training holds it as float32
+            raise ConfigError(f"{label} must be at most {FLOAT32_MAX:.4g} (training holds it in float32), got {value}")
     elif name == "warmup_steps" and value < 0:
         raise ConfigError(f"warmup steps must be >= 0, got {value}")
     elif name == "batch_size" and value < 1:
