@@ -227,7 +227,14 @@ def check_builds(config, model) -> None:
     """Builds `config`'s optimizer and traces its init and one update on `model`'s params (what its
     optimizer sees: `trained_part` where the model has one) with `jax.eval_shape`, computing nothing;
     raises ConfigError in one line when it does not run (a reference that is not an optimizer, or one
-    that does not take these params)."""
+    that does not take these params) or its update is not (updates of the params' structure and shapes,
+    a state like its init's)."""
+    check_traces(build(config), model, f"--optimizer {config.optimizer}")
+
+
+def check_traces(optimizer, model, label: str) -> None:
+    """`optimizer`'s init and one update traced on `model`'s trained params (see `check_builds`); a
+    ConfigError starting with `label` when they do not run or return something a training step cannot use."""
     import jax
 
     def trained(key):
@@ -235,13 +242,62 @@ def check_builds(config, model) -> None:
         return model.trained_part(params) if hasattr(model, "trained_part") else params
 
     params = jax.eval_shape(trained, jax.random.key(0))
-    optimizer = build(config)
     try:
         state = jax.eval_shape(optimizer.init, params)
-        jax.eval_shape(optimizer.update, params, state, params)
+        out = jax.eval_shape(optimizer.update, params, state, params)
     except Exception as err:
-        raise ConfigError(f"--optimizer {config.optimizer}: its init and update do not run on the model's "
-                          f"params: {type(err).__name__}: {_first_line(err)}") from err
+        raise ConfigError(f"{label}: its init and update do not run on the model's params: "
+                          f"{type(err).__name__}: {_first_line(err)}") from err
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise ConfigError(f"{label}: its update returns {_shown(out)}; expected (updates, state), the updates "
+                          f"of the params' structure and shapes")
+    updates, new_state = out
+    if _shapes(updates) != _shapes(params):
+        raise ConfigError(f"{label}: its update returns updates that are not of the params' structure and shapes "
+                          f"({_leaves_shown(updates)}; the params: {_leaves_shown(params)})")
+    if _shapes(new_state) != _shapes(state):
+        raise ConfigError(f"{label}: its update returns a state unlike the one its init returns (another "
+                          f"structure or shapes): a training step could not carry it")
+
+
+def check_custom(optimizer, config) -> None:
+    """`fit(..., optimizer=...)`: refuses, in one ConfigError, anything but an optax GradientTransformation,
+    and a config whose optimizer settings it would silently drop (they build the config's optimizer, which
+    the transformation replaces)."""
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        hint = (f"; to name one, set Config(optimizer={optimizer!r}) and leave optimizer= out"
+                if isinstance(optimizer, str) else "")
+        raise ConfigError(f"fit's optimizer= must be an optax.GradientTransformation (an object with init and "
+                          f"update), not {type(optimizer).__name__}{hint}")
+    dropped = [f"{name}={getattr(config, name)!r}" for name, off in
+               (("schedule", "constant"), ("warmup_steps", 0), ("weight_decay", 0), ("clip_norm", None))
+               if getattr(config, name) not in (off, None, 0, 0.0)]
+    if dropped:
+        raise ConfigError(f"the Config sets {', '.join(dropped)}, which build the config's optimizer; fit's "
+                          f"optimizer= replaces it: put them in your transformation (optax.chain(...)) or leave "
+                          f"optimizer= out")
+
+
+def _shapes(tree):
+    import jax
+
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, [tuple(getattr(leaf, "shape", ())) for leaf in leaves]
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list, dict)):
+        return f"a {type(value).__name__} of {len(value)}"
+    shape = getattr(value, "shape", None)
+    return f"{value.dtype}{list(shape)}" if shape is not None else type(value).__name__
+
+
+def _leaves_shown(tree, most: int = 4) -> str:
+    import jax
+
+    leaves = jax.tree.leaves(tree)
+    shown = ", ".join(_shown(leaf) for leaf in leaves[:most]) + (", ..." if len(leaves) > most else "")
+    return f"{len(leaves)} arrays: {shown}" if leaves else "no arrays"
 
 
 def sweep_hyperparameters(base, members) -> tuple[str, ...]:
