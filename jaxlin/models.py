@@ -77,9 +77,11 @@ class Model(NamedTuple):
 
     def trained_mask(self, params) -> list[bool]:
         """For each leaf of params (in `jax.tree.leaves` order), whether the optimizer trains it."""
-        if self.trainable is not None:
-            return [bool(m) for m in jax.tree.leaves(self.trainable(params))]
-        return [jnp.issubdtype(leaf.dtype, jnp.inexact) for leaf in jax.tree.leaves(params)]
+        leaves = jax.tree.leaves(params)
+        floating = [jnp.issubdtype(leaf.dtype, jnp.inexact) for leaf in leaves]
+        if self.trainable is not None:  # never an integer or boolean leaf: no gradient reaches it
+            return [bool(m) and f for m, f in zip(jax.tree.leaves(self.trainable(params)), floating)]
+        return floating
 
     def trained_part(self, params):
         """What the optimizer sees: params itself for a model with no training mode (so its optimizer
@@ -244,7 +246,13 @@ def model_from_spec(spec, input_size: int = 784, num_classes: int = 10,
         raise ModelError(f"the model description has unknown fields ({_brief(unknown)})")
     name = spec["name"]
     if is_model_reference(name):  # a user's model is rebuilt from its reference; its module says the rest
-        model = get_model(name, input_size=input_size, num_classes=num_classes, image_shape=image_shape)
+        try:
+            model = get_model(name, input_size=input_size, num_classes=num_classes, image_shape=image_shape)
+        except JaxlinError as err:  # the user gave no --model here: the params file named it
+            flag = f"--model {name}"
+            if not str(err).startswith(flag):
+                raise
+            raise type(err)(f"the params' model {name}{str(err)[len(flag):]}") from err
         if spec.get("layer_sizes") != list(model.layer_sizes):
             raise ModelError(f"the params are of {name} for {_brief(spec.get('layer_sizes'))} (inputs, classes); "
                              f"these images and classes make {list(model.layer_sizes)}")
@@ -328,22 +336,94 @@ def user_model(reference: str, image_shape: tuple[int, int, int], num_classes: i
         params = jax.eval_shape(candidate.init, jax.random.key(0))
         logits = jax.eval_shape(candidate.apply, params, images)
         if train_apply is not None:
-            train_logits, new_params = jax.eval_shape(train_apply, params, images, jax.random.key(0))
+            trained = jax.eval_shape(train_apply, params, images, jax.random.key(0))
     except Exception as err:
         raise ModelError(f"--model {reference}: its init and apply do not run on images of {input_size} values: "
                          f"{_first_line(err)}") from err
-    if tuple(logits.shape) != (2, num_classes):
-        raise ModelError(f"--model {reference}: apply returns logits of shape {tuple(logits.shape)} for 2 images; "
-                         f"expected (2, {num_classes})")
-    if train_apply is not None and (tuple(train_logits.shape) != (2, num_classes)
-                                    or jax.tree.structure(new_params) != jax.tree.structure(params)):
-        raise ModelError(f"--model {reference}: train_apply must return (logits of shape (2, {num_classes}), "
-                         f"params of the structure init returns)")
+    _check_logits(f"--model {reference}: apply", logits, num_classes)
+    if train_apply is not None:
+        if not isinstance(trained, (tuple, list)) or len(trained) != 2:
+            raise ModelError(f"--model {reference}: train_apply returns {_shown(trained)}; expected a pair "
+                             f"(logits, params)")
+        _check_logits(f"--model {reference}: train_apply", trained[0], num_classes)
+        if _shapes(trained[1]) != _shapes(params):
+            raise ModelError(f"--model {reference}: train_apply must return (logits, params) with params of the "
+                             f"structure, shapes and dtypes init returns")
     dense = _dense_widths(params, input_size)
-    return Model(reference, (input_size, num_classes), "none", init=candidate.init, apply=candidate.apply,
-                 architecture=f"{input_size}-...-{num_classes} (your model)",
-                 activation_widths=dense or (num_classes,), first_layer_dense=bool(dense), init_uses_key=True,
-                 train_apply=train_apply, trainable=trainable)
+    model = Model(reference, (input_size, num_classes), "none", init=candidate.init, apply=candidate.apply,
+                  architecture=f"{input_size}-...-{num_classes} (your model)",
+                  activation_widths=dense or (num_classes,), first_layer_dense=bool(dense), init_uses_key=True,
+                  train_apply=train_apply, trainable=trainable)
+    return keeping_fixed_leaves(model, params)
+
+
+def _shapes(tree):
+    """A pytree's structure with each leaf's shape and dtype: what must match for a params pytree to
+    stand in for another."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, [(tuple(getattr(leaf, "shape", ())), str(getattr(leaf, "dtype", type(leaf).__name__)))
+                     for leaf in leaves]
+
+
+def _shown(value) -> str:
+    """What a model's function returned (traced), for an error message: "float32[2, 10]", "a tuple of 2"."""
+    if isinstance(value, jax.ShapeDtypeStruct):
+        return f"{value.dtype}{list(value.shape)}"
+    if isinstance(value, (tuple, list, dict)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
+def _check_logits(what: str, logits, num_classes: int) -> None:
+    """Refuses anything but one floating-point array of shape (2, num_classes): the logits of 2 images."""
+    if (not isinstance(logits, jax.ShapeDtypeStruct) or not jnp.issubdtype(logits.dtype, jnp.floating)
+            or tuple(logits.shape) != (2, num_classes)):
+        raise ModelError(f"{what} returns {_shown(logits)} for 2 images; expected (2, {num_classes}) logits: one "
+                         f"floating-point array [batch, classes]")
+
+
+def has_fixed_leaves(params) -> bool:
+    """Whether params (arrays or their shapes) hold a leaf no gradient can reach: integers, booleans."""
+    return any(not jnp.issubdtype(leaf.dtype, jnp.inexact) for leaf in jax.tree.leaves(params))
+
+
+def keeping_fixed_leaves(model: Model, params=None) -> Model:
+    """`model`, trained through the trained-part path (`Model.train_apply`) when its params hold integer or
+    boolean leaves (a permutation, a counter) and it has no training mode of its own: gradients and the
+    optimizer then see only its floating-point leaves, and the others stay as they are. Any other model is
+    returned as it is (the built-in models: their compiled programs do not change). `params`: its params'
+    shapes, when known."""
+    if model.train_apply is not None:
+        return model
+    if params is None:
+        params = jax.eval_shape(model.init, jax.random.key(0))
+    if not has_fixed_leaves(params):
+        return model
+    apply = model.apply
+
+    def train_apply(params, images, key):
+        del key  # no dropout: the params' fixed leaves come back unchanged
+        return apply(params, images), params
+
+    return model._replace(train_apply=train_apply)
+
+
+def check_fits_data(model: Model, input_size: int, num_classes: int) -> None:
+    """Refuses, in one ModelError, a model whose logits are not [batch, num_classes] on images of
+    `input_size` values (traced with `jax.eval_shape`, computing nothing)."""
+    inputs, classes = model.layer_sizes[0], model.layer_sizes[-1]
+    mismatch = (f"the model {model.name} takes {inputs} inputs and predicts {classes} classes; this data has "
+                f"{input_size} inputs and {num_classes} classes (build it with get_model({model.name!r}, ..., "
+                f"image_shape=data.image_shape, num_classes=data.num_classes))")
+    if (inputs, classes) != (input_size, num_classes):
+        raise ModelError(mismatch)
+    try:
+        params = jax.eval_shape(model.init, jax.random.key(0))
+        logits = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((2, input_size), jnp.float32))
+    except Exception as err:
+        raise ModelError(f"the model {model.name}: its init and apply do not run on this data's images of "
+                         f"{input_size} values: {_first_line(err)}") from err
+    _check_logits(f"the model {model.name}: apply", logits, num_classes)
 
 
 def _dense_widths(params, input_size: int) -> tuple[int, ...]:

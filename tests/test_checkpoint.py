@@ -97,7 +97,8 @@ def test_missing_arrays_and_description(tmp_path):
         load_params(tmp_path / "bare.npz")
     model = get_model("mlp", hidden_sizes=(8,))
     save_params(tmp_path / "short.npz", model.init(jax.random.key(0))[:1], model)
-    with pytest.raises(CheckpointError, match="expected arrays"):
+    with pytest.raises(CheckpointError, match=r"the params file holds arrays 0/b, 0/w; the model mlp 784-8-10 "
+                                              r"\(relu\) expects 0/b, 0/w, 1/b, 1/w$"):
         load_params(tmp_path / "short.npz")
 
 

@@ -24,6 +24,7 @@ STEPS = 1000
 TINY = Config(num_steps=30, eval_every=15, batch_size=50, steps_per_call=15)
 
 MODULE = '''
+import jax
 import optax
 
 
@@ -41,6 +42,25 @@ def returns_a_number(learning_rate):
 
 def takes_nothing():
     return optax.sgd(0.1)
+
+
+def bad_update(learning_rate):
+    """A transformation whose update returns a number, not (updates, state)."""
+    base = optax.sgd(learning_rate)
+    return optax.GradientTransformation(base.init, lambda updates, state, params=None: 1)
+
+
+def wrong_shapes(learning_rate):
+    """A transformation whose updates are not of the params' shapes."""
+    base = optax.sgd(learning_rate)
+    return optax.GradientTransformation(
+        base.init, lambda updates, state, params=None: (jax.tree.map(lambda u: u[:1], updates), state))
+
+
+def wrong_state(learning_rate):
+    """A transformation whose update's state is not its init's."""
+    base = optax.sgd(learning_rate)
+    return optax.GradientTransformation(base.init, lambda updates, state, params=None: (updates, ()))
 '''
 
 
@@ -141,6 +161,8 @@ def test_default_settings_train_the_same_bits_as_plain_sgd(tiny_data):
     ({"weight_decay": -0.1}, "weight decay must be a finite number >= 0"),
     ({"weight_decay": float("nan")}, "weight decay must be a finite number >= 0"),
     ({"clip_norm": float("inf")}, "clip norm must be a finite number >= 0"),
+    ({"weight_decay": 1e300}, r"weight decay must be at most 3.403e\+38 \(training holds it in float32\), got 1e\+300"),
+    ({"clip_norm": 1e39}, r"clip norm must be at most 3.403e\+38"),
     ({"schedule": "exponential"}, "unknown schedule 'exponential'"),
     ({"optimizer": "mymod:factory", "weight_decay": 0.1}, "applies its own weight decay"),
     ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'.*MODULE:NAME"),
@@ -313,3 +335,51 @@ def test_bad_sweep_optimizer_lists_are_one_line_exit_2(tmp_path, capsys, args, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("reference, message", [
+    ("myopt:bad_update", "its update returns int32[]; expected (updates, state), the updates of the params' "
+                         "structure and shapes"),
+    ("myopt:wrong_shapes", "its update returns updates that are not of the params' structure and shapes (2 arrays: "
+                           "float32[1], float32[1, 10]; the params: 2 arrays: float32[10], float32[784, 10])"),
+    ("myopt:wrong_state", "its update returns a state unlike the one its init returns (another structure or "
+                          "shapes): a training step could not carry it"),
+])
+def test_an_optimizer_whose_update_cannot_train_is_refused_before_anything_is_written(
+        workdir, monkeypatch, capsys, reference, message):
+    from jaxlin.cli.main import main
+
+    monkeypatch.chdir(workdir)
+    out = workdir / "run"
+    assert main(["train", "--optimizer", reference, "--num-steps", "5", "--output-dir", str(out), *RUN]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jaxlin: error: --optimizer {reference}: {message}"]
+    assert not out.exists()
+
+
+def test_a_missing_dependency_of_the_users_module_is_not_a_missing_module(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    (workdir / "needsdep.py").write_text("import haiku_not_installed_anywhere\n")
+    with pytest.raises(ConfigError, match=r"^--optimizer needsdep:make: importing needsdep failed: "
+                                          r"ModuleNotFoundError: No module named 'haiku_not_installed_anywhere'$"):
+        optimizers.spec("needsdep:make")
+    with pytest.raises(ConfigError, match="^--optimizer nosuchmodule:make: cannot import nosuchmodule .*PYTHONPATH"):
+        optimizers.spec("nosuchmodule:make")
+    with pytest.raises(ConfigError, match="^--optimizer nosuchpackage.sub:make: cannot import nosuchpackage.sub"):
+        optimizers.spec("nosuchpackage.sub:make")
+
+
+def test_fit_refuses_an_optimizer_that_is_not_a_transformation_and_settings_it_would_drop(tiny_data):
+    with pytest.raises(ConfigError, match=r"^fit's optimizer= must be an optax.GradientTransformation \(an object "
+                                          r"with init and update\), not str; to name one, set "
+                                          r"Config\(optimizer='adam'\) and leave optimizer= out$"):
+        fit(TINY, tiny_data, get_model("linear"), optimizer="adam", progress=False)
+    for settings, named in [({"weight_decay": 0.1, "optimizer": "adam"}, "weight_decay=0.1"),
+                            ({"schedule": "cosine"}, "schedule='cosine'"), ({"clip_norm": 1.0}, "clip_norm=1.0"),
+                            ({"warmup_steps": 5}, "warmup_steps=5")]:
+        with pytest.raises(ConfigError, match=rf"^the Config sets {named}, which build the config's optimizer; "
+                                              r"fit's optimizer= replaces it"):
+            fit(TINY.replace(**settings), tiny_data, get_model("linear"), optimizer=optax.sgd(0.1), progress=False)
+    bad = optax.GradientTransformation(optax.sgd(0.1).init, lambda updates, state, params=None: 1)
+    with pytest.raises(ConfigError, match=r"^fit's optimizer=: its update returns int32\[\]; expected"):
+        fit(TINY, tiny_data, get_model("linear"), optimizer=bad, progress=False)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -129,3 +130,155 @@ def test_a_sweep_of_a_user_model(workdir):
     assert done.returncode == 0, done.stderr
     assert json.loads((workdir / "s" / "sweep.json").read_text())["model"].startswith("mymodels:TinyMLP")
     assert (workdir / "s" / "best" / "params.npz").is_file()
+
+
+CHECKED = '''
+import jax
+import jax.numpy as jnp
+
+
+class Permuted:
+    """A linear model whose params hold integer leaves: a permutation of the inputs and a counter."""
+
+    def __init__(self, image_shape, num_classes):
+        self.inputs, self.num_classes = image_shape[0] * image_shape[1] * image_shape[2], num_classes
+
+    def init(self, key):
+        return {"perm": jnp.arange(self.inputs, dtype=jnp.int32)[::-1], "count": jnp.array(30, jnp.int32),
+                "w": jnp.zeros((self.inputs, self.num_classes)), "b": jnp.zeros(self.num_classes)}
+
+    def apply(self, params, images):
+        return images[:, params["perm"]] @ params["w"] + params["b"]
+
+
+class PermutedWithTrainApply(Permuted):
+    def train_apply(self, params, images, key):
+        return self.apply(params, images), params
+
+
+class PairLogits(Permuted):
+    def apply(self, params, images):
+        return super().apply(params, images), 1
+
+
+class IntegerLogits(Permuted):
+    def apply(self, params, images):
+        return super().apply(params, images).astype(jnp.int32)
+
+
+class TrainApplyNotAPair(Permuted):
+    def train_apply(self, params, images, key):
+        return self.apply(params, images)
+
+
+class TrainApplyIntegerLogits(Permuted):
+    def train_apply(self, params, images, key):
+        return self.apply(params, images).astype(jnp.int32), params
+
+
+class TrainApplyOtherDtypes(Permuted):
+    def train_apply(self, params, images, key):
+        return self.apply(params, images), {**params, "count": params["count"].astype(jnp.float32)}
+'''
+
+
+@pytest.fixture
+def checked(tmp_path, tiny_data_dir, monkeypatch):
+    (tmp_path / "checkedmodels.py").write_text(CHECKED)
+    monkeypatch.setenv("JAXLIN_DATA_DIR", str(tiny_data_dir))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["Permuted", "PermutedWithTrainApply"])
+def test_integer_leaves_stay_integers_out_of_the_gradients_and_in_params_npz(checked, capsys, name):
+    from jaxlin.cli.main import main
+    from jaxlin.runs.params_file import load_params
+
+    out = checked / "run"
+    assert main(["train", "--model", f"checkedmodels:{name}", "--num-steps", "4", "--batch-size", "50",
+                 "--eval-every", "2", "--output-dir", str(out), "--no-progress", "--no-figures"]) == 0
+    stored = np.load(out / "params.npz")
+    assert stored["layers/perm"].dtype == np.int32 and stored["layers/count"].dtype == np.int32
+    np.testing.assert_array_equal(stored["layers/perm"], np.arange(784)[::-1])  # untouched by the optimizer
+    assert stored["layers/count"] == 30 and np.abs(stored["layers/w"]).sum() > 0  # w trained
+    params, _ = load_params(out / "params.npz")
+    assert params["perm"].dtype == np.int32 and int(params["count"]) == 30
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "params.npz"), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test_accuracy"] == json.loads((out / "metrics.json").read_text())["final_test_accuracy"]
+
+
+def test_a_params_file_must_hold_the_dtypes_the_model_has(checked):
+    from jaxlin.models import get_model
+    from jaxlin.runs.params_file import CheckpointError, load_params, save_params
+
+    model = get_model("checkedmodels:Permuted")
+    params = model.init(jax.random.key(0))
+    save_params(checked / "p.npz", {**params, "perm": params["perm"].astype(np.float32)}, model)
+    with pytest.raises(CheckpointError, match=r"layers/perm is float32\[784\], expected int32\[784\]"):
+        load_params(checked / "p.npz")
+
+
+def test_a_python_model_with_integer_leaves_trains_through_fit(checked, tiny_data):
+    from jaxlin import Config, fit
+    from jaxlin.models import get_model
+
+    built = get_model("checkedmodels:Permuted")
+    model = built._replace(train_apply=None)  # as a user might build a Model by hand: no training mode
+    result = fit(Config(num_steps=3, batch_size=50, eval_every=3), tiny_data, model, progress=False)
+    assert result.params["perm"].dtype == np.int32 and int(result.params["count"]) == 30
+
+
+@pytest.mark.parametrize("name, message", [
+    ("PairLogits", r"apply returns a tuple of 2 for 2 images; expected \(2, 10\) logits: one floating-point array"),
+    ("IntegerLogits", r"apply returns int32\[2, 10\] for 2 images; expected \(2, 10\) logits"),
+    ("TrainApplyNotAPair", r"train_apply returns float32\[2, 10\]; expected a pair \(logits, params\)"),
+    ("TrainApplyIntegerLogits", r"train_apply returns int32\[2, 10\] for 2 images"),
+    ("TrainApplyOtherDtypes", "train_apply must return .* params of the structure, shapes and dtypes init returns"),
+])
+def test_a_model_whose_outputs_are_not_logits_is_refused_before_anything_is_written(checked, capsys, name, message):
+    from jaxlin.cli.main import main
+    from jaxlin.models import ModelError, get_model
+
+    with pytest.raises(ModelError, match=f"^--model checkedmodels:{name}: {message}"):
+        get_model(f"checkedmodels:{name}")
+    out = checked / "run"
+    assert main(["train", "--model", f"checkedmodels:{name}", "--num-steps", "2", "--output-dir", str(out),
+                 "--no-progress", "--no-figures"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_fit_checks_the_model_against_the_data(checked, tiny_data):
+    from jaxlin import Config, fit
+    from jaxlin.models import Model, ModelError, get_model
+
+    config = Config(num_steps=2, batch_size=50, eval_every=2)
+    with pytest.raises(ModelError, match=r"^the model linear takes 784 inputs and predicts 20 classes; this data "
+                                         r"has 784 inputs and 10 classes \(build it with get_model\('linear', ..., "
+                                         r"image_shape=data.image_shape, num_classes=data.num_classes\)\)$"):
+        fit(config, tiny_data, get_model("linear", num_classes=20), progress=False)
+    with pytest.raises(ModelError, match="^the model checkedmodels:Permuted takes 256 inputs and predicts 10 "
+                                         "classes; this data has 784 inputs"):
+        fit(config, tiny_data, get_model("checkedmodels:Permuted", image_shape=(16, 16, 1)), progress=False)
+    linear = get_model("linear")
+    broken = Model("mine", (784, 10), "none", init=linear.init, apply=lambda params, images: images @ params,
+                   architecture="?", activation_widths=(10,), first_layer_dense=False, init_uses_key=False)
+    with pytest.raises(ModelError, match="^the model mine: its init and apply do not run on this data's images "
+                                         "of 784 values: TypeError"):
+        fit(config, tiny_data, broken, progress=False)
+
+
+def test_import_errors_say_whether_the_module_or_what_it_imports_is_missing(checked):
+    from jaxlin.models import ModelError, get_model, model_from_spec
+
+    (checked / "depmod.py").write_text("import haiku_not_installed_anywhere\n")
+    with pytest.raises(ModelError, match=r"^--model depmod:X: importing depmod failed: ModuleNotFoundError: "
+                                         r"No module named 'haiku_not_installed_anywhere'$"):
+        get_model("depmod:X")
+    with pytest.raises(ModelError, match="^--model nosuchmodule:X: cannot import nosuchmodule"):
+        get_model("nosuchmodule:X")
+    # A params file's model was named by the file, not by a --model the user gave.
+    with pytest.raises(ModelError, match="^the params' model nosuchmodule:X: cannot import nosuchmodule"):
+        model_from_spec({"name": "nosuchmodule:X", "layer_sizes": [784, 10], "activation": "none"})

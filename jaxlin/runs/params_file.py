@@ -94,7 +94,7 @@ def params_digest(arrays: dict[str, np.ndarray], model_json: str) -> str:
 
 def save_params(path: str | os.PathLike, params, model: Model, image_shape: tuple[int, ...] | None = None) -> None:
     """`image_shape` (H, W, C), the data's, is stored too (and covered by the digest)."""
-    arrays = {name: np.asarray(value, np.float32) for name, value in leaf_names(params)}
+    arrays = {name: _stored(value) for name, value in leaf_names(params)}
     if image_shape is not None:
         arrays[IMAGE_SHAPE_KEY] = np.asarray(image_shape, np.int64)
     model_json = json.dumps(model.spec)
@@ -102,6 +102,25 @@ def save_params(path: str | os.PathLike, params, model: Model, image_shape: tupl
     arrays[MODEL_KEY] = np.array(model_json)
     arrays[DIGEST_KEY] = np.array(digest)
     atomic_write(path, lambda handle: np.savez(handle, **arrays))
+
+
+def _stored(value) -> np.ndarray:
+    """A params leaf as the file holds it: in its own dtype (float32 for the built-in models; an integer
+    permutation or counter stays an integer), numpy's kinds only (a bfloat16 leaf is stored as float32)."""
+    value = np.asarray(value)
+    return value if value.dtype.kind in "biufc" else value.astype(np.float32)
+
+
+def _expected_dtype(leaf) -> np.dtype:
+    """The dtype a params file holds for a leaf of this dtype (see `_stored`)."""
+    dtype = np.dtype(leaf.dtype)
+    return dtype if dtype.kind in "biufc" else np.dtype(np.float32)
+
+
+def _names(names, most: int = 6) -> str:
+    names = sorted(names)
+    shown = ", ".join(n.removeprefix(PREFIX + "/") for n in names[:most])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > most else shown or "none"
 
 
 def _open_params(path: Path):
@@ -258,16 +277,18 @@ def load_params(path: str | os.PathLike, model: Model | None = None, input_size:
     expected = jax.eval_shape(model.init, jax.random.key(0))
     names = leaf_names(expected)
     if set(arrays) != {name for name, _ in names}:
-        raise CheckpointError(f"{path}: expected arrays {sorted(n for n, _ in names)}, found {sorted(arrays)}")
+        raise CheckpointError(f"{path}: the params file holds arrays {_names(arrays)}; the model "
+                              f"{model.describe()} expects {_names(n for n, _ in names)}")
     for name, shape in names:
-        value = arrays[name]
-        if value.shape != shape.shape or value.dtype != np.float32:
+        value, dtype = arrays[name], _expected_dtype(shape)
+        if value.shape != shape.shape or value.dtype != dtype:
             raise CheckpointError(
                 f"{path}: {name} is {value.dtype}{list(value.shape)}, "
-                f"expected float32{list(shape.shape)} for {model.describe()}")
-        if not np.all(np.isfinite(value)):
+                f"expected {dtype}{list(shape.shape)} for {model.describe()}")
+        if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
             raise CheckpointError(f"{path}: {name} holds non-finite values")
-    leaves = [arrays[name] for name, _ in names]
+    leaves = [arrays[name] if np.dtype(shape.dtype) == arrays[name].dtype else arrays[name].astype(shape.dtype)
+              for name, shape in names]
     if stored_digest is None:
         log(f"jaxlin: note: {path} has no digest (written by an older jaxlin); not verified")
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(expected), leaves), model

@@ -27,7 +27,7 @@ from jaxlin import optimizers
 from jaxlin.config import Config
 from jaxlin.data.datasets import Datasets
 from jaxlin.training.evaluate import Evaluator, to_float_images
-from jaxlin.models import Model
+from jaxlin.models import Model, check_fits_data, keeping_fixed_leaves
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host
 from jaxlin.training.sampler import EpochSampler, check_window
 from jaxlin.training.loop import Loop, LoopHooks, Progress
@@ -366,6 +366,12 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     (whose optimizer settings are then unused: `FitResult.optimizer` says what ran).
     """
     config.validate(len(data.train), data.num_features, data.num_classes)
+    if optimizer is not None:
+        optimizers.check_custom(optimizer, config)
+    check_fits_data(model, data.num_features, data.num_classes)  # one ModelError, before anything runs
+    model = keeping_fixed_leaves(model)  # integer leaves (a permutation, a counter): kept out of the gradients
+    optimizers.check_traces(optimizer if optimizer is not None else make_optimizer(config), model,
+                            "fit's optimizer=" if optimizer is not None else f"optimizer {config.optimizer}")
     hooks = hooks or LoopHooks()
     placement = resolve_placement(config.device, config.devices, config.batch_size)
     evals = eval_schedule(config.num_steps, config.eval_every, eval_steps)
