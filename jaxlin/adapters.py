@@ -14,8 +14,9 @@ wants a grid reshapes them itself.
 
 - Flax linen: the variables `init` returns (``{"params": ..., "batch_stats": ...}``). A class is
   instantiated with `num_classes` and `image_shape` when it has those fields. When `__call__` takes
-  `train`, evaluation calls it with ``train=False`` and training with ``train=True``, the dropout key as
-  the ``"dropout"`` RNG stream and every collection but "params" mutable.
+  `train` (or `training`, `is_training`), evaluation calls it with ``train=False`` and training with
+  ``train=True`` (`deterministic`: inverted, True in evaluation), the dropout key as the ``"dropout"`` RNG
+  stream and every collection but "params" mutable.
 - Flax nnx: the module's `nnx.Param` variables under "params", its other variables (`nnx.BatchStat`...)
   under "state". A class is called with ``rngs=nnx.Rngs(key)`` (and `num_classes`, `image_shape` when it
   takes them). Evaluation switches it with `module.eval()`, training with `module.train()` (flax's own
@@ -103,6 +104,24 @@ def _call(reference: str, make: Callable, what: str):
 
 # ---- Flax linen ---------------------------------------------------------------------------------------
 
+# The names under which a linen module's `__call__` takes its training switch, in the order looked for;
+# those in _INVERTED_SWITCHES are True in evaluation (Flax's own `deterministic`).
+_LINEN_SWITCHES = ("train", "training", "is_training", "deterministic")
+_INVERTED_SWITCHES = ("deterministic",)
+
+
+def _linen_switch(function) -> str | None:
+    """The argument of a linen `__call__` that switches training on (or, inverted, off), if it names one."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return None
+    named = next((name for name in _LINEN_SWITCHES if name in parameters), None)
+    if named is None and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return "train"  # **kwargs: given train=, as it always was
+    return named
+
+
 def _linen(found, reference, image_shape, num_classes) -> Adapted:
     from flax import linen as nn
     from flax.core import unfreeze
@@ -113,8 +132,17 @@ def _linen(found, reference, image_shape, num_classes) -> Adapted:
                  if k in fields}
         found = _call(reference, lambda: found(**sizes), f"{found.__name__}({', '.join(sizes)})")
     module: nn.Module = found
-    has_train = _takes(module.__call__, "train")
-    switch = (lambda train: {"train": train}) if has_train else (lambda train: {})
+    switch_name = _linen_switch(module.__call__)
+    has_train = switch_name is not None
+    if switch_name in _INVERTED_SWITCHES:  # deterministic=True is evaluation
+        def switch(train):
+            return {switch_name: not train}
+    elif has_train:
+        def switch(train):
+            return {switch_name: train}
+    else:
+        def switch(train):
+            return {}
     example = jnp.zeros((1, math.prod(image_shape)), jnp.float32)
 
     def init(key):

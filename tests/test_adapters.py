@@ -37,6 +37,31 @@ class LinenBN(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+class LinenDeterministic(nn.Module):
+    """Dropout switched by Flax's own name for it, `deterministic` (True: evaluation)."""
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        return nn.Dense(self.num_classes)(nn.Dropout(0.5, deterministic=deterministic)(x))
+
+
+class LinenDeterministicFalse(LinenDeterministic):
+    """The same, its switch defaulting to training: evaluation must still pass deterministic=True."""
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = False):
+        return nn.Dense(self.num_classes)(nn.Dropout(0.5, deterministic=deterministic)(x))
+
+
+class LinenTraining(nn.Module):
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, training: bool = False):
+        return nn.Dense(self.num_classes)(nn.Dropout(0.5, deterministic=not training)(x))
+
+
 class LinenCNN(nn.Module):
     num_classes: int = 10
 
@@ -127,7 +152,8 @@ def _images(n=8):
 def test_dropout_is_active_in_training_and_off_in_evaluation(workdir):
     from jaxlin.models import get_model
 
-    for reference in ("adapted:NnxDropout", "adapted:EqxMLP", "adapted:LinenBN"):
+    for reference in ("adapted:NnxDropout", "adapted:EqxMLP", "adapted:LinenBN", "adapted:LinenDeterministic",
+                      "adapted:LinenDeterministicFalse", "adapted:LinenTraining"):
         model = get_model(reference)
         assert model.train_apply is not None, reference
         params, images = model.init(jax.random.key(0)), _images()
