@@ -62,3 +62,21 @@ def test_the_sweep_figure_draws_a_line_per_combination_of_the_settings_besides_t
     assert labels == ["weight decay 0.0", "weight decay 0.0001"]
     assert [list(line.get_xdata()) for line in left.get_lines()] == [[0.1, 0.5], [0.1, 0.5]]
     assert (tmp_path / "sweep.png").exists()
+
+
+def test_the_sweep_learning_curves_show_whole_lines_when_there_are_few_evaluations(tmp_path):
+    """Two evaluations (steps 0 and the last): the panel holds the lines from their 10% start, not just
+    their ends; with many, it zooms onto where the curves go after the start."""
+    from jaxlin.runs.plots import plot_sweep
+
+    members = [{"index": i, "learning_rate": lr, "seed": 0, "diverged_at_step": None, "validation_accuracy": acc,
+                "test_accuracy": acc, "final_train_loss": 0.3} for i, (lr, acc) in enumerate([(0.1, 0.90),
+                                                                                             (0.5, 0.93)])]
+    short = np.array([[0.1, 0.90], [0.1, 0.93]])
+    low, high = plot_sweep(members, [0, 10], short, 1, tmp_path / "short.png").axes[1].get_ylim()
+    assert low <= 10 and 93 < high <= 101
+    long = np.array([[0.1, 0.80, 0.85, 0.88, 0.90], [0.1, 0.82, 0.88, 0.91, 0.93]])
+    low, high = plot_sweep(members, [0, 10, 20, 30, 40], long, 1, tmp_path / "long.png").axes[1].get_ylim()
+    assert 70 < low < 80 and 93 < high <= 101
+    nothing = np.full((2, 2), np.nan)
+    assert plot_sweep(members, [0, 10], nothing, None, tmp_path / "nan.png").axes[1].get_ylim() == (0, 100)

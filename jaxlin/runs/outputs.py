@@ -70,7 +70,11 @@ def figure_plan(data: Datasets, model: Model, params) -> tuple[bool, tuple[np.nd
                                 f"({_shape_text(data.image_shape)}) are not pictures.)"]
     weights = model.first_dense_weights(params)
     if weights is None:
-        notes.append(f"(No weights figure: the first layer of the {model.name} is not dense.)")
+        if ":" in model.name:  # a user's MODULE:NAME: jaxlin cannot tell its layers, only its params' layout
+            notes.append(f"(No weights figure: {model.name}'s params are not jaxlin's dense layers "
+                         f"([{{\"w\", \"b\"}}, ...]).)")
+        else:
+            notes.append(f"(No weights figure: the first layer of the {model.name} is not dense.)")
     elif not picture or weights[0].shape[0] != data.num_features:
         notes.append(f"(No weights figure: the inputs of the {model.name}'s first layer are not "
                      f"{_shape_text(data.image_shape)} images.)")

@@ -172,6 +172,27 @@ _SWEEP_OUTCOMES = frozenset({"index", "diverged_at_step", "validation_accuracy",
                              "validation_curve", "final_train_loss"})
 
 
+# Evaluations after the first that make a curve worth zooming into: with fewer, the panel shows whole lines.
+_ZOOM_POINTS = 3
+
+
+def _curve_limits(curves: np.ndarray) -> tuple[float, float]:
+    """The y-limits (%) of the learning curves: zoomed onto where the curves go after their first point
+    (not the ~10% they start from) when each has `_ZOOM_POINTS` more; else every point, the start too, so
+    that two or three evaluations draw whole lines rather than an almost empty panel."""
+    finite = curves[np.isfinite(curves)]
+    if not finite.size:
+        return 0.0, 100.0
+    trained = curves[:, 1:]
+    if trained.shape[1] >= _ZOOM_POINTS and np.isfinite(trained).any():
+        low = np.nanpercentile(trained, 5)
+    else:
+        low = finite.min()
+    low, high = 100 * float(low), 100 * float(np.nanmax(curves))
+    margin = max(1.0, 0.05 * (high - low))
+    return max(0.0, low - margin), min(100.0, high) + 1.0
+
+
 def plot_sweep(members: Sequence[dict], steps: Sequence[int], curves: np.ndarray, best: int | None,
                path: str | os.PathLike) -> Figure:
     """Left: final validation accuracy against learning rate, a line per combination of the other settings,
@@ -213,10 +234,9 @@ def plot_sweep(members: Sequence[dict], steps: Sequence[int], curves: np.ndarray
     left.legend(fontsize=7)
     for i, curve in enumerate(np.asarray(curves, float)):
         right.plot(steps, 100 * curve, linewidth=2.2 if i == best else 0.8, alpha=1 if i == best else 0.5,
-                   color="black" if i == best else None)
-    trained = np.asarray(curves, float)[:, 1:]
-    if trained.size and np.isfinite(trained).any():  # the curves after step 0, not the 10% they start from
-        right.set_ylim(max(0.0, 100 * np.nanpercentile(trained, 5) - 2), 100 * np.nanmax(trained) + 1)
+                   color="black" if i == best else None, marker="o" if len(steps) <= 2 * _ZOOM_POINTS else None,
+                   markersize=3)
+    right.set_ylim(*_curve_limits(np.asarray(curves, float)))
     right.set_xlabel("Training step")
     right.set_ylabel("Validation accuracy (%)")
     right.set_title("Learning curves (best in black)")
