@@ -80,3 +80,19 @@ def test_the_sweep_learning_curves_show_whole_lines_when_there_are_few_evaluatio
     assert 70 < low < 80 and 93 < high <= 101
     nothing = np.full((2, 2), np.nan)
     assert plot_sweep(members, [0, 10], nothing, None, tmp_path / "nan.png").axes[1].get_ylim() == (0, 100)
+
+
+def test_the_weights_note_of_a_user_model_names_its_params_layout(tiny_data):
+    """A user's model's params (a dict, say) are not jaxlin's dense layers: the note says so, not that its
+    first layer is not dense (jaxlin cannot tell); the cnn's note still names its first layer."""
+    import dataclasses
+
+    from jaxlin.models import get_model
+    from jaxlin.runs.outputs import figure_plan
+
+    cnn = get_model("cnn")
+    user = dataclasses.replace(cnn, name="mymodels:TinyMLP")
+    params = {"Dense_0": {"kernel": np.zeros((784, 32)), "bias": np.zeros(32)}}
+    assert figure_plan(tiny_data, user, params)[2] == [
+        "(No weights figure: mymodels:TinyMLP's params are not jaxlin's dense layers ([{\"w\", \"b\"}, ...]).)"]
+    assert figure_plan(tiny_data, cnn, params)[2] == ["(No weights figure: the first layer of the cnn is not dense.)"]
