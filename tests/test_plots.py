@@ -85,13 +85,11 @@ def test_the_sweep_learning_curves_show_whole_lines_when_there_are_few_evaluatio
 def test_the_weights_note_of_a_user_model_names_its_params_layout(tiny_data):
     """A user's model's params (a dict, say) are not jaxlin's dense layers: the note says so, not that its
     first layer is not dense (jaxlin cannot tell); the cnn's note still names its first layer."""
-    import dataclasses
-
     from jaxlin.models import get_model
     from jaxlin.runs.outputs import figure_plan
 
     cnn = get_model("cnn")
-    user = dataclasses.replace(cnn, name="mymodels:TinyMLP")
+    user = cnn._replace(name="mymodels:TinyMLP")
     params = {"Dense_0": {"kernel": np.zeros((784, 32)), "bias": np.zeros(32)}}
     assert figure_plan(tiny_data, user, params)[2] == [
         "(No weights figure: mymodels:TinyMLP's params are not jaxlin's dense layers ([{\"w\", \"b\"}, ...]).)"]
