@@ -120,3 +120,27 @@ def test_overwrite_removes_what_the_run_kinds_layout_writes(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     RunDir(tmp_path, Layout(("summary.json", RECORDS_FILE), "summary.json", RECORD_FIELDS)).remove_run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_checkpoints_folder_of_other_files_is_refused_never_deleted(tiny_data_dir, tmp_path, capsys):
+    """Only what jaxlin writes makes a run: `--overwrite` refuses a folder whose checkpoints/ holds other
+    files (and leaves them), while a jaxlin run's own checkpoints are still replaced."""
+    from jaxlin.cli.main import main
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "7").mkdir(parents=True)
+    (out / "checkpoints" / "keep.txt").write_text("mine")
+    (out / "checkpoints" / "7" / "model.pt").write_text("mine too")
+    flags = ["train", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--num-steps", "20",
+             "--batch-size", "50", "--no-progress", "--no-figures"]
+    for mode in ([], ["--overwrite"], ["--resume"]):
+        assert main([*flags, *mode]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"jaxlin: error: output dir {out} holds files jaxlin did not write: checkpoints/7, checkpoints/keep.txt; "
+            f"choose another --output-dir (jaxlin never removes them)")
+    assert sorted(p.name for p in out.rglob("*")) == ["7", "checkpoints", "keep.txt", "model.pt"]
+    (out / "checkpoints" / "keep.txt").unlink()
+    (out / "checkpoints" / "7" / "model.pt").unlink()
+    (out / "checkpoints" / "7").rmdir()
+    assert main(flags) == 0 and main([*flags, "--overwrite"]) == 0  # jaxlin's own run: replaced
+    assert "already holds" not in capsys.readouterr().err

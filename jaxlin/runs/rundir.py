@@ -26,6 +26,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -49,6 +50,36 @@ LOGS_DIR = "logs"  # the runtime logs of a multi-process run's processes (runtim
 # Everything jaxlin writes into an output directory, by either command: what `--overwrite` removes, so that
 # a train run written over a sweep (or the reverse) leaves nothing of the other behind.
 JAXLIN_OUTPUTS = tuple(dict.fromkeys((*RUN_FILES, *SWEEP_OUTPUTS, LOGS_DIR)))
+
+
+# What jaxlin writes inside the folders it owns: orbax step directories (a killed save's temporary one
+# too) holding the record and state items, the same moved aside as "STEP-REASON[-N]", the best sweep
+# member's outputs, the runtime logs. Anything else there is someone else's: never removed.
+_STEP_DIR = re.compile(r"\d+(\.orbax-checkpoint-tmp.*)?")
+_SET_ASIDE_STEP_DIR = re.compile(r"\d+-.+")
+_STEP_ITEMS = ("record", "state", "_CHECKPOINT_METADATA", "commit_success.txt")
+_BEST_FILES = (METRICS_FILE, PARAMS_FILE, RECORDS_FILE, *FIGURES)
+_LOG_FILE = re.compile(r"runtime-.+\.log")
+
+
+def _is_step_dir(path: Path) -> bool:
+    """An orbax step directory as jaxlin's `CheckpointStore` writes it (possibly half-written)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return all(child.name.split(".orbax-checkpoint-tmp")[0] in _STEP_ITEMS for child in path.iterdir())
+
+
+def _foreign_in(folder: Path, name: str) -> list[Path]:
+    """The entries of `folder` (a jaxlin-named folder of an output directory) that jaxlin did not write."""
+    if name == CHECKPOINT_DIR:
+        return [p for p in folder.iterdir() if not (_STEP_DIR.fullmatch(p.name) and _is_step_dir(p))]
+    if name == SET_ASIDE_DIR:
+        return [p for p in folder.iterdir() if not (_SET_ASIDE_STEP_DIR.fullmatch(p.name) and _is_step_dir(p))]
+    if name == SWEEP_OUTPUTS[2]:  # best/
+        return [p for p in folder.iterdir() if p.name not in _BEST_FILES or p.is_symlink() or not p.is_file()]
+    if name == LOGS_DIR:
+        return [p for p in folder.iterdir() if not _LOG_FILE.fullmatch(p.name) or p.is_symlink() or not p.is_file()]
+    return []
 
 
 class RunDirError(JaxlinError, ValueError):
@@ -215,6 +246,12 @@ class RunDir:
             if fd is not None:
                 self._try_lock(fd)
                 os.close(fd)  # released: the run takes it for good once its data is loaded
+        foreign = self.foreign_files()
+        if foreign:
+            shown = ", ".join(str(p.relative_to(self.path)) for p in foreign[:3])
+            shown += ", ..." if len(foreign) > 3 else ""
+            raise RunDirError(f"output dir {self.path} holds files jaxlin did not write: {shown}; choose another "
+                              f"--output-dir (jaxlin never removes them)")
         found = self.run_files()
         if mode == "new" and found:
             holder = self._holder()
@@ -266,12 +303,31 @@ class RunDir:
                 found.append(name)
         return found
 
+    def foreign_files(self) -> list[Path]:
+        """What jaxlin did not write inside the folders of its own names (checkpoints/, best/...): a
+        directory holding any is not (only) a jaxlin run, and `--overwrite` must not remove it."""
+        found = []
+        for name in (CHECKPOINT_DIR, SET_ASIDE_DIR, SWEEP_OUTPUTS[2], LOGS_DIR):
+            folder = self.path / name
+            try:
+                if folder.is_symlink() or not folder.is_dir():
+                    continue
+                found.extend(sorted(_foreign_in(folder, name)))
+            except OSError as err:
+                raise RunDirError(f"output dir {self.path}: cannot look into {name}/ ({err.strerror or err})") from err
+        return found
+
     def has_finished_run(self) -> bool:
         return (self.path / self.layout.finished_file).is_file()
 
     def remove_run(self) -> None:
         """Removes a previous run's outputs, of any command (`--overwrite`), and whatever this run's layout
-        writes; other files stay."""
+        writes; other files stay, and a folder of its names holding anything it did not write is refused
+        (`foreign_files`), never removed."""
+        foreign = self.foreign_files()
+        if foreign:
+            raise RunDirError(f"output dir {self.path} holds files jaxlin did not write: {foreign[0]}; choose "
+                              f"another --output-dir")
         for name in dict.fromkeys((*JAXLIN_OUTPUTS, *self.layout.run_files)):
             target = self.path / name
             if not (target.exists() or target.is_symlink()):
