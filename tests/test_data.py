@@ -379,3 +379,14 @@ def test_arrays_from_python_are_checked_and_float_images_are_not_divided_twice(t
                                  image_shape=(28, 28), num_classes=10)
     with pytest.raises(DataError, match="validation size 5600 does not fit 5600 examples"):
         Datasets.from_arrays(train, labels, tiny_data.test.images_uint8, tiny_data.test.labels, validation_size=5600)
+
+
+def test_the_extending_page_states_the_current_rules_for_arrays():
+    """docs/extending.md once said images are (n, 784) or (n, 28, 28) with labels 0..9, and listed as
+    "not yet" what issue 16 added; it points at data.md's rules now."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "extending.md").read_text()
+    assert "`(n, 784)` or `(n, 28, 28)`" not in text and "labels in 0..9" not in text
+    assert "`(n, H, W)`, `(n, H, W, C)` or flat `(n, features)`" in text and "num_classes=K" in text
+    assert "issue 16" not in text and "--validation-size" not in text.split("Not yet")[-1]

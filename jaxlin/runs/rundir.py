@@ -14,8 +14,9 @@ Layout of `--output-dir`:
   crash never leaves the directory locked; the file only holds the holder's PID.
 
 Only these names (and a sweep's outputs: `sweep.json`, `sweep.png`, `best/`) are ever
-removed, by `--overwrite`; `logs/` stays. Stale staging directories, which a killed run
-leaves, are cleaned up by the next one.
+removed, by `--overwrite`, and only when the folders among them hold nothing but what jaxlin
+writes there (`RunDir.foreign_files`): a directory with anything else in them is refused.
+Stale staging directories, which a killed run leaves, are cleaned up by the next one.
 """
 
 from __future__ import annotations
