@@ -93,3 +93,16 @@ def test_the_placed_batches_are_public_and_padded_to_whole_batches():
     assert evaluator.batches.shape == (3, 2, 784)
     np.testing.assert_array_equal(np.asarray(evaluator.batches).reshape(6, 784)[:5], images)
     assert not np.any(np.asarray(evaluator.batches)[2, 1])
+
+
+def test_jaxlin_evaluate_names_the_data_after_what_it_is(tiny_data_dir, tmp_path, capsys):
+    """Without --dataset, a directory's data is named after it (not "mnist" whatever it holds)."""
+    from jaxlin.runs.params_file import save_params
+    from jaxlin.cli.main import main
+
+    model = get_model("linear")
+    save_params(tmp_path / "p.npz", model.init(jax.random.key(0)), model)
+    assert main(["evaluate", str(tmp_path / "p.npz"), "--data-dir", str(tiny_data_dir)]) == 0
+    assert f"Data: {tiny_data_dir.name} test split: 28x28x1 images" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "p.npz"), "--data-dir", str(tiny_data_dir), "--dataset", "digits"]) == 0
+    assert "Data: digits test split" in capsys.readouterr().out

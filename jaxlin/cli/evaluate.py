@@ -26,6 +26,9 @@ def run(args: argparse.Namespace, stop: StopRequest | None) -> int:
 
     settings = {name: getattr(args, name, getattr(DEFAULTS, name))
                 for name in ("dataset", "data_dir", "device", "source")}
+    # --dataset left out: the data is named after what it is (a set jaxlin knows by its files' content,
+    # else the directory's name; `datasets.identify`), not "mnist" whatever it holds.
+    settings["dataset"] = getattr(args, "dataset", None)
     jax_devices()
     metrics = evaluate_saved(args.params, settings["dataset"], settings["data_dir"], args.model,
                              settings["device"], settings["source"])
