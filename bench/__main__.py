@@ -2,7 +2,8 @@
 
 Writes <device>.json (every raw repeat) and <device>.png into --out (default: jaxlin-bench/ in the working
 directory; the committed bench/results only when named), and prints a table. `--cases MODULE:NAME:BATCH:STEPS`
-times a user's own model (jaxlin's contenders only), `--optimizer` another optimizer than the tutorial's SGD.
+times a user's own model (jaxlin_per_step and jaxlin_fused only; dropout and batch-norm state too),
+`--optimizer` another optimizer than the tutorial's SGD.
 `--quick` runs a few steps of each contender to prove the harness works; its timings mean nothing.
 `--replot RESULTS_JSON` redraws a saved run and rewrites the generated tables of docs/benchmark.md
 (the lines between its two marker comments); those tables are never edited by hand.
