@@ -122,6 +122,20 @@ def _linen_switch(function) -> str | None:
     return named
 
 
+def _check_draws_nothing(reference: str, trace: Callable) -> None:
+    """A linen module with no training switch must run without a "dropout" stream: one that asks for it
+    (dropout left on) is refused with the names jaxlin switches it by. Other failures are left to the
+    model's own check (`models.user_model`), which reports them."""
+    try:
+        trace()
+    except Exception as err:
+        if type(err).__name__ != "InvalidRngError":
+            return
+        raise AdapterError(f"--model {reference}: it draws random numbers (dropout) when evaluated, and its "
+                           f"__call__ takes no switch jaxlin knows: give it an argument train, training or "
+                           f"deterministic (True in evaluation) that turns dropout off") from err
+
+
 def _linen(found, reference, image_shape, num_classes) -> Adapted:
     from flax import linen as nn
     from flax.core import unfreeze
@@ -152,8 +166,10 @@ def _linen(found, reference, image_shape, num_classes) -> Adapted:
     def apply(params, images):
         return module.apply(params, images, **switch(False))
 
-    collections = jax.eval_shape(init, jax.random.key(0)).keys()
-    mutable = [name for name in collections if name != "params"]
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    if not has_train:
+        _check_draws_nothing(reference, lambda: jax.eval_shape(apply, shapes, example))
+    mutable = [name for name in shapes if name != "params"]
     if not has_train and not mutable:
         return Adapted(init, apply)  # a plain function of its params: trained as any jaxlin model
 

@@ -62,6 +62,15 @@ class LinenTraining(nn.Module):
         return nn.Dense(self.num_classes)(nn.Dropout(0.5, deterministic=not training)(x))
 
 
+class LinenUnknownSwitch(nn.Module):
+    """Dropout switched by an argument jaxlin does not know: on in evaluation, so refused."""
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, mode: bool = False):
+        return nn.Dense(self.num_classes)(nn.Dropout(0.5, deterministic=mode)(x))
+
+
 class LinenCNN(nn.Module):
     num_classes: int = 10
 
@@ -203,7 +212,9 @@ def test_what_is_not_a_model_is_refused_in_one_line(workdir):
     from jaxlin.models import get_model
 
     for reference, message in [("adapted:torchish", "not a model"),
-                               ("adapted:EqxBatchNorm", "Equinox modules with state .* are not supported")]:
+                               ("adapted:EqxBatchNorm", "Equinox modules with state .* are not supported"),
+                               ("adapted:LinenUnknownSwitch", "^--model adapted:LinenUnknownSwitch: it draws random "
+                                "numbers .* give it an argument train, training or deterministic")]:
         with pytest.raises(JaxlinError, match=message) as caught:
             get_model(reference)
         assert "\n" not in str(caught.value)
