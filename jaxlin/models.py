@@ -323,7 +323,12 @@ def user_model(reference: str, image_shape: tuple[int, int, int], num_classes: i
     an Equinox module (a class or an instance), wrapped by `jaxlin.adapters`. An object may also have
     `train_apply(params, images, key) -> (logits, params)` and `trainable(params)` (see `Model`) for
     dropout and non-trained state. Its spec is its reference, so checkpoints and params files rebuild
-    it by importing it again."""
+    it by importing it again.
+
+    Checked before anything runs (traced with `jax.eval_shape`): the logits of `apply` (and of
+    `train_apply`, which returns a pair) must be one floating-point array [batch, num_classes]; params
+    with integer or boolean leaves (a permutation, a counter) train with those leaves kept as they are
+    (`keeping_fixed_leaves`)."""
     candidate = _build_candidate(_import_reference(reference), reference, image_shape, num_classes)
     if not _has_init_and_apply(candidate) and not isinstance(candidate, Model):
         raise ModelError(f"--model {reference}: not a model: expected an object with init(key) and "
