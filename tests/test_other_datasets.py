@@ -140,7 +140,7 @@ def test_colour_images_train_with_figures_evaluate_and_predict(colours_dir, tmp_
     # The MNIST-shaped test set is not what these params take: one line.
     assert main(["evaluate", str(out / "params.npz"), "--data-dir", str(_mnist_like(tmp_path))]) == 2
     err = capsys.readouterr().err
-    assert "the params were trained on 32x32x3 images; mnist's are 28x28x1 (784 values)" in err
+    assert "the params were trained on 32x32x3 images; mnist-like's are 28x28x1 (784 values)" in err
     assert len(err.strip().splitlines()) == 1
 
 
