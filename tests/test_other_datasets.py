@@ -258,6 +258,11 @@ def test_arrays_with_an_empty_test_split_are_refused_in_one_line():
     images, labels = twenty_classes(60, 0)
     with pytest.raises(DataError, match="^test arrays: the test split holds no images"):
         Datasets.from_arrays(images, labels, images[:0], labels[:0], validation_size=10)
+    from jaxlin.data.datasets import Split
+
+    train = Split.from_arrays(images, labels)
+    with pytest.raises(DataError, match="^mine: the test split holds no images"):
+        Datasets(train, train, Split.from_arrays(images[:0], labels[:0]), name="mine")
 
 
 def test_resuming_on_other_data_of_the_same_shape_is_refused_naming_both(letters_dir, tmp_path, capsys):

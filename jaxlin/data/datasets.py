@@ -167,6 +167,8 @@ class Datasets:
         object.__setattr__(self, "image_shape", tuple(int(d) for d in shape))
         if self.num_classes is None:
             object.__setattr__(self, "num_classes", class_count(*(s.labels for s in self.splits())))
+        if not len(self.test):  # every run measures test accuracy (`fit` would fail on it later)
+            raise DataError(f"{self.name}: the test split holds no images (every run measures test accuracy on it)")
         for split_name, split in zip(("train", "validation", "test"), self.splits()):
             if split.images_uint8.ndim != 2 or split.images_uint8.shape[1] != self.num_features:
                 raise DataError(f"{self.name} ({split_name}): images are {split.images_uint8.shape}, expected "
