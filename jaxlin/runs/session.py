@@ -317,6 +317,8 @@ def _prepare(session: Session, explicit: set[str]) -> None:
         else:  # data given from Python was split by its maker: record what it holds out
             config = config.replace(validation_size=len(data.validation))
             kind.check(config)
+        if session.mode == "resume":  # refused here, before the directory is locked (again when it is restored)
+            check_same_data(record, data, out, step)
         config.validate(len(data.train), data.num_features, data.num_classes)
         model = build_model(config, data)  # for the data's image shape and class count
         session.placement, session.plan_text = kind.plan(config, data, model)
