@@ -195,7 +195,8 @@ run.train_and_evaluate(Config(num_steps=20, eval_every=10, batch_size=50, output
 FROM_PYTHON = {
     # A user's own model: the record names it, and `jaxlin train` builds no such model.
     "model": ("from jaxlin import models\nfrom jaxlin.runs import session\n"
-              "session.build_model = lambda config, data=None: models.get_model('mlp', hidden_sizes=(8,))._replace(name='mine')",
+              "session.build_model = lambda config, data=None: "
+              "models.get_model('mlp', hidden_sizes=(8,))._replace(name='mine')",
               "a model that `jaxlin train` does not build (mine)"),
     # A user's own optimizer: the record says sgd, the state holds Adam's moments.
     "optimizer": ("import optax\nfrom jaxlin.training import trainer\n"

@@ -8,6 +8,7 @@ with figures, evaluate, predict, resume, sweep), and `--validation-size` through
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -323,6 +324,14 @@ def test_data_is_named_after_what_it_is_and_a_wrong_dataset_name_is_refused(lett
                    f"fashion_mnist's file (its content differs from fashion_mnist's known sha256); point --data-dir "
                    f"at fashion_mnist's files, or drop --dataset to name the data after its directory")
     assert not out.exists()
+    # jaxlin evaluate checks the name the same way.
+    from jaxlin.models import get_model
+    from jaxlin.runs.params_file import save_params
+
+    model = get_model("linear", num_classes=20, image_shape=(16, 16, 1))
+    save_params(tmp_path / "p.npz", model.init(jax.random.key(0)), model, (16, 16, 1))
+    assert main(["evaluate", str(tmp_path / "p.npz"), "--data-dir", str(gz), "--dataset", "fashion_mnist"]) == 2
+    assert "is not fashion_mnist's file" in capsys.readouterr().err
     # A directory called like a known set without its content is not named after it.
     monkeypatch.setattr(datasets.download, "FILES", {"mnist": FILES["mnist"]})
     assert datasets.load_datasets(data_dir=gz, validation_size=200).name == "mnist-dir"

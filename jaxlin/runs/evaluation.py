@@ -21,7 +21,8 @@ def evaluate_saved(params_path: str, dataset: str = "mnist", data_dir: str | Non
         raise params_file.CheckpointError(
             f"{params_path}: params are for model {model.describe()}, not {model_name}")
     # Only the test split is used: no validation is held out, so any size of training set loads.
-    data = load_datasets(dataset, data_dir, source, log=lambda line: print(line, file=sys.stderr), validation_size=0)
+    data = load_datasets(dataset, data_dir, source, log=lambda line: print(line, file=sys.stderr), validation_size=0,
+                         check_name=True)
     check_fits(params_path, model, params_file.stored_image_shape(params_path), data)
     test = evaluate(model.apply, params, data.test, batch_size=model.eval_batch_size,
                     placement=resolve_placement(device), num_classes=data.num_classes)
