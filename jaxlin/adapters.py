@@ -132,8 +132,8 @@ def _check_draws_nothing(reference: str, trace: Callable) -> None:
         if type(err).__name__ != "InvalidRngError":
             return
         raise AdapterError(f"--model {reference}: it draws random numbers (dropout) when evaluated, and its "
-                           f"__call__ takes no switch jaxlin knows: give it an argument train, training or "
-                           f"deterministic (True in evaluation) that turns dropout off") from err
+                           f"__call__ takes no switch jaxlin knows: give it an argument train, training, "
+                           f"is_training or deterministic (True in evaluation) that turns dropout off") from err
 
 
 def _linen(found, reference, image_shape, num_classes) -> Adapted:

@@ -329,7 +329,15 @@ def user_model(reference: str, image_shape: tuple[int, int, int], num_classes: i
     `train_apply`, which returns a pair) must be one floating-point array [batch, num_classes]; params
     with integer or boolean leaves (a permutation, a counter) train with those leaves kept as they are
     (`keeping_fixed_leaves`)."""
-    candidate = _build_candidate(_import_reference(reference), reference, image_shape, num_classes)
+    return as_model(_import_reference(reference), reference, image_shape, num_classes)
+
+
+def as_model(found, reference: str, image_shape: tuple[int, int, int], num_classes: int) -> Model:
+    """`found` (what a reference names, or an object given from Python: see `user_model`) as a checked
+    `Model` named `reference`, built for images of `image_shape` and `num_classes` classes."""
+    if isinstance(found, Model):
+        return found
+    candidate = _build_candidate(found, reference, image_shape, num_classes)
     if not _has_init_and_apply(candidate) and not isinstance(candidate, Model):
         raise ModelError(f"--model {reference}: not a model: expected an object with init(key) and "
                          f"apply(params, images), a Flax or Equinox module, or a callable that returns one "

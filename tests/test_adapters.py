@@ -214,7 +214,7 @@ def test_what_is_not_a_model_is_refused_in_one_line(workdir):
     for reference, message in [("adapted:torchish", "not a model"),
                                ("adapted:EqxBatchNorm", "Equinox modules with state .* are not supported"),
                                ("adapted:LinenUnknownSwitch", "^--model adapted:LinenUnknownSwitch: it draws random "
-                                "numbers .* give it an argument train, training or deterministic")]:
+                                "numbers .* give it an argument train, training, is_training or deterministic")]:
         with pytest.raises(JaxlinError, match=message) as caught:
             get_model(reference)
         assert "\n" not in str(caught.value)
@@ -248,6 +248,22 @@ def test_a_stateful_model_trains_through_the_fused_and_per_step_loops_alike(work
 
 
 @pytest.mark.slow
+def test_fit_takes_a_module_or_an_object_with_init_and_apply_as_it_is(workdir, tiny_data):
+    """From Python, what --model takes works given directly: wrapped and built for the data, same as by reference."""
+    import adapted
+    from jaxlin.config import Config
+    from jaxlin.models import get_model
+    from jaxlin.training.trainer import fit
+
+    config = Config(num_steps=3, eval_every=3, batch_size=32, optimizer="sgd", learning_rate=0.1)
+    given = fit(config, tiny_data, adapted.LinenBN(num_classes=10), progress=False)
+    by_reference = fit(config.replace(model="adapted:LinenBN"), tiny_data, get_model("adapted:LinenBN"),
+                       progress=False)
+    for a, b in zip(jax.tree.leaves(given.params), jax.tree.leaves(by_reference.params)):
+        np.testing.assert_array_equal(a, b)
+    assert given.final["accuracy"] is not None
+
+
 def test_flax_imports_only_with_a_users_module():
     code = ("import sys, jaxlin; from jaxlin.models import get_model; get_model('mlp'); "
             "print(sorted(m for m in ('flax', 'equinox') if m in sys.modules))")

@@ -367,7 +367,7 @@ def test_arrays_from_python_are_checked_and_float_images_are_not_divided_twice(t
     with pytest.raises(DataError, match="must be a uint8 array"):
         Split(tiny_data.test.images, tiny_data.test.labels)
     bad = [((train / 255.0) * 2, labels, "float images must lie in"),
-           (np.where(train > 0, np.nan, 0.0), labels, "float images must lie in"),
+           (np.where(train > 0, np.nan, 0.0), labels, "float images hold NaN or infinite values"),
            (train.astype(np.int64) * 2, labels, "integer images must lie in 0..255"),
            (train, labels + 1, "labels must lie in 0..9"),
            (train[:, :700], labels, "which is not image_shape (28, 28, 1) per image"),
@@ -377,6 +377,9 @@ def test_arrays_from_python_are_checked_and_float_images_are_not_divided_twice(t
         with pytest.raises(DataError, match=re.escape(message)):
             Datasets.from_arrays(images, wrong_labels, tiny_data.test.images_uint8, tiny_data.test.labels,
                                  image_shape=(28, 28), num_classes=10)
+    # A boolean mask is a picture: True is a lit pixel (255), not the near-black 1 of 0..255.
+    masks = Datasets.from_arrays(train > 127, labels, tiny_data.test.images_uint8 > 127, tiny_data.test.labels)
+    assert set(np.unique(masks.train.images_uint8)) == {0, 255}
     with pytest.raises(DataError, match="validation size 5600 does not fit 5600 examples"):
         Datasets.from_arrays(train, labels, tiny_data.test.images_uint8, tiny_data.test.labels, validation_size=5600)
 

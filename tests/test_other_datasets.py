@@ -332,9 +332,25 @@ def test_data_is_named_after_what_it_is_and_a_wrong_dataset_name_is_refused(lett
     save_params(tmp_path / "p.npz", model.init(jax.random.key(0)), model, (16, 16, 1))
     assert main(["evaluate", str(tmp_path / "p.npz"), "--data-dir", str(gz), "--dataset", "fashion_mnist"]) == 2
     assert "is not fashion_mnist's file" in capsys.readouterr().err
+    # Uncompressed files under the known names are checked and named the same way (the known sha256 is of
+    # the uncompressed content).
+    plain = write_set(tmp_path / "plain", twenty_classes, 1200, 300, compressed=())
+    assert datasets.load_datasets(data_dir=plain, validation_size=200).name == "mnist"
+    assert main(["train", "--data-dir", str(plain), "--dataset", "fashion_mnist", "--output-dir", str(out),
+                 "--validation-size", "200", *STEPS]) == 2
+    assert f"{plain / 'train-labels-idx1-ubyte'} is not fashion_mnist's file" in capsys.readouterr().err
+    assert not out.exists()
     # A directory called like a known set without its content is not named after it.
     monkeypatch.setattr(datasets.download, "FILES", {"mnist": FILES["mnist"]})
     assert datasets.load_datasets(data_dir=gz, validation_size=200).name == "mnist-dir"
+
+
+def test_no_validation_set_trains(tiny_data_dir, tmp_path, capsys):
+    """--validation-size 0 holds out nothing: the run trains (its data fingerprint covers an empty split)."""
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--validation-size", "0",
+                 "--no-figures", *STEPS]) == 0, capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["config"]["validation_size"] == 0
 
 
 def dataclasses_replace(remote, sha256):

@@ -116,11 +116,15 @@ class Split:
         if len(labels) and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
             raise DataError(f"{where}: labels must lie in 0..{top}, got {int(labels.min())}..{int(labels.max())}")
         if np.issubdtype(images.dtype, np.floating):
-            if images.size and not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
+            if images.size and not np.isfinite(images).all():
+                raise DataError(f"{where}: float images hold NaN or infinite values; they must lie in [0, 1]")
+            if images.size and not (images.min() >= 0 and images.max() <= 1):
                 raise DataError(f"{where}: float images must lie in [0, 1] (scale 0-255 images by 1/255, or give "
                                 f"them as uint8)")
             images = np.rint(images.astype(np.float64) * 255).astype(np.uint8)
-        elif np.issubdtype(images.dtype, np.integer) or images.dtype == np.bool_:
+        elif images.dtype == np.bool_:  # a mask: True is a lit pixel (255), not the near-black 1 of 0..255
+            images = images.astype(np.uint8) * np.uint8(255)
+        elif np.issubdtype(images.dtype, np.integer):
             if images.size and (images.min() < 0 or images.max() > 255):
                 raise DataError(f"{where}: integer images must lie in 0..255, got {int(images.min())}.."
                                 f"{int(images.max())}")
@@ -187,8 +191,9 @@ class Datasets:
         digest = hashlib.sha256(repr((self.image_shape, self.num_classes)).encode())
         for split in self.splits():
             digest.update(f"{split.images_uint8.shape}".encode())
-            digest.update(memoryview(np.ascontiguousarray(split.images_uint8)).cast("B"))
-            digest.update(memoryview(np.ascontiguousarray(split.labels, dtype="<i4")).cast("B"))
+            # Flat byte views (not memoryview.cast, which refuses an empty split's zero-length shape).
+            digest.update(np.ascontiguousarray(split.images_uint8).reshape(-1).view(np.uint8))
+            digest.update(np.ascontiguousarray(split.labels, dtype="<i4").reshape(-1).view(np.uint8))
         return digest.hexdigest()
 
     @property
@@ -302,19 +307,20 @@ def _known_files(name: str) -> dict[str, download.RemoteFile]:
 
 
 def _differing(name: str, paths: dict[str, Path], arrays: dict[str, np.ndarray]) -> Path | None:
-    """The first of the directory's files named as `name`'s known gz files whose content is not that
-    file's (by its known sha256); None when none differs."""
+    """The first of the directory's files named as `name`'s known files (gz or not: the known sha256 is of
+    the uncompressed content) whose content is not that file's; None when none differs."""
     known = _known_files(name)
     for key in _CHECK_ORDER:
         path = paths[key]
-        if key in known and path.name == known[key].stem + ".gz" and content_sha256(arrays[key]) != known[key].sha256:
+        if key in known and path.name in (known[key].stem, known[key].stem + ".gz") \
+                and content_sha256(arrays[key]) != known[key].sha256:
             return path
     return None
 
 
 def check_known(name: str, paths: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
     """Refuses, in one line, data named after a set jaxlin knows whose files (those named as that set's
-    gz files) hold something else: a run would train on other data and record it as `name`."""
+    files, gz or not) hold something else: a run would train on other data and record it as `name`."""
     if name not in download.FILES:
         return
     path = _differing(name, paths, arrays)
@@ -325,10 +331,10 @@ def check_known(name: str, paths: dict[str, Path], arrays: dict[str, np.ndarray]
 
 
 def identify(data_dir: Path, paths: dict[str, Path], arrays: dict[str, np.ndarray]) -> str:
-    """The name of the data in `data_dir`: a set jaxlin knows when its four files are that set's gz files
-    with their known content, else the directory's name (a known set's name only with its content)."""
+    """The name of the data in `data_dir`: a set jaxlin knows when its four files are that set's files (gz
+    or not) with their known content, else the directory's name (a known set's name only with its content)."""
     for name in download.FILES:
-        if (all(paths[key].name == f.stem + ".gz" for key, f in _known_files(name).items())
+        if (all(paths[key].name in (f.stem, f.stem + ".gz") for key, f in _known_files(name).items())
                 and _differing(name, paths, arrays) is None):
             return name
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", data_dir.absolute().name).lstrip("._-") or "data"

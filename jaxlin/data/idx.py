@@ -172,5 +172,5 @@ def content_sha256(array: np.ndarray) -> str:
     `download.FILES` records of each file of the sets jaxlin knows."""
     digest = hashlib.sha256(bytes((0, 0, _IDX_UBYTE, array.ndim)))
     digest.update(b"".join(int(d).to_bytes(4, "big") for d in array.shape))
-    digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
     return digest.hexdigest()

@@ -27,7 +27,7 @@ from jaxlin import optimizers
 from jaxlin.config import Config
 from jaxlin.data.datasets import Datasets
 from jaxlin.training.evaluate import Evaluator, to_float_images
-from jaxlin.models import Model, check_fits_data, keeping_fixed_leaves
+from jaxlin.models import Model, as_model, check_fits_data, keeping_fixed_leaves
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host
 from jaxlin.training.sampler import EpochSampler, check_window
 from jaxlin.training.loop import Loop, LoopHooks, Progress
@@ -358,7 +358,8 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
         progress: bool = True, *, start: tuple[TrainState, Progress] | None = None,
         hooks: LoopHooks | None = None, optimizer: optax.GradientTransformation | None = None) -> FitResult:
     """Trains `model` up to `config.num_steps`, evaluating test accuracy at `eval_steps`
-    (default: every `config.eval_every` steps and after the last).
+    (default: every `config.eval_every` steps and after the last). `model` is a `Model` (`get_model`), or
+    anything `--model` takes (an object with init and apply, a Flax or Equinox module), built for the data.
 
     `start` resumes from a restored (host) state and its progress; `hooks` receive each
     evaluation record and checkpoint, and can stop the run between chunks. `optimizer`, any optax
@@ -368,6 +369,8 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     config.validate(len(data.train), data.num_features, data.num_classes)
     if optimizer is not None:
         optimizers.check_custom(optimizer, config)
+    if not isinstance(model, Model):  # a Flax or Equinox module, or an object with init and apply, as it is
+        model = as_model(model, getattr(model, "__name__", type(model).__name__), data.image_shape, data.num_classes)
     check_fits_data(model, data.num_features, data.num_classes)  # one ModelError, before anything runs
     model = keeping_fixed_leaves(model)  # integer leaves (a permutation, a counter): kept out of the gradients
     optimizers.check_traces(optimizer if optimizer is not None else make_optimizer(config), model,
