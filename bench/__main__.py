@@ -77,6 +77,35 @@ def check_optimizer(name: str | None, rate: float | None) -> None:
     optimizer_config("linear", name, rate).validate()
 
 
+# MNIST's training split as the contenders load it (`bench.common.load_data`: the tutorial's 55,000).
+MNIST_TRAIN_EXAMPLES = 60_000 - 5_000
+
+
+def check_cases_train(cases: list[tuple[str, int, int]], name: str | None, rate: float | None) -> None:
+    """What `jaxlin train` checks before it trains, for each case: a batch no larger than the training
+    split, and the optimizer's init and one update traced on the case's model (a `MODULE:NAME` factory
+    whose update cannot train is refused here, not timed); raises JaxlinError."""
+    from bench.common import optimizer_config
+    from jaxlin import optimizers
+    from jaxlin.errors import ConfigError
+    from jaxlin.training.trainer import make_optimizer
+
+    for model, batch_size, _ in cases:
+        if batch_size > MNIST_TRAIN_EXAMPLES:
+            raise ConfigError(f"--cases {model}:{batch_size}: batch size {batch_size:,} is larger than the training "
+                              f"set ({MNIST_TRAIN_EXAMPLES:,} examples)")
+        if name is not None:  # the tutorial's SGD (the default) trains any model
+            optimizers.check_traces(make_optimizer(optimizer_config(model, name, rate)), _bench_model(model),
+                                    f"--optimizer {name} (case {model})")
+
+
+def _bench_model(model: str):
+    """The model a case names, as the JAX contenders build it."""
+    from bench.jax_contenders import _model
+
+    return _model(model)
+
+
 def _parse_cases(parser, text: str) -> list[tuple[str, int, int]]:
     cases = []
     for item in text.split(","):
@@ -238,6 +267,10 @@ def main(argv=None) -> int:
         check_user_models(plan.cases)
     except JaxlinError as err:
         parser.error(f"--cases: {err}")
+    try:
+        check_cases_train(plan.cases, plan.optimizer, plan.learning_rate)
+    except JaxlinError as err:
+        parser.error(str(err))
     if args.no_sweep:
         plan = runner.dataclasses.replace(plan, sweep=[])
     if args.no_vmap:

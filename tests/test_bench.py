@@ -310,6 +310,31 @@ def test_the_jaxlin_contenders_time_a_model_with_a_training_mode(contender, tiny
         contenders.JaxlinVmap(data).setup(model="modenets:WithDropout", batch_size=50, num_steps=4)
 
 
+def test_a_case_is_checked_as_jaxlin_train_checks_it(tmp_path, monkeypatch):
+    """A batch larger than the training set, or an optimizer whose update cannot train the case's model, is
+    refused before any worker starts, as `jaxlin train` refuses them (not timed as if it trained)."""
+    from bench.__main__ import check_cases_train
+    from jaxlin.errors import ConfigError
+
+    (tmp_path / "badopt.py").write_text("""
+import jax
+import optax
+
+
+def make(learning_rate):
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u: u[..., :1], updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+""")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_cases_train([("linear", 100, 5)], None, None)
+    check_cases_train([("linear", 100, 5)], "adam", 0.001)
+    with pytest.raises(ConfigError, match="batch size 100,000 is larger than the training set"):
+        check_cases_train([("linear", 100_000, 5)], None, None)
+    with pytest.raises(ConfigError, match=r"--optimizer badopt:make \(case linear\): its update returns"):
+        check_cases_train([("linear", 100, 5)], "badopt:make", 0.1)
+
+
 @pytest.mark.slow
 def test_a_bad_case_or_optimizer_is_one_line_and_writes_nothing(tiny_data_dir, tmp_path):
     for argv, message in [(["--cases", "nomodule:Net:50:5"], "--cases: --model nomodule:Net: cannot import nomodule"),
