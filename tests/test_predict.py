@@ -210,3 +210,13 @@ def test_top_may_go_up_to_the_params_class_count(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "jaxlin: error: --top must be in 1..20 (the params' 20 classes), got 21"
     assert main(["predict", str(path), str(mark), "--top", "0"]) == 2
     assert capsys.readouterr().err.strip() == "jaxlin: error: --top must be at least 1, got 0"
+
+
+def test_the_top_classes_start_with_the_label_even_on_ties():
+    """Equal probabilities: the label (argmax: the lowest tied class) comes first, then the others in order."""
+    from jaxlin.runs.predict import Prediction
+
+    tied = Prediction("x.png", label=0, probabilities=[0.1] * 10)
+    assert [c for c, _ in tied.top(3)] == [0, 1, 2]
+    mixed = Prediction("y.png", label=2, probabilities=[0.1, 0.2, 0.4, 0.2, 0.1])
+    assert [c for c, _ in mixed.top(3)] == [2, 1, 3]

@@ -282,3 +282,23 @@ def test_import_errors_say_whether_the_module_or_what_it_imports_is_missing(chec
     # A params file's model was named by the file, not by a --model the user gave.
     with pytest.raises(ModelError, match="^the params' model nosuchmodule:X: cannot import nosuchmodule"):
         model_from_spec({"name": "nosuchmodule:X", "layer_sizes": [784, 10], "activation": "none"})
+
+
+def test_resuming_after_the_models_module_changed_says_what_differs(workdir, monkeypatch, capsys):
+    """The record names mymodels:TinyMLP; its module now builds 17 hidden units instead of 16."""
+    import sys
+
+    from jaxlin.cli.main import main
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.syspath_prepend(str(workdir))
+    out = workdir / "run"
+    args = ["--output-dir", str(out), "--no-progress", "--no-figures", "--batch-size", "50", "--eval-every", "2"]
+    assert main(["train", "--model", "mymodels:TinyMLP", "--num-steps", "2", *args]) == 0
+    (workdir / "mymodels.py").write_text(MODULE.replace("16", "17"))
+    monkeypatch.delitem(sys.modules, "mymodels")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--num-steps", "4", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "float32(16,), the build makes float32(17,)" in err and "whose module has changed since" in err

@@ -367,8 +367,9 @@ class CheckpointStore:
             from jaxlin.config import ConfigError
 
             raise ConfigError(f"--resume: checkpoint {step} in {self.directory} holds a train state of other shapes "
-                              f"than the model and optimizer its record names build (it was not made by this "
-                              f"command line, e.g. a model given from Python); resume it the way it was started")
+                              f"than the model and optimizer its record names build ({_first_difference(saved, wanted)}"
+                              f"; e.g. a model given from Python, or a MODULE:NAME model whose module has changed "
+                              f"since); resume it the way it was started")
 
     def set_aside_damaged(self, damaged: list[tuple[int, str]], log) -> None:
         """Moves the damaged checkpoints that `find_usable` skipped aside, saying so. One that cannot be
@@ -410,3 +411,12 @@ def _os_reason(err: BaseException) -> str | None:
             return "No space left on device"
         err = err.__cause__ or err.__context__
     return None
+
+
+def _first_difference(saved: list[tuple], wanted: list[tuple]) -> str:
+    """Where two lists of (shape, dtype) first differ, for people: "array 3 is float32(32,), the build
+    makes float32(33,)", or the counts when one list is longer."""
+    for index, (have, want) in enumerate(zip(saved, wanted)):
+        if have != want:
+            return f"array {index} is {have[1]}{have[0]}, the build makes {want[1]}{want[0]}"
+    return f"{len(saved)} arrays saved, the build makes {len(wanted)}"

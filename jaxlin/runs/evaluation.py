@@ -46,7 +46,10 @@ def check_fits(params_path, model: Model, image_shape: tuple[int, int, int] | No
     if (image_shape is not None and tuple(image_shape) != data.image_shape) or inputs != data.num_features:
         trained = "x".join(str(d) for d in image_shape) + " images" if image_shape else f"images of {inputs} values"
         raise params_file.CheckpointError(f"{params_path}: the params were trained on {trained}; {data.name}'s are "
-                                          f"{shape} ({data.num_features} values)")
+                                          f"{shape} ({data.num_features} values){_OTHER_DATA}")
     if classes != data.num_classes:
         raise params_file.CheckpointError(f"{params_path}: the params predict {classes} classes; {data.name} has "
-                                          f"{data.num_classes}")
+                                          f"{data.num_classes}{_OTHER_DATA}")
+
+
+_OTHER_DATA = "; pass --data-dir with the data they were trained on"

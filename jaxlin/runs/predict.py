@@ -39,7 +39,9 @@ class Prediction:
     error: str | None = None
 
     def top(self, k: int) -> list[tuple[int, float]]:
-        order = np.argsort(self.probabilities)[::-1][:k]
+        # Highest first, ties in class order: the first is always the label (`np.argmax` takes the lowest
+        # class on a tie; a reversed ascending sort would list the highest tied class first).
+        order = np.argsort(-np.asarray(self.probabilities), kind="stable")[:k]
         return [(int(c), float(self.probabilities[c])) for c in order]
 
 
