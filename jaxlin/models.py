@@ -354,6 +354,9 @@ def as_model(found, reference: str, image_shape: tuple[int, int, int], num_class
         raise ModelError(f"--model {reference}: its init and apply do not run on images of {input_size} values: "
                          f"{_first_line(err)}") from err
     _check_logits(f"--model {reference}: apply", logits, num_classes)
+    if not any(jnp.issubdtype(leaf.dtype, jnp.inexact) for leaf in jax.tree.leaves(params)):
+        # It would "train" to the chance accuracy of its fixed logits, looking like a run that did not learn.
+        raise ModelError(f"--model {reference}: its init returns no floating-point arrays: nothing to train")
     if train_apply is not None:
         if not isinstance(trained, (tuple, list)) or len(trained) != 2:
             raise ModelError(f"--model {reference}: train_apply returns {_shown(trained)}; expected a pair "

@@ -50,6 +50,10 @@ dense = _Dense()  # an object with init and apply: used as it is
 NOT_A_MODEL = 3
 
 
+no_params = type("NoParams", (), {"init": lambda self, key: {},
+                                   "apply": lambda self, params, images: jnp.zeros((images.shape[0], 10))})()
+
+
 def wrong_logits(image_shape, num_classes):
     return type("Wrong", (), {"init": lambda self, key: {"w": jnp.zeros((784, 3))},
                               "apply": lambda self, params, images: images @ params["w"]})()
@@ -78,7 +82,8 @@ def test_models_by_reference_and_what_is_refused(workdir, monkeypatch):
     assert dense.first_layer_dense and dense.is_single_dense_layer
     for reference, message in [("mymodels:NOT_A_MODEL", "not a model"), ("mymodels:nothing", "has no nothing"),
                                ("nosuchmodule:X", "cannot import nosuchmodule"),
-                               ("mymodels:wrong_logits", r"expected \(2, 10\)")]:
+                               ("mymodels:wrong_logits", r"expected \(2, 10\)"),
+                               ("mymodels:no_params", "its init returns no floating-point arrays: nothing to train")]:
         with pytest.raises(ModelError, match=message):
             get_model(reference)
     with pytest.raises(ModelError, match="these images and classes make"):
