@@ -332,6 +332,30 @@ def test_a_signal_during_jaxlin_download_removes_the_partial_file_and_the_lock(m
     assert not target.exists()  # it made the directory, and nothing else is in it
 
 
+def test_a_stop_swallowed_by_a_callback_prints_no_traceback(capsys):
+    """The signal can land inside JAX's garbage-collector hook, where Python drops the `StopNow` and
+    prints "Exception ignored in ..." with a traceback; while downloading that says nothing (the flag
+    is set and the download stops at its next read). Other unraisable errors are still reported."""
+    from jaxlin.runtime.signals import StopNow
+
+    class Unraisable:  # what Python passes to sys.unraisablehook
+        def __init__(self, exc):
+            self.exc_value, self.exc_type, self.exc_traceback = exc, type(exc), None
+            self.err_msg, self.object = None, None
+
+    seen = []
+    previous, sys.unraisablehook = sys.unraisablehook, seen.append
+    try:
+        with download._signals_stop():
+            sys.unraisablehook(Unraisable(StopNow(2)))
+            sys.unraisablehook(Unraisable(RuntimeError("something else")))
+        after = sys.unraisablehook
+    finally:
+        sys.unraisablehook = previous
+    assert [str(u.exc_value) for u in seen] == ["something else"]
+    assert after == seen.append  # the hook is put back
+
+
 def test_a_signal_keeps_files_already_downloaded(mirrors, tmp_path, mnist_dir):
     """Into a directory that exists and holds a verified file: only what the stopped download wrote goes."""
     import shutil

@@ -290,7 +290,7 @@ def _signals_stop():
     file and the lock, and the command reports the stop (exit 128 + the signal's number). A process
     that handles them already (`jaxlin train`'s StopRequest) keeps its handlers. A second signal
     while the first is being cleaned up after is ignored, so the cleanup finishes."""
-    from jaxlin.runtime.signals import STOP_SIGNALS, StopNow
+    from jaxlin.runtime.signals import STOP_SIGNALS, StopNow, quiet_swallowed_stops
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -309,7 +309,8 @@ def _signals_stop():
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             previous[signum] = signal.signal(signum, handle)
     try:
-        yield
+        with quiet_swallowed_stops():
+            yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -15,6 +15,7 @@ at once, even while a chunk is running. The flag is set in both modes, so a
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 
@@ -27,6 +28,29 @@ class StopNow(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def _quiet_on_stop(previous_hook):
+    """An `unraisablehook` that drops a `StopNow` raised inside a callback that cannot raise (JAX's
+    garbage-collector hook): Python would print its traceback and go on; the stop flag is set all
+    the same and acted on where the code checks it, so the user sees only the one-line stop."""
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, StopNow):
+            previous_hook(unraisable)
+
+    return hook
+
+
+@contextlib.contextmanager
+def quiet_swallowed_stops():
+    """While active, a swallowed `StopNow` prints nothing (see `_quiet_on_stop`)."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = _quiet_on_stop(previous)
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 class StopRequest:
@@ -78,15 +102,9 @@ class StopRequest:
         self._log(f"jaxlin: {signal.Signals(signum).name}: stopping after the current chunk "
                   f"(send it again to exit at once)")
 
-    def _unraisable(self, unraisable) -> None:
-        # A StopNow raised inside a callback that cannot raise (JAX's garbage-collector hook) is
-        # dropped by Python; the flag is set all the same, so say nothing.
-        if not isinstance(unraisable.exc_value, StopNow):
-            self._previous_unraisable(unraisable)
-
     def __enter__(self) -> StopRequest:
         self._previous_unraisable = sys.unraisablehook
-        sys.unraisablehook = self._unraisable
+        sys.unraisablehook = _quiet_on_stop(self._previous_unraisable)
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
