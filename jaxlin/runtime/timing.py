@@ -6,6 +6,7 @@ included; elsewhere the first import of this module stands in for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -20,6 +21,19 @@ class Marks(dict):
 
     def start_command(self) -> None:
         self.clear()
+
+    def add(self, name: str, seconds: float) -> None:
+        """Adds `seconds` to phase `name` (a phase that happens many times: checkpoint saves)."""
+        self[name] = self.get(name, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Times the block into phase `name` (added to what it already holds)."""
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - tick)
 
 
 marks = Marks()
