@@ -40,7 +40,8 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 DOT_LAYOUTS = ("auto", "plain", "batched")  # see runtime/dot_layout.py
 
 # Settings that a resumed run may change: they do not change what the steps compute.
-RESUMABLE_CHANGES = frozenset({"num_steps", "output_dir", "data_dir", "keep_checkpoints", "devices"})
+RESUMABLE_CHANGES = frozenset({"num_steps", "output_dir", "data_dir", "keep_checkpoints", "devices",
+                               "checkpoint_every"})
 # The sampler folds each epoch's number into a 32-bit PRNG key; the fused loop indexes
 # the epoch order with int32.
 MAX_EPOCHS = 2**32 - 2
@@ -57,6 +58,73 @@ FLOAT32_MAX = 3.4028234663852886e38
 # values took a minute and 1.4 GB just to list the members before --dry-run refused it).
 MAX_SWEEP_MEMBERS = 2**16
 INPUT_SIZE, NUM_CLASSES = 784, 10
+
+
+# A full test-set evaluation of the linear model costs about as much as 33 of its training steps (on
+# the 2-core CPU of bench/NOTES.md), so an evaluation every 100 steps would add a third to a long run;
+# by default a run evaluates every 100 steps, at most this many times (at round intervals beyond).
+AUTO_EVAL_BASE, AUTO_EVALUATIONS = 100, 50
+DEFAULT_CHECKPOINT_EVERY = "5m"
+_DURATION = re.compile(r"(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<unit>s|m|h)")
+_SECONDS_PER = {"s": 1, "m": 60, "h": 3600}
+
+
+def auto_eval_every(num_steps: int) -> int:
+    """The default evaluation interval: 100 steps, or the smallest of 200, 500, 1000, 2000, ... that
+    keeps `num_steps` to at most AUTO_EVALUATIONS evaluations (so the tutorial's 1,000 steps evaluate
+    every 100, 21,000 every 500 and 100,000 every 2,000)."""
+    interval, factors = AUTO_EVAL_BASE, (2, 2.5, 2)  # 100, 200, 500, 1000, 2000, 5000, ...
+    index = 0
+    while -(-num_steps // interval) > AUTO_EVALUATIONS:
+        interval = int(interval * factors[index % 3])
+        index += 1
+    return interval
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInterval:
+    """What `--checkpoint-every` asks for: `seconds` of wall time, or every `steps` steps, or `never`;
+    neither (None, in records of a jaxlin before checkpoints by time): at every evaluation."""
+
+    seconds: float | None = None
+    steps: int | None = None
+    never: bool = False
+
+    @property
+    def at_evaluations(self) -> bool:
+        return self.seconds is None and self.steps is None and not self.never
+
+
+def parse_checkpoint_every(value) -> int | str | None:
+    """A `--checkpoint-every` value in its canonical form: an int (steps; 0: never), a duration such as
+    "30s", "10m" or "1.5h", or None (at every evaluation: older records). Raises ConfigError."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        if value is not None and value < 0:
+            raise ConfigError(f"checkpoint every must be >= 0 (0: never), got {value}")
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if re.fullmatch(r"-?[0-9]+", text):
+            return parse_checkpoint_every(int(text))
+        match = _DURATION.fullmatch(text)
+        if match:
+            seconds = float(match["number"]) * _SECONDS_PER[match["unit"]]
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ConfigError(f"checkpoint every must be a duration > 0 (use 0 for never), got {value!r}")
+            return text
+    raise ConfigError(f"checkpoint every must be a duration such as 30s, 10m or 1.5h, a number of steps, or 0 "
+                      f"(never), got {value!r}")
+
+
+def checkpoint_interval(value) -> CheckpointInterval:
+    """The meaning of a (valid) `checkpoint_every` setting."""
+    value = parse_checkpoint_every(value)
+    if value is None:
+        return CheckpointInterval()
+    if isinstance(value, int):
+        return CheckpointInterval(never=True) if value == 0 else CheckpointInterval(steps=value)
+    match = _DURATION.fullmatch(value)
+    return CheckpointInterval(seconds=float(match["number"]) * _SECONDS_PER[match["unit"]])
 
 
 def parse_hidden_sizes(text: str) -> tuple[int, ...]:
@@ -117,9 +185,14 @@ class Config:
     num_steps: int = setting(1000, "training steps", aliases=("--steps",))
     seed: int = setting(0, "seed of the initial params and the batch order")
     data_seed: int | None = setting(None, "seed of the batch order alone (default: --seed's order)", metavar="N")
-    eval_every: int = setting(100, "evaluate test accuracy every N steps")
-    checkpoint_every: int | None = setting(
-        None, "save the train state every N steps (default: at every evaluation; 0: never)", metavar="N")
+    eval_every: int | None = setting(
+        None, f"evaluate test accuracy every N steps (default: every {AUTO_EVAL_BASE} steps, or at round intervals "
+              f"(200, 500, 1000, ...) that keep a run to at most {AUTO_EVALUATIONS} evaluations)")
+    checkpoint_every: str | int | None = setting(
+        DEFAULT_CHECKPOINT_EVERY,
+        "save the train state when this much wall time has passed since the last save (30s, 10m, 1.5h), at the "
+        "next chunk boundary; or every N steps (N); or never (0). A fresh run also saves its first state, and "
+        "every run saves after the last step and on SIGINT/SIGTERM (default: 5m)", metavar="TIME|N")
     keep_checkpoints: int = setting(3, "how many of the latest checkpoints to keep")
     # Upper bound on steps per compiled call of the fused loop; chunks also end at evaluations.
     steps_per_call: int = setting(1000, "most steps in one compiled call of the fused loop")
@@ -136,6 +209,14 @@ class Config:
                                 "the batch size must divide by it", metavar="N|all")
     output_dir: str = setting("jaxlin-run", "directory for checkpoints, records, metrics, figures, params",
                               metavar="DIR")
+
+    def __post_init__(self):
+        # `--checkpoint-every 500` arrives as text: steps are kept as an int, durations as "10m" (bad
+        # values are left for `validate` to name).
+        try:
+            object.__setattr__(self, "checkpoint_every", parse_checkpoint_every(self.checkpoint_every))
+        except ConfigError:
+            pass
 
     def validate(self, num_train_examples: int | None = None, input_size: int | None = None,
                  num_classes: int | None = None) -> Config:
@@ -177,6 +258,19 @@ class Config:
         """The dense models' params for images of `input_size` values and `num_classes` classes."""
         sizes = (input_size, *(self.hidden_sizes if self.model == "mlp" else ()), num_classes)
         return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def eval_interval(self) -> int:
+        """Steps between evaluations: `eval_every`, or by default `auto_eval_every(num_steps)`."""
+        return self.eval_every if self.eval_every is not None else auto_eval_every(self.num_steps)
+
+    def with_eval_interval(self) -> Config:
+        """This config with its evaluation interval fixed (what a run records, so that raising
+        --num-steps on resume keeps the interval it started with)."""
+        return self.replace(eval_every=self.eval_interval())
+
+    def checkpoints(self) -> CheckpointInterval:
+        """When this run saves its train state (see `checkpoint_interval`)."""
+        return checkpoint_interval(self.checkpoint_every)
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
@@ -261,15 +355,15 @@ def check_setting(name: str, value) -> None:
         raise ConfigError(f"batch size must be at least 1, got {value}")
     elif name == "num_steps" and value < 0:
         raise ConfigError(f"number of steps must be >= 0, got {value}")
-    elif name in ("eval_every", "steps_per_call", "unroll", "keep_checkpoints") and value < 1:
+    elif name in ("eval_every", "steps_per_call", "unroll", "keep_checkpoints") and value is not None and value < 1:
         raise ConfigError(f"{label} must be at least 1, got {value}")
     elif name == "unroll" and value > MAX_UNROLL:
         raise ConfigError(f"unroll must be at most {MAX_UNROLL}, got {value}")
     elif name == "devices" and not (value == "all" or (isinstance(value, str) and re.fullmatch(r"[0-9]+", value)
                                                        and int(value) >= 1)):
         raise ConfigError(f"devices must be a number >= 1 or all, got {value!r}")
-    elif name == "checkpoint_every" and value is not None and value < 0:
-        raise ConfigError(f"checkpoint every must be >= 0 (0: never), got {value}")
+    elif name == "checkpoint_every":
+        parse_checkpoint_every(value)
     elif name == "hidden_sizes" and (not value or any(h < 1 for h in value)):
         raise ConfigError(f"hidden sizes must be at least 1, got {list(value)}")
     elif name in ("seed", "data_seed") and value is not None and not 0 <= value <= MAX_SEED:

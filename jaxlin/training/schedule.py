@@ -1,4 +1,4 @@
-"""When the host wakes up: evaluation steps, checkpoint steps and the compiled chunks between them.
+"""When the host wakes up: evaluation steps, step-counted checkpoints and the compiled chunks between them.
 
 Everything here is generated lazily from the current step, so memory and set-up
 time do not grow with the number of steps (a run of 10**12 steps starts at
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator
+
+from jaxlin.config import checkpoint_interval
 
 
 class StepSchedule:
@@ -53,16 +55,22 @@ def eval_schedule(num_steps: int, eval_every: int, eval_steps: Iterable[int] | N
     return StepSchedule(num_steps, every=eval_every)
 
 
-def checkpoint_schedule(num_steps: int, checkpoint_every: int | None, evals: StepSchedule) -> StepSchedule:
-    """Checkpoints at every evaluation (None), every N steps, or never (0); always after the last step
-    unless never."""
-    if checkpoint_every == 0:
+def checkpoint_schedule(num_steps: int, checkpoint_every, evals: StepSchedule) -> StepSchedule:
+    """The steps that are checkpointed whatever the clock, for a `checkpoint_every` setting (see
+    `config.checkpoint_interval`): every N steps; never (0); at every evaluation (None, in records of an
+    older jaxlin); and after the last step unless never. A duration (e.g. "5m") schedules only the last
+    step here: the loop adds a checkpoint at the first boundary after each interval (`Loop.save_seconds`),
+    so chunks do not depend on the clock."""
+    interval = checkpoint_interval(checkpoint_every)
+    if interval.never:
         return StepSchedule(num_steps, steps=[], include_last=False)
-    if checkpoint_every is None:
+    if interval.at_evaluations:
         if evals.steps is not None:
             return StepSchedule(num_steps, steps=evals.steps)
         return StepSchedule(num_steps, every=evals.every)
-    return StepSchedule(num_steps, every=checkpoint_every)
+    if interval.steps is not None:
+        return StepSchedule(num_steps, every=interval.steps)
+    return StepSchedule(num_steps, steps=[])
 
 
 def chunks(start: int, num_steps: int, steps_per_call: int, *schedules: StepSchedule) -> Iterator[tuple[int, int]]:
