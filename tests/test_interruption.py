@@ -179,6 +179,41 @@ def test_sigkill_at_several_points_then_resume_gives_bit_identical_params(tiny_d
     assert not [p for p in out.iterdir() if p.name.startswith(".staging-")]
 
 
+def _checkpoint_steps(out: Path) -> list[int]:
+    directory = out / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def test_sigkill_between_timed_checkpoints_then_resume_gives_bit_identical_params(tiny_data_dir, tmp_path, reference):
+    """Checkpoints by wall time (`--checkpoint-every 0.05s`: at the first chunk boundary after each
+    0.05 s, wherever that falls between evaluations), killed after one was written and training went
+    on past it: the resumed run ends with the reference's params and records, bit for bit."""
+    out = tmp_path / "run"
+    timed = [*RUN_ARGS[:RUN_ARGS.index("--checkpoint-every")], *RUN_ARGS[RUN_ARGS.index("--checkpoint-every") + 2:],
+             "--checkpoint-every", "0.05s"]
+    run = Run(tiny_data_dir, out, "--num-steps", str(NUM_STEPS), *timed)
+
+    def past_a_timed_checkpoint():
+        steps = [step for step in _checkpoint_steps(out) if step > 0]
+        return steps and any(r["step"] > steps[-1] for r in run.records())
+
+    run.wait_until(past_a_timed_checkpoint, what="training past a timed checkpoint")
+    run.process.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL
+    killed_at = max(r["step"] for r in run.records())
+    resumed_from = max(_checkpoint_steps(out))
+    assert 0 < resumed_from < NUM_STEPS
+    finish = Run(tiny_data_dir, out, "--resume")
+    assert finish.wait() == 0, finish.stderr
+    assert f"Resuming {out} from step " in finish.stdout and "Traceback" not in finish.stderr
+    resumed, uninterrupted = _params(out), _params(reference)
+    for name in uninterrupted:
+        np.testing.assert_array_equal(resumed[name], uninterrupted[name])  # bit for bit
+    assert _without_times(finish.records()) == _without_times(read_records(reference))
+    assert killed_at < NUM_STEPS
+    assert _strict_json((out / "metrics.json").read_text())["config"]["checkpoint_every"] == "0.05s"
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_checkpoints_and_names_the_resume_command(tiny_data_dir, tmp_path, signum, code):
     out = tmp_path / "run"

@@ -1,5 +1,7 @@
 """Training: the sampler, both loops, determinism, divergence, optimizers."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,8 +180,10 @@ def test_config_refuses_settings_that_cannot_run(changes, message):
 
 
 def test_a_stop_that_comes_during_an_evaluation_still_saves_the_state_it_stops_at(tiny_data):
-    """The stop request lands after the chunk's save check (here: while step 20 is evaluated, and
-    checkpoints are only every 1,000 steps): the run still saves step 20 before it ends."""
+    """The stop request lands after the chunk's save check (here: while step 20's record is written, and
+    checkpoints are only every 1,000 steps). The chunk after step 20 was dispatched before the host read
+    that evaluation (the device does not wait for the host), so the run stops at its end, step 40, and
+    saves that state before it ends."""
     from jaxlin.training.loop import LoopHooks
 
     class StopDuringEvaluation(LoopHooks):
@@ -199,8 +203,8 @@ def test_a_stop_that_comes_during_an_evaluation_still_saves_the_state_it_stops_a
 
     hooks = StopDuringEvaluation()
     result = fit(TINY.replace(checkpoint_every=1000), tiny_data, get_model("linear"), progress=False, hooks=hooks)
-    assert result.stopped and result.state.step == 20
-    assert hooks.saved == [(0, 0), (20, 0)]  # the evaluation at 20 closed its loss window
+    assert result.stopped and result.state.step == 40
+    assert hooks.saved == [(0, 0), (40, 20)]  # the evaluation at 20 closed its loss window
 
 
 def test_fit_takes_any_optax_optimizer(tiny_data):
@@ -216,3 +220,69 @@ def test_fit_takes_any_optax_optimizer(tiny_data):
     assert custom.optimizer == "a custom optax transformation" and plain.optimizer == "sgd(learning_rate=0.5)"
     assert custom.final["accuracy"] > 0.5
     assert not np.array_equal(custom.params[0]["w"], plain.params[0]["w"])
+
+
+class _SavingHooks:
+    """LoopHooks that keep every save's step and record, and take a little host time per record (so
+    that a timed checkpoint of 1 ms is due at every boundary)."""
+
+    def __new__(cls, pause: float = 0.0):
+        from jaxlin.training.loop import LoopHooks
+
+        class Hooks(LoopHooks):
+            checkpoints = True
+
+            def __init__(self):
+                self.saved, self.records = [], []
+
+            def on_evaluation(self, record):
+                self.records.append(record)
+                time.sleep(pause)
+
+            def save(self, state, progress, wait=False):
+                leaves = [np.asarray(x) for x in jax.tree.leaves(state.params)]  # readable: not donated
+                self.saved.append((state.step, progress.loss_count, leaves))
+
+        return Hooks()
+
+
+def test_checkpoints_by_time_are_taken_at_boundaries_and_hold_their_step(tiny_data):
+    """`checkpoint_every` as a duration: a save at the first chunk boundary after the interval (here 1 ms,
+    with 2 ms of host work per boundary: every boundary), each holding its own step's params; an hour:
+    only the first state and the last."""
+    config = TINY.replace(eval_every=10, steps_per_call=10, checkpoint_every="0.001s")
+    often = _SavingHooks(pause=0.002)
+    result = fit(config, tiny_data, get_model("linear"), progress=False, hooks=often)
+    assert [step for step, _, _ in often.saved] == list(range(0, 61, 10))
+    assert [count for _, count, _ in often.saved] == [0] + [10] * 6  # saved before each step's record
+    straight = fit(config.replace(num_steps=30, checkpoint_every=0), tiny_data, get_model("linear"), progress=False)
+    for saved, final in zip(often.saved[3][2], jax.tree.leaves(straight.params)):
+        np.testing.assert_array_equal(saved, final)  # step 30's checkpoint is step 30's state, bit for bit
+    for saved, final in zip(often.saved[-1][2], jax.tree.leaves(result.params)):
+        np.testing.assert_array_equal(saved, final)
+    rarely = _SavingHooks()
+    fit(config.replace(checkpoint_every="1h"), tiny_data, get_model("linear"), progress=False, hooks=rarely)
+    assert [step for step, _, _ in rarely.saved] == [0, 60]
+
+
+@pytest.mark.parametrize("model, steps_per_call", [("linear", 1000), ("linear", 7), ("mlp", 13)])
+def test_records_are_those_of_one_step_after_another_whatever_the_overlap(tiny_data, model, steps_per_call):
+    """The loop dispatches each evaluation and the next chunk before it reads the last chunk's losses and
+    the evaluation: its records are the numbers of the plain sequence (train a chunk, read its losses,
+    evaluate), step for step."""
+    from jaxlin.runtime.devices import resolve_placement, to_host
+    from jaxlin.training.trainer import Trainer
+
+    config = TINY.replace(model=model, hidden_sizes=(16,), eval_every=10, steps_per_call=steps_per_call)
+    hooks = _SavingHooks()
+    fit(config.replace(checkpoint_every="0.001s"), tiny_data, get_model(model, (16,)), progress=False,
+        hooks=hooks)
+    trainer = Trainer(config, tiny_data, get_model(model, (16,)), resolve_placement())
+    state, expected = trainer.init_state(), []
+    expected.append({"step": 0, **trainer.evaluate(state), "train_loss": None})
+    while state.step < config.num_steps:
+        state, losses = trainer.run_chunk(state, 10)
+        losses = to_host(losses)
+        expected.append({"step": state.step, **trainer.evaluate(state),
+                         "train_loss": float(np.sum(losses, dtype=np.float64)) / len(losses)})
+    assert [{k: r[k] for k in expected[0]} for r in hooks.records] == expected

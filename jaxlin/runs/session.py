@@ -30,6 +30,7 @@ from jaxlin.runs.params_file import CheckpointError
 from jaxlin.runs.rundir import CHECKPOINT_DIR, FollowerRunDir, Layout, RunDir, RunDirGone, check_writable
 from jaxlin.runtime.devices import Placement
 from jaxlin.runtime.distributed import check_same_everywhere, failing_together, is_primary, max_over_processes, sync
+from jaxlin.runtime import timing
 from jaxlin.runtime.signals import StopRequest
 from jaxlin.training.loop import ChunkTrainer, Loop, LoopHooks, Progress
 from jaxlin.training.schedule import StepSchedule, checkpoint_schedule
@@ -320,6 +321,7 @@ def _prepare(session: Session, explicit: set[str]) -> None:
         if session.mode == "resume":  # refused here, before the directory is locked (again when it is restored)
             check_same_data(record, data, out, step)
         config.validate(len(data.train), data.num_features, data.num_classes)
+        config = config.with_eval_interval()  # recorded as a number: a resume keeps it whatever its --num-steps
         model = build_model(config, data)  # for the data's image shape and class count
         session.placement, session.plan_text = kind.plan(config, data, model)
     session.config, session.model, session.data = config, model, data
@@ -352,14 +354,20 @@ class _SessionHooks(LoopHooks):
         self.saved_step = state.step
 
     def should_stop(self) -> bool:
-        # Every process stops after the same chunk, whichever of them got the signal, and says which.
-        # The agreed answer, not the local flag: a signal that lands during the exchange is seen by
-        # every process at the next check.
+        return self.poll(False)[0]
+
+    def poll(self, save_due: bool) -> tuple[bool, bool]:
+        # Every process stops after the same chunk, whichever of them got the signal, and says which;
+        # and saves at the same boundary, whichever clock said so first (one exchange for both). The
+        # agreed answer, not the local flag: a signal that lands during the exchange is seen by every
+        # process at the next check. (The largest of signal * 2 + due is the largest signal, and while
+        # none came, whether any clock says a save is due; a stop saves anyway.)
         stop = self.session.stop
-        agreed = max_over_processes(stop.signum or 0)
-        if agreed and stop.signum is None:
-            stop.signum = agreed
-        return bool(agreed)
+        agreed = max_over_processes(((stop.signum or 0) << 1) | int(save_due))
+        signum = agreed >> 1
+        if signum and stop.signum is None:
+            stop.signum = signum
+        return bool(signum), bool(agreed & 1)
 
     def report(self, line: str) -> None:
         self.session.log(line)
@@ -372,7 +380,8 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
         if session.mode == "overwrite":
             run_dir.remove_run()
     sync("jaxlin: output directory ready")  # process 0 has locked and cleared it
-    store = CheckpointStore(out, keep=config.keep_checkpoints) if config.checkpoint_every != 0 else None
+    with timing.marks.phase("checkpoint"):  # orbax's import and its manager's start
+        store = None if config.checkpoints().never else CheckpointStore(out, keep=config.keep_checkpoints)
     records: list[dict] = []
     try:
         with jax.default_device(session.placement.local_device):
@@ -399,10 +408,12 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
             saves = _checkpoint_schedule(config, store, evals)
             hooks = _SessionHooks(session, run_dir, store, kind.record_fields(trainer.config, session.model),
                                   records[-1]["step"] if records else None, trainer.saved_state)
-            loop = Loop(trainer, evals, saves, hooks, progress, fresh=session.mode != "resume")
+            loop = Loop(trainer, evals, saves, hooks, progress, fresh=session.mode != "resume",
+                        save_seconds=config.checkpoints().seconds if store else None)
             state = loop.run(state, session.progress and is_primary())
             if store:
-                store.close()  # waits for the last save: a checkpoint reported is a checkpoint on disk
+                with timing.marks.phase("checkpoint"):
+                    store.close()  # waits for the last save: a checkpoint reported is a checkpoint on disk
             if state.step < config.num_steps:
                 raise Stopped(_stopped_message(session, state.step, hooks, out), session.stop.exit_code or 1)
             outcome = kind.finish(session, trainer, state, loop, records + loop.evaluations)

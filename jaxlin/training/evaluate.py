@@ -91,11 +91,25 @@ class Evaluator:
         return self._batches
 
     def predictions(self, params) -> np.ndarray:
-        if self.num_examples == 0:
+        return self.read(self.dispatch(params))
+
+    def dispatch(self, params):
+        """Starts predicting every example (JAX dispatches it and returns at once); `read` waits for it."""
+        return None if self.num_examples == 0 else self._predict(params, self._batches)
+
+    def read(self, dispatched) -> np.ndarray:
+        """The predictions `dispatch` started, on the host, without the padding."""
+        if dispatched is None:
             return np.zeros(0, np.int64)
         from jaxlin.runtime.devices import to_host
 
-        return to_host(self._predict(params, self._batches))[:self.num_examples]
+        return to_host(dispatched)[:self.num_examples]
+
+    def accuracy_of(self, dispatched) -> float | None:
+        """The accuracy of the predictions `dispatch` started (the same count as the confusion matrix's
+        diagonal); None for an empty split."""
+        predictions = self.read(dispatched)
+        return int(np.count_nonzero(predictions == self.labels)) / self.num_examples if self.num_examples else None
 
     def __call__(self, params) -> dict:
         """accuracy (None for an empty split), num_examples, per_class_accuracy, confusion_matrix, predictions."""

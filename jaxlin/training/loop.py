@@ -3,9 +3,17 @@
 A single model (`trainer.Trainer`) and a sweep (`sweep.SweepTrainer`) both implement
 `ChunkTrainer`: run a compiled chunk, take its losses (a single run raises on divergence, a
 sweep freezes the member), evaluate into a record's fields. `Loop` drives either: the host
-walks over the chunks of `schedule.chunks` (they end at evaluations and checkpoints), checks
-between them whether every process agreed to stop, and reports records and checkpoints to its
-`LoopHooks` (a run directory's, see `runs.session`, or none, for `trainer.fit`).
+walks over the chunks of `schedule.chunks` (they end at evaluations and step-counted
+checkpoints), asks at each boundary whether every process agreed to stop or to take a timed
+checkpoint, and reports records and checkpoints to its `LoopHooks` (a run directory's, see
+`runs.session`, or none, for `trainer.fit`).
+
+The device never waits for the host: at a boundary the host dispatches what needs the state
+there (an evaluation, a device copy of the state for a checkpoint) and the next chunk, and only
+then reads the previous chunk's losses, the evaluation's result and writes the checkpoint, while
+the next chunk runs. The numbers are those of the same steps done one after the other: the
+evaluation reads the state of its step, the checkpoint holds it, and a chunk whose losses are
+not finite still stops the run (naming the step) before anything of the chunk after it is kept.
 
 Losses are summed per model in float64 on the host between evaluations: a record's
 `train_loss` is the mean over the steps since the previous evaluation, and a checkpoint carries
@@ -50,18 +58,26 @@ class ChunkTrainer(Protocol):
     compile_seconds: float
 
     def run_chunk(self, state: Any, num_steps: int) -> tuple[Any, Any]:
-        """`num_steps` updates from `state.step`: the new state and the losses (on the device)."""
+        """`num_steps` updates from `state.step`: the new state and the losses (on the device). It may
+        donate `state`'s buffers: anything the host reads of `state` later must be dispatched first."""
+
+    def keep(self, state: Any) -> Any:
+        """What `take_losses` reads of the state a chunk ended in, kept on the device before the next
+        chunk (which may donate that state) is dispatched."""
 
     def take_losses(self, losses: np.ndarray, start_step: int, state: Any, report) -> tuple[np.ndarray, np.ndarray]:
-        """The host losses of the chunk that started at `start_step` and ended in `state`: the
-        sums and counts to add per model; raises (a single run's divergence) or reports with
-        `report(line)` (a sweep's frozen member)."""
+        """The host losses of the chunk that started at `start_step` and ended in `state` (as `keep`
+        returned it): the sums and counts to add per model; raises (a single run's divergence) or
+        reports with `report(line)` (a sweep's frozen member)."""
 
     def saved_state(self, state: Any) -> Any:
         """What a checkpoint of `state` holds (`place` turns it back into a state on the devices)."""
 
-    def evaluate(self, state: Any) -> dict:
-        """The accuracy fields of an evaluation record of `state`."""
+    def start_evaluation(self, state: Any) -> Any:
+        """Dispatches the evaluation of `state` (asynchronously); `finish_evaluation` reads it."""
+
+    def finish_evaluation(self, started: Any) -> dict:
+        """The accuracy fields of an evaluation record, from what `start_evaluation` returned."""
 
     def postfix(self, losses: np.ndarray, evaluation: dict | None) -> dict:
         """What the progress bar shows after a chunk ({}: leave it as it is)."""
@@ -81,10 +97,16 @@ class LoopHooks:
         evaluation), elapsed_seconds."""
 
     def save(self, state, progress: Progress, wait: bool = False) -> None:
-        """Checkpoint `state` (on the device; copy what you keep); `wait`: return only once it is on disk."""
+        """Checkpoint `state` (on the device, a copy nothing else uses; copy what you keep); `wait`:
+        return only once it is on disk."""
 
     def should_stop(self) -> bool:
         return False
+
+    def poll(self, save_due: bool) -> tuple[bool, bool]:
+        """Asked at every chunk boundary: (stop here, save here), as every process of the run agrees;
+        `save_due` is whether this process's clock says a timed checkpoint is due."""
+        return self.should_stop(), save_due
 
     def report(self, line: str) -> None:
         """A line for the user (a sweep member that diverged)."""
@@ -97,18 +119,44 @@ def _means(loss_sum: np.ndarray, loss_count: np.ndarray):
     return [s / c if c else None for s, c in zip(loss_sum.tolist(), loss_count.tolist())]
 
 
+def device_copy(state):
+    """A copy of `state`'s device arrays (dispatched, not waited for): what a checkpoint writes while
+    the next chunk, which donates the state's own buffers, runs."""
+    import jax
+
+    return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
+
+
+@dataclasses.dataclass
+class _Boundary:
+    """A dispatched chunk whose results the host has not read yet, and what was dispatched at its end."""
+
+    start: int
+    length: int
+    losses: Any  # on the device
+    kept: Any  # `ChunkTrainer.keep` of the state it ended in
+    evaluation: Any = None  # `start_evaluation`'s, when its end is an evaluation step
+    snapshot: Any = None  # `device_copy` of the state it ended in, when a checkpoint is written there
+
+
 class Loop:
-    """The host loop of one session of a run."""
+    """The host loop of one session of a run.
+
+    `save_seconds`: a timed checkpoint at the first boundary after that much wall time since the
+    last save (None: checkpoints only at the steps of `saves`)."""
 
     def __init__(self, trainer: ChunkTrainer, evals: StepSchedule, saves: StepSchedule, hooks: LoopHooks,
-                 progress: Progress, fresh: bool = True):
+                 progress: Progress, fresh: bool = True, save_seconds: float | None = None):
         self.trainer, self.evals, self.saves, self.hooks, self.fresh = trainer, evals, saves, hooks, fresh
+        self.save_seconds = save_seconds
         self.loss_sum = np.array(progress.loss_sum, np.float64)
         self.loss_count = np.array(progress.loss_count, np.int64)
         self.elapsed_before, self.started = progress.elapsed_seconds, time.perf_counter()
         self.evaluations: list[dict] = []  # this session's records
-        self.train_seconds = self.eval_seconds = 0.0
+        self.train_seconds = self.eval_seconds = self.checkpoint_seconds = 0.0
         self.steps_trained = 0
+        self.saved_at: int | None = None  # the step of the latest checkpoint
+        self._last_save = time.monotonic()
 
     def progress(self) -> Progress:
         return Progress(self.loss_sum.tolist(), self.loss_count.tolist(),
@@ -118,64 +166,109 @@ class Loop:
         self.loss_sum[...] = 0
         self.loss_count[...] = 0
 
-    def evaluate(self, state) -> dict:
+    def _start_evaluation(self, state):
         tick = time.perf_counter()
-        fields = self.trainer.evaluate(state)
+        started = self.trainer.start_evaluation(state)
         self.eval_seconds += time.perf_counter() - tick
-        record = {"step": state.step, **fields, "train_loss": _means(self.loss_sum, self.loss_count),
+        return started
+
+    def _record(self, step: int, started) -> dict:
+        """The evaluation record of `step` from `started` (its losses all taken): logged and reported."""
+        tick = time.perf_counter()
+        fields = self.trainer.finish_evaluation(started)
+        record = {"step": step, **fields, "train_loss": _means(self.loss_sum, self.loss_count),
                   "elapsed_seconds": round(self.progress().elapsed_seconds, 3)}
         self._reset_losses()
         self.evaluations.append(record)
         self.hooks.on_evaluation(record)
+        self.eval_seconds += time.perf_counter() - tick
         return fields
+
+    def evaluate(self, state) -> dict:
+        """Records the evaluation of `state` now."""
+        return self._record(state.step, self._start_evaluation(state))
+
+    def _save(self, state, wait: bool = False) -> None:
+        tick = time.perf_counter()
+        self.hooks.save(state, self.progress(), wait=wait)
+        self.saved_at, self._last_save = state.step, time.monotonic()
+        self.checkpoint_seconds += time.perf_counter() - tick
 
     def timings(self) -> dict:
         train = self.train_seconds
         return {"compile_seconds": self.trainer.compile_seconds, "train_seconds": train,
-                "eval_seconds": self.eval_seconds,
+                "eval_seconds": self.eval_seconds, "checkpoint_seconds": self.checkpoint_seconds,
                 "steps_per_second": self.steps_trained / train if train > 0 else None}
+
+    def _timed_save_due(self) -> bool:
+        return (self.hooks.checkpoints and self.save_seconds is not None
+                and time.monotonic() - self._last_save >= self.save_seconds)
+
+    def _dispatch_boundary(self, boundary: _Boundary, state, save: bool) -> None:
+        """At the end of `boundary`'s chunk (`state`), before the next chunk is dispatched: the
+        evaluation of this step and the copy that its checkpoint writes."""
+        if state.step in self.evals:
+            boundary.evaluation = self._start_evaluation(state)
+        if save and self.hooks.checkpoints:
+            tick = time.perf_counter()
+            boundary.snapshot = device_copy(state)
+            self.checkpoint_seconds += time.perf_counter() - tick
+
+    def _finish(self, boundary: _Boundary, bar) -> None:
+        """The host's part of a chunk, while the next one runs: its losses (a divergence raises here,
+        before its state is saved or evaluated), its checkpoint, then its evaluation record."""
+        losses = to_host(boundary.losses)
+        sums, counts = self.trainer.take_losses(losses, boundary.start, boundary.kept, self.hooks.report)
+        self.loss_sum += sums
+        self.loss_count += counts
+        step = boundary.start + boundary.length
+        # Save before recording the evaluation: the checkpoint's progress holds the losses since the
+        # previous evaluation, so a run resumed here can still record this step's evaluation.
+        if boundary.snapshot is not None:
+            self._save(boundary.snapshot)
+        evaluation = self._record(step, boundary.evaluation) if boundary.evaluation is not None else None
+        shown = self.trainer.postfix(losses, evaluation)
+        if shown:
+            bar.set_postfix(shown, refresh=False)
+        bar.update(boundary.length)
 
     def run(self, state, show_progress: bool):
         from tqdm.auto import tqdm
 
         config, hooks = self.trainer.config, self.hooks
         hooks.on_start(config)
-        saved_at = None if self.fresh else state.step  # a resumed run's first state is its checkpoint
+        self.saved_at = None if self.fresh else state.step  # a resumed run's first state is its checkpoint
         if self.fresh and hooks.checkpoints:
             # A fresh run's first checkpoint is on disk before anything else is recorded: whatever
             # kills the run later, `--resume` has a state to start from.
-            hooks.save(state, self.progress(), wait=True)
-            saved_at = state.step
+            self._save(state, wait=True)
         if state.step in self.evals:
             if hooks.last_recorded_step == state.step:  # resumed after this step's evaluation: its window closed
                 self._reset_losses()
             else:
                 self.evaluate(state)
         bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, unit="step", leave=False)
+        pending: _Boundary | None = None  # the chunk dispatched last
+        loop_started = time.perf_counter()
+        accounted = self.eval_seconds + self.checkpoint_seconds + self.trainer.compile_seconds
+        stopped = False
         with bar:
             for start, length in chunks(state.step, config.num_steps, config.steps_per_call, self.evals, self.saves):
-                if hooks.should_stop():
-                    # A stop that came after the last chunk's save check (during its evaluation, say)
-                    # still leaves the state it stops at on disk.
-                    if hooks.checkpoints and saved_at != state.step:
-                        hooks.save(state, self.progress())
+                stopped, save_due = hooks.poll(self._timed_save_due())
+                if pending is not None:
+                    self._dispatch_boundary(pending, state, stopped or save_due or state.step in self.saves)
+                if stopped:
                     break
-                tick, compiled_before = time.perf_counter(), self.trainer.compile_seconds
-                state, losses = self.trainer.run_chunk(state, length)
-                losses = to_host(losses)
-                self.train_seconds += time.perf_counter() - tick - (self.trainer.compile_seconds - compiled_before)
+                new_state, losses = self.trainer.run_chunk(state, length)  # runs while the host reads the last one
                 self.steps_trained += length
-                sums, counts = self.trainer.take_losses(losses, start, state, hooks.report)
-                self.loss_sum += sums
-                self.loss_count += counts
-                # Save before evaluating: the checkpoint's progress holds the losses since the previous
-                # evaluation, so a run resumed here can still record this step's evaluation.
-                if state.step in self.saves or (hooks.checkpoints and hooks.should_stop()):
-                    hooks.save(state, self.progress())
-                    saved_at = state.step
-                evaluation = self.evaluate(state) if state.step in self.evals else None
-                shown = self.trainer.postfix(losses, evaluation)
-                if shown:
-                    bar.set_postfix(shown, refresh=False)
-                bar.update(length)
+                if pending is not None:
+                    self._finish(pending, bar)
+                state, pending = new_state, _Boundary(start, length, losses, self.trainer.keep(new_state))
+            if pending is not None:
+                if not stopped:  # the last step: its evaluation and checkpoint
+                    self._dispatch_boundary(pending, state, state.step in self.saves)
+                self._finish(pending, bar)
+        # The loop's wall time less what the host spent on evaluations, checkpoints and compiling in it.
+        spent = self.eval_seconds + self.checkpoint_seconds + self.trainer.compile_seconds - accounted
+        self.train_seconds += time.perf_counter() - loop_started - spent
         return state

@@ -217,7 +217,8 @@ class SweepTrainer:
         self.test = self._counter(data.test)
 
     def _counter(self, split) -> Callable[[object], np.ndarray] | None:
-        """params[M] -> correct predictions of each member on `split` (host int array)."""
+        """params[M] -> correct predictions of each member on `split` (host int array); its `dispatch`
+        attribute starts the count and returns it on the device (see `_read_count`)."""
         if len(split) == 0:
             return None
         evaluator = Evaluator(self.model.apply, split.images_uint8, split.labels, self.model.eval_batch_size,
@@ -242,7 +243,14 @@ class SweepTrainer:
                 lambda member: correct(member, batches, labels), params, batch_size=group))
         else:
             count = jax.jit(jax.vmap(correct, in_axes=(0, None, None)))
-        return lambda params: np.asarray(to_host(count(params, batches, labels)))[:self.num_members]
+        def counter(params) -> np.ndarray:
+            return self._read_count(counter.dispatch(params))
+
+        counter.dispatch = lambda params: count(params, batches, labels)
+        return counter
+
+    def _read_count(self, dispatched) -> np.ndarray:
+        return np.asarray(to_host(dispatched))[:self.num_members]
 
     def init_state(self) -> SweepState:
         keys = _member_keys([run_keys(m.seed, m.data_seed)[0] for m in self.members])
@@ -281,7 +289,17 @@ class SweepTrainer:
         return self.saved_state(self.init_state())
 
     def evaluate(self, state: SweepState) -> dict:
-        return {"validation_accuracy": (self.validation(state.params) / self.num_validation).tolist()}
+        return self.finish_evaluation(self.start_evaluation(state))
+
+    def start_evaluation(self, state: SweepState):
+        return self.validation.dispatch(state.params)
+
+    def finish_evaluation(self, started) -> dict:
+        return {"validation_accuracy": (self._read_count(started) / self.num_validation).tolist()}
+
+    def keep(self, state: SweepState) -> SweepState:
+        """`frozen_at` (what `take_losses` reads), copied: the next chunk donates the state's own."""
+        return SweepState(None, None, state.frozen_at.copy(), state.step)
 
     def take_losses(self, losses: np.ndarray, start_step: int, state: SweepState, report) -> tuple:
         """Each member's losses of the steps it trained (not those from its freezing on); a member

@@ -24,7 +24,7 @@ from jaxlin.errors import JaxlinError
 from jaxlin.runtime import compile_cache, dot_layout as layout
 
 from jaxlin import optimizers
-from jaxlin.config import Config
+from jaxlin.config import Config, checkpoint_interval
 from jaxlin.data.datasets import Datasets
 from jaxlin.training.evaluate import Evaluator, to_float_images
 from jaxlin.models import Model, as_model, check_fits_data, keeping_fixed_leaves
@@ -313,7 +313,16 @@ class Trainer:
         return state
 
     def evaluate(self, state: TrainState) -> dict:
-        return {"test_accuracy": self.evaluator.accuracy(state.params)}
+        return self.finish_evaluation(self.start_evaluation(state))
+
+    def start_evaluation(self, state: TrainState):
+        return self.evaluator.dispatch(state.params)
+
+    def finish_evaluation(self, started) -> dict:
+        return {"test_accuracy": self.evaluator.accuracy_of(started)}
+
+    def keep(self, state: TrainState) -> None:
+        return None  # `take_losses` reads nothing of the state
 
     def take_losses(self, losses: np.ndarray, start_step: int, state: TrainState, report) -> tuple:
         check_finite(losses, start_step)
@@ -376,13 +385,16 @@ def fit(config: Config, data: Datasets, model: Model, eval_steps: Iterable[int] 
     optimizers.check_traces(optimizer if optimizer is not None else make_optimizer(config), model,
                             "fit's optimizer=" if optimizer is not None else f"optimizer {config.optimizer}")
     hooks = hooks or LoopHooks()
+    config = config.with_eval_interval()
     placement = resolve_placement(config.device, config.devices, config.batch_size)
     evals = eval_schedule(config.num_steps, config.eval_every, eval_steps)
-    saves = checkpoint_schedule(config.num_steps, config.checkpoint_every if hooks.checkpoints else 0, evals)
+    checkpoint_every = config.checkpoint_every if hooks.checkpoints else 0
+    saves = checkpoint_schedule(config.num_steps, checkpoint_every, evals)
     with jax.default_device(placement.local_device):
         trainer = Trainer(config, data, model, placement, optimizer)
         state, progress_so_far = (trainer.place(start[0]), start[1]) if start else (trainer.init_state(), Progress())
-        loop = Loop(trainer, evals, saves, hooks, progress_so_far, fresh=start is None)
+        loop = Loop(trainer, evals, saves, hooks, progress_so_far, fresh=start is None,
+                    save_seconds=checkpoint_interval(checkpoint_every).seconds)
         state = loop.run(state, progress)
         stopped = state.step < config.num_steps
         final = None if stopped else trainer.evaluator(state.params)
