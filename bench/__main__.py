@@ -5,6 +5,8 @@ directory; the committed bench/results only when named), and prints a table. `--
 times a user's own model (jaxlin_per_step and jaxlin_fused only; dropout and batch-norm state too),
 `--optimizer` another optimizer than the tutorial's SGD.
 `--quick` runs a few steps of each contender to prove the harness works; its timings mean nothing.
+`--only train_steady_state` times only `jaxlin train`'s steady state per step (whole processes, its defaults
+against the bare loop; see bench/NOTES.md) and the throughput rows it is compared to.
 `--replot RESULTS_JSON` redraws a saved run and rewrites the generated tables of docs/benchmark.md
 (the lines between its two marker comments); those tables are never edited by hand.
 
@@ -201,8 +203,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help="directory for the results (default: %(default)s/ in the working directory; the "
                         "committed results are regenerated with --out bench/results)")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS),
-                        help="comma-separated subset of: " + ", ".join(CONTENDERS))
+    parser.add_argument("--contenders", default=None,
+                        help="comma-separated subset of: " + ", ".join(CONTENDERS) + " (default: all; with --only "
+                        "train_steady_state: " + ",".join(runner.STEADY_CONTENDERS) + ")")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default: 5, quick 2)")
     parser.add_argument("--cases", default=None, metavar="MODEL:BATCH:STEPS,...",
                         help="throughput cases instead of the plan's, e.g. linear:100:1000,mlp:1000:100; MODEL may "
@@ -221,6 +224,13 @@ def main(argv=None) -> int:
                         help="skip the data-parallel runs of the linear model (the jaxlin_data_parallel contender)")
     parser.add_argument("--no-tta", action="store_true", help="skip the time-to-accuracy runs")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end (whole process) runs")
+    parser.add_argument("--no-steady-state", action="store_true",
+                        help="skip the jaxlin train steady-state runs (whole processes, defaults against the bare "
+                        "loop)")
+    parser.add_argument("--only", choices=["train_steady_state"], default=None,
+                        help="train_steady_state: only the jaxlin train steady-state rows, and the throughput of "
+                        "the TF reference and the fused loop at their models (batch 100) that they are compared "
+                        "to (--contenders and --cases still choose those)")
     parser.add_argument("--replot", metavar="RESULTS_JSON",
                         help="only redraw the table and chart of a saved results file, and rewrite the "
                         "generated tables of --docs")
@@ -233,6 +243,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.docs is not None and not args.replot:
         parser.error("--docs goes with --replot")
+    if args.only and args.no_steady_state:
+        parser.error("--only train_steady_state and --no-steady-state exclude each other")
     if args.replot:
         return replot(Path(args.replot), args.docs)
     if not args.data_dir:  # a user's installed jaxlin has MNIST in its cache after `jaxlin download`
@@ -246,6 +258,8 @@ def main(argv=None) -> int:
         load_idx_dir(args.data_dir)  # fail here, not in eight worker processes
     except DataError as err:
         parser.error(str(err))
+    if args.contenders is None:
+        args.contenders = ",".join(runner.STEADY_CONTENDERS if args.only else CONTENDERS)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     unknown = sorted(set(names) - set(CONTENDERS))
     if unknown:
@@ -257,6 +271,10 @@ def main(argv=None) -> int:
         plan = runner.dataclasses.replace(plan, repeats=args.repeats)
     if args.cases:
         plan = runner.dataclasses.replace(plan, cases=_parse_cases(parser, args.cases))
+    elif args.only:  # the plan's cases at the steady-state rows' models, batch 100
+        steady_models = {model for model, _ in plan.steady_lengths}
+        plan = runner.dataclasses.replace(plan, cases=[c for c in plan.cases
+                                                       if c[0] in steady_models and c[1] == 100])
     if args.optimizer is not None or args.learning_rate is not None:
         plan = runner.dataclasses.replace(plan, optimizer=args.optimizer, learning_rate=args.learning_rate)
     try:
@@ -281,6 +299,11 @@ def main(argv=None) -> int:
         plan = runner.dataclasses.replace(plan, tta_repeats=0)
     if args.no_e2e:
         plan = runner.dataclasses.replace(plan, e2e_repeats=0)
+    if args.no_steady_state:
+        plan = runner.dataclasses.replace(plan, steady_repeats=0)
+    if args.only:
+        plan = runner.dataclasses.replace(plan, sweep=[], num_models=[], device_counts=[], tta_repeats=0,
+                                          e2e_repeats=0, peak=False)
 
     results = runner.run(plan, args.data_dir, names, native_blas=not args.keep_blas_pin,
                          log=lambda m: print(m, file=sys.stderr, flush=True))

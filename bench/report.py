@@ -52,7 +52,7 @@ def targets(results: dict) -> dict:
     case = {r["contender"]: r for r in _main_rows(results) if r["model"] == "linear" and r["batch_size"] == 100}
     fused = best_fused(results) or case.get("jaxlin_fused")
     if not fused:
-        return {}
+        return steady_state_targets(results)
     us = fused["median_us_per_step"]
     out = {"jaxlin_fused_us_per_step": us, "jaxlin_fused_variant": fused["variant"]}
     checks = {"tf_reference": ("speedup_vs_tf_reference", 6.0), "torch_eager": ("speedup_vs_torch_eager", 4.0)}
@@ -69,6 +69,7 @@ def targets(results: dict) -> dict:
         out["time_vs_numpy_floor"] = {"ratio": ratio, "goal": 1.5, "met": ratio <= 1.5}
     out.update(_peak_targets(results, fused))
     out.update(_end_to_end_targets(results))
+    out.update(steady_state_targets(results))
     tta = {r["contender"]: r["median_wall_seconds"] for r in _tta_rows(results)}
     ours = {k: v for k, v in tta.items() if k.startswith("jaxlin")}
     others = {k: v for k, v in tta.items() if not k.startswith("jaxlin")}
@@ -117,6 +118,37 @@ def _end_to_end_targets(results: dict) -> dict:
     return out
 
 
+# Issue 17: default `jaxlin train`'s steady state against the bare loop, by the rank of the run length among
+# a model's long lengths (the full plan: 21,000 then 100,000 steps; the quick plan's shorter ones), and
+# against the TF reference (linear).
+STEADY_VS_BARE_GOALS = (1.25, 1.1)
+STEADY_VS_TF_GOAL = 4.0
+
+
+def _steady_rows(results: dict) -> list[dict]:
+    return [r for r in (results.get("train_steady_state") or {}).get("rows", []) if r.get("status") == "ok"]
+
+
+def steady_state_targets(results: dict) -> dict:
+    """Issue 17's targets: default `jaxlin train` per step (long minus short whole-process run) at most 1.25x
+    the bare loop's at the first long length (21,000 steps), 1.1x at the second (100,000), and for the linear
+    model at least 4x faster per step than the TF reference; keys name the model and the length."""
+    out = {}
+    rank: dict[str, int] = {}
+    for row in _steady_rows(results):
+        model, steps = row["model"], row["num_steps"]
+        index = rank[model] = rank.get(model, -1) + 1
+        if row.get("default_vs_bare") is not None and index < len(STEADY_VS_BARE_GOALS):
+            goal = STEADY_VS_BARE_GOALS[index]
+            out[f"train_steady_state_{model}_{steps}_default_vs_bare"] = {
+                "ratio": row["default_vs_bare"], "goal": goal, "met": row["default_vs_bare"] <= goal}
+        if model == "linear" and row.get("speedup_vs_tf_reference") is not None:
+            ratio = row["speedup_vs_tf_reference"]
+            out[f"train_steady_state_{model}_{steps}_speedup_vs_tf_reference"] = {
+                "ratio": ratio, "goal": STEADY_VS_TF_GOAL, "met": ratio >= STEADY_VS_TF_GOAL}
+    return out
+
+
 def one_line(text: str, limit: int = 300) -> str:
     """A failure's reason on one line: its first non-empty line, cut at `limit` characters."""
     line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
@@ -138,6 +170,9 @@ def failures(results: dict) -> list[str]:
               for r in results.get("time_to_accuracy", []) if r.get("status") == "failed"]
     lines += [f"end to end {r['name']}: {one_line(r.get('reason', '') or 'no timed run')}"
               for r in results.get("end_to_end", []) if r.get("status") == "failed"]
+    lines += [f"train steady state {r['model']} {r['mode']} {r['num_steps']} steps: "
+              f"{one_line(r.get('reason', '') or 'no timed run')}"
+              for r in (results.get("train_steady_state") or {}).get("runs", []) if r.get("status") == "failed"]
     return lines
 
 
@@ -154,7 +189,7 @@ def table(results: dict) -> str:
     for case in _cases(rows):
         lines += _case_table(rows, case)
     lines += _sweep_lines(results) + _parallel_lines(results) + _many_lines(results)
-    lines += _tta_lines(results) + _contender_lines(results) + _e2e_lines(results)
+    lines += _tta_lines(results) + _contender_lines(results) + _e2e_lines(results) + _steady_lines(results)
     return "\n".join(lines)
 
 
@@ -170,7 +205,7 @@ def markdown(results: dict) -> str:
         lines += _case_table(rows, main)
     lines += _all_cases_lines(rows, cases)
     lines += _sweep_lines(results) + _many_lines(results) + _parallel_lines(results)
-    lines += _tta_lines(results) + _e2e_lines(results) + _contender_lines(results)
+    lines += _tta_lines(results) + _e2e_lines(results) + _steady_lines(results) + _contender_lines(results)
     return "\n".join(lines).strip("\n") + "\n"
 
 
@@ -329,6 +364,41 @@ def _e2e_lines(results: dict) -> list[str]:
            if r.get("ratio_to_tf_reference") is not None else "- | - |") for r in e2e]
 
 
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def _us(value: float | None) -> str:
+    return f"{value:,.1f}" if value is not None else "-"
+
+
+def _steady_lines(results: dict) -> list[str]:
+    """Default `jaxlin train` against the bare loop, per model and run length, beside the TF reference and
+    the fused loop of the throughput rows."""
+    section = results.get("train_steady_state") or {}
+    rows = _steady_rows(results)
+    if not rows:
+        return []
+    flags = section.get("flags", {})
+    models = ", ".join(f"{m}: {' '.join(f) or 'the defaults'}" for m, f in flags.items())
+    lines = [f"\njaxlin train, steady state per step: whole processes, (long run - short run) / step difference, "
+             f"medians of {section.get('repeats')} interleaved rounds; default = only --num-steps, --output-dir, "
+             f"--no-progress, --no-figures; bare = the same with --eval-every <steps> --checkpoint-every 0 "
+             f"(flags per model: {models}); TF reference and fused: the throughput rows at batch 100\n",
+             "| model | steps (minus) | default us/step | bare us/step | default / bare | goal | "
+             "TF ref us/step | TF ref / default | fused us/step | default / fused |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    goals = steady_state_targets(results)
+    for r in rows:
+        goal = goals.get(f"train_steady_state_{r['model']}_{r['num_steps']}_default_vs_bare", {}).get("goal")
+        lines.append(f"| {r['model']} | {r['num_steps']:,} ({r['short_steps']:,}) | {_us(r['default_us_per_step'])} | "
+                     f"{_us(r['bare_us_per_step'])} | {_ratio(r.get('default_vs_bare'))} | "
+                     f"{f'<= {goal}' if goal else '-'} | {_us(r.get('tf_reference_us_per_step'))} | "
+                     f"{_ratio(r.get('speedup_vs_tf_reference'))} | {_us(r.get('jaxlin_fused_us_per_step'))} | "
+                     f"{_ratio(r.get('default_vs_jaxlin_fused'))} |")
+    return lines
+
+
 def _bars(ax, labels, values, colors, unit: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -358,7 +428,8 @@ def chart(results: dict, path: Path) -> None:
     many = {name: rows for name, rows in many.items() if rows}
     e2e = sorted((r for r in results.get("end_to_end", []) if r.get("status") == "ok"),
                  key=lambda r: r["median_seconds"])
-    panels = len(cases) + (1 if tta else 0) + (1 if many else 0) + (1 if e2e else 0)
+    steady = _steady_bars(results)
+    panels = len(cases) + (1 if tta else 0) + (1 if many else 0) + (1 if e2e else 0) + (1 if steady else 0)
     if not panels:  # nothing was timed (every row failed or was skipped): a chart that says so
         fig = Figure(figsize=(6, 2))
         fig.text(0.5, 0.5, "no timings to draw: every requested case failed or was skipped\n"
@@ -386,12 +457,34 @@ def chart(results: dict, path: Path) -> None:
         _bars(ax, [E2E_LABELS.get(r["name"], r["name"]) for r in e2e], [r["median_seconds"] for r in e2e],
               [_color(r["name"]) for r in e2e], "seconds, whole process, median")
         ax.set_title("the tutorial run end to end (imports included)", fontsize=9)
+    if steady:
+        ax = axes[panels - 1]
+        _bars(ax, [label for label, _, _ in steady], [value for _, value, _ in steady],
+              [color for _, _, color in steady], "µs per step, steady state (lower is better)")
+        ax.set_title("jaxlin train, whole process: defaults vs the bare loop", fontsize=9)
     for ax in axes[panels:]:
         ax.axis("off")
     fig.suptitle(f"jaxlin vs TensorFlow, PyTorch and a NumPy floor on {results['meta']['cpu_model']} "
                  f"({results['meta']['cpu_count']} cores)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+
+
+def _steady_bars(results: dict) -> list[tuple[str, float, str]]:
+    """(label, µs/step, colour) of the steady-state panel: per model, the TF reference and the fused loop,
+    then default and bare `jaxlin train` at each length; a difference that came out negative or zero (noise
+    in a short run) is left out of the chart, not of the table."""
+    bars, seen = [], set()
+    for r in _steady_rows(results):
+        if r["model"] not in seen:
+            seen.add(r["model"])
+            for key, label, color in (("tf_reference_us_per_step", "TF reference", "tab:orange"),
+                                      ("jaxlin_fused_us_per_step", "jaxlin fused loop", "tab:green")):
+                if r.get(key):
+                    bars.append((f"{r['model']}: {label}", r[key], color))
+        for mode, color in (("default", "tab:green"), ("bare", "tab:olive")):
+            bars.append((f"{r['model']}: train {mode}, {r['num_steps']:,}", r[f"{mode}_us_per_step"], color))
+    return [bar for bar in bars if bar[1] > 0]
 
 
 def _many_models_panel(ax, many: dict[str, dict[int, dict]], results: dict) -> None:

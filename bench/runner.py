@@ -47,6 +47,11 @@ class Plan:
     e2e_warm_up: bool = True  # one untimed round first (it also fills the warm cache)
     optimizer: str | None = None  # the JAX contenders' optimizer (None: the tutorial's SGD, as every contender)
     learning_rate: float | None = None  # its learning rate (None: bench.common.learning_rate of the model)
+    # `jaxlin train` steady state: per model, its run lengths in steps, the shortest first (subtracted from
+    # each longer one, so start-up cancels); whole processes, defaults against the bare loop
+    steady_lengths: list[tuple[str, tuple[int, ...]]] = dataclasses.field(default_factory=list)
+    steady_repeats: int = 3  # interleaved timed rounds of every steady-state command (0: none)
+    steady_warm_up: bool = True  # one untimed round first (it fills the compilation cache)
 
     @property
     def own_optimizer(self) -> bool:
@@ -64,11 +69,16 @@ FULL = Plan(repeats=5,
                    ("mlp", 100, 500), ("mlp", 1000, 100), ("mlp", 10000, 10), ("cnn", 100, 20)],
             sweep=[(k, u) for k in (100, 1000) for u in (1, 2, 4, 8)], sweep_steps=1000,
             num_models=[1, 8, 64, 256], vmap_steps=1000, device_counts=[1, 2, 4],
-            tta_repeats=3, tta_eval_every=50, tta_max_steps=5000, tta_target=TARGET_ACCURACY)
+            tta_repeats=3, tta_eval_every=50, tta_max_steps=5000, tta_target=TARGET_ACCURACY,
+            steady_lengths=[("linear", (1000, 21000, 100000)), ("mlp", (1000, 21000))])
 QUICK = Plan(repeats=2, cases=[("linear", 100, 20), ("mlp", 100, 10), ("cnn", 100, 2)],
              sweep=[(10, 1), (10, 2)], sweep_steps=20, num_models=[1, 4], vmap_steps=20, device_counts=[1, 2],
              tta_repeats=1, tta_eval_every=20, tta_max_steps=100, tta_target=0.5, e2e_repeats=1,
-             e2e_warm_up=False)
+             e2e_warm_up=False, steady_lengths=[("linear", (20, 200, 400)), ("mlp", (20, 100))], steady_repeats=1,
+             steady_warm_up=False)
+# `python -m bench --only train_steady_state`: the steady-state rows, and beside them the throughput of the
+# TF reference and the fused loop at the same models (batch 100), which their ratios are taken to.
+STEADY_CONTENDERS = ["tf_reference", "jaxlin_fused"]
 
 
 class Worker:
@@ -404,6 +414,158 @@ def end_to_end(plan: Plan, data_dir: str, log) -> list[dict]:
     return list(rows.values())
 
 
+STEADY_MODES = ("default", "bare")
+
+
+def steady_flags(model: str, plan: Plan) -> list[str]:
+    """The flags that name the model and its optimizer for `jaxlin train`: none for the tutorial's linear
+    model (the CLI's defaults are the bench's sgd(0.5)); for the others the optimizer the bench's other rows
+    train them with (plain SGD at 0.1 for the MLP, so the TF reference row compares the same arithmetic), or
+    --optimizer/--learning-rate when given."""
+    from bench.common import optimizer_config
+    from jaxlin.config import Config
+
+    default, wanted = Config(), optimizer_config(model, plan.optimizer, plan.learning_rate)
+    flags = [] if model == default.model else ["--model", model]
+    if wanted.optimizer != default.optimizer:
+        flags += ["--optimizer", wanted.optimizer]
+    if wanted.learning_rate != default.learning_rate:
+        flags += ["--learning-rate", repr(wanted.learning_rate)]
+    return flags
+
+
+def steady_commands(plan: Plan, out: Path) -> dict[tuple[str, str, int], list[str]]:
+    """(model, mode, steps) -> argv. "default": `jaxlin train` as a user runs it (only the steps and an output
+    directory, no progress bar, no figures: drawn once at the end, not per step); "bare": the same command with
+    one evaluation at the end and no checkpoints (`--eval-every <steps> --checkpoint-every 0`). The data comes
+    from JAXLIN_DATA_DIR, as a user's set-up would give it."""
+    jaxlin = Path(sys.executable).with_name("jaxlin")
+    start = [str(jaxlin)] if jaxlin.exists() else [sys.executable, "-m", "jaxlin.cli"]
+    commands = {}
+    for model, lengths in plan.steady_lengths:
+        for mode in STEADY_MODES:
+            for steps in lengths:
+                argv = [*start, "train", *steady_flags(model, plan), "--num-steps", str(steps),
+                        "--output-dir", str(out / f"{model}-{mode}-{steps}"), "--no-progress", "--no-figures"]
+                if mode == "bare":
+                    argv += ["--eval-every", str(steps), "--checkpoint-every", "0"]
+                commands[(model, mode, steps)] = argv
+    return commands
+
+
+def _run_record(output_dir: Path) -> dict:
+    """What a finished run says of itself: its steps, evaluations and timings (metrics.json)."""
+    try:
+        metrics = json.loads((output_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    timings = {k: v for k, v in metrics.get("timings", {}).items() if isinstance(v, (int, float))}
+    return {"num_steps_trained": metrics.get("num_steps"), "evaluations": len(metrics.get("evaluations", [])),
+            "checkpoints": sorted(int(p.name) for p in (output_dir / "checkpoints").glob("*") if p.name.isdigit()),
+            "timings": timings}
+
+
+def train_steady_state(plan: Plan, data_dir: str, throughput_rows: list[dict], log) -> dict:
+    """`jaxlin train` as a whole process, per model: its defaults and the bare loop (one evaluation at the
+    end, no checkpoints), each at the plan's lengths. One warm-up round (it fills the compilation cache, as a
+    user's earlier runs would), then `plan.steady_repeats` rounds, each running every command once in an order
+    rotated by one per round. Steady state per step = (median of the long run - median of the short run) /
+    (the step difference), so start-up, compiling and the final evaluation cancel."""
+    import shutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        commands = steady_commands(plan, tmp)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAXLIN_DATA_DIR": str(Path(data_dir).resolve()),
+               "JAXLIN_CACHE_DIR": str(tmp / "cache")}
+        runs = {key: {"model": key[0], "mode": key[1], "num_steps": key[2], "seconds": [],
+                      "command": portable(" ".join(argv), tmp)} for key, argv in commands.items()}
+        first_timed = 1 if plan.steady_warm_up else 0
+        log(f"jaxlin train steady state: {len(commands)} whole-process commands, {plan.steady_repeats} interleaved "
+            f"rounds{' after a warm-up' if first_timed else ''}")
+        for round_number in range(plan.steady_repeats + first_timed):
+            keys = [k for k in commands if runs[k].get("status") != "failed"]
+            keys = keys[round_number % len(keys):] + keys[:round_number % len(keys)] if keys else []
+            for key in keys:
+                output_dir = Path(commands[key][commands[key].index("--output-dir") + 1])
+                shutil.rmtree(output_dir, ignore_errors=True)
+                start = time.perf_counter()
+                try:
+                    done = subprocess.run(commands[key], env=env, capture_output=True, text=True, timeout=1800)
+                except subprocess.TimeoutExpired:
+                    runs[key].update(status="failed", reason="timed out after 1800 s")
+                    continue
+                seconds = time.perf_counter() - start
+                if done.returncode != 0:
+                    runs[key].update(status="failed", reason=(done.stderr.strip() or done.stdout.strip())[-500:])
+                    log(f"  {' '.join(map(str, key))}: failed: {one_line(runs[key]['reason'])}")
+                elif round_number >= first_timed:
+                    runs[key]["seconds"].append(seconds)
+                    runs[key].update(_run_record(output_dir))
+    for run in runs.values():
+        if run.get("status") != "failed" and run["seconds"]:
+            run.update(status="ok", median_seconds=statistics.median(run["seconds"]))
+        else:
+            run.setdefault("status", "failed")
+            run.setdefault("reason", "no timed run")
+    rows = steady_rows(list(runs.values()), throughput_rows, plan.steady_lengths)
+    log_steady_rows(rows, log)
+    return {"flags": {model: steady_flags(model, plan) for model, _ in plan.steady_lengths},
+            "repeats": plan.steady_repeats, "runs": list(runs.values()), "rows": rows}
+
+
+def log_steady_rows(rows: list[dict], log) -> None:
+    for row in rows:
+        if row["status"] == "ok":
+            ratio, tf = row["default_vs_bare"], row["speedup_vs_tf_reference"]
+            log(f"  {row['model']:<7} {row['num_steps']:>7,} steps: default {row['default_us_per_step']:8.1f} "
+                f"us/step, bare {row['bare_us_per_step']:8.1f}"
+                + (f", default/bare {ratio:.2f}" if ratio is not None else f" ({row['note']})")
+                + (f", TF reference / default {tf:.2f}" if tf is not None else ""))
+        else:
+            log(f"  {row['model']:<7} {row['num_steps']:>7,} steps: failed: {one_line(row['reason'])}")
+
+
+def steady_rows(runs: list[dict], throughput_rows: list[dict], lengths: list[tuple[str, tuple[int, ...]]]
+                ) -> list[dict]:
+    """One row per model and long length: the default's and the bare loop's steady µs/step (long minus
+    short, medians), their ratio, and the ratios to the TF reference's and the fused loop's µs/step at
+    that model, batch 100 (the throughput rows of the same bench run; None when not measured)."""
+    by_key = {(r["model"], r["mode"], r["num_steps"]): r for r in runs}
+    per_step = {(r["contender"], r["model"]): r["median_us_per_step"] for r in throughput_rows
+                if r.get("status") == "ok" and r.get("batch_size") == 100 and not r.get("sweep")
+                and r["contender"] in ("tf_reference", "jaxlin_fused")}
+    rows = []
+    for model, steps in lengths:
+        short = steps[0]
+        tf, fused = per_step.get(("tf_reference", model)), per_step.get(("jaxlin_fused", model))
+        for long in steps[1:]:
+            row = {"model": model, "num_steps": long, "short_steps": short, "tf_reference_us_per_step": tf,
+                   "jaxlin_fused_us_per_step": fused}
+            needed = [by_key.get((model, mode, n)) for mode in STEADY_MODES for n in (short, long)]
+            failed = [r for r in needed if r is None or r.get("status") != "ok"]
+            if failed:
+                row.update(status="failed", reason="; ".join(
+                    f"{r['mode']} {r['num_steps']} steps: {one_line(r.get('reason', ''))}" if r else "not run"
+                    for r in failed))
+                rows.append(row)
+                continue
+            for mode in STEADY_MODES:
+                long_run, short_run = by_key[(model, mode, long)], by_key[(model, mode, short)]
+                row[f"{mode}_us_per_step"] = (1e6 * (long_run["median_seconds"] - short_run["median_seconds"])
+                                              / (long - short))
+            default, bare = row["default_us_per_step"], row["bare_us_per_step"]
+            if default <= 0 or bare <= 0:  # recorded as measured; no ratio is taken of it
+                row["note"] = ("a long run took no longer than the short one: the start-up's noise exceeds the "
+                               "steps' time (longer runs needed)")
+            row.update(status="ok", default_vs_bare=default / bare if default > 0 and bare > 0 else None,
+                       speedup_vs_tf_reference=tf / default if tf and default > 0 else None,
+                       bare_speedup_vs_tf_reference=tf / bare if tf and bare > 0 else None,
+                       default_vs_jaxlin_fused=default / fused if fused and default > 0 else None)
+            rows.append(row)
+    return rows
+
+
 def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=print) -> dict:
     started = datetime.datetime.now(datetime.UTC)
     contenders, workers = {}, {}
@@ -437,6 +599,8 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
     tta_names = [n for n in TTA_CONTENDERS if n in workers]
     tta = time_to_accuracy(tta_names, plan, data_dir, native_blas, log) if plan.tta_repeats and tta_names else []
     e2e = end_to_end(plan, data_dir, log) if plan.e2e_repeats else []
+    steady = (train_steady_state(plan, data_dir, rows, log) if plan.steady_repeats and plan.steady_lengths
+              else {"runs": [], "rows": []})
     return {
         "meta": {"started": started.isoformat(timespec="seconds"), "python": platform.python_version(),
                  "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -446,4 +610,5 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
         "throughput": rows,
         "time_to_accuracy": tta,
         "end_to_end": e2e,
+        "train_steady_state": steady,
     }

@@ -79,6 +79,122 @@ def test_quick_benchmark_runs_end_to_end(mnist_dir, tmp_path):
     fused = next(r for r in results["throughput"] if r["contender"] == "jaxlin_fused" and r["model"] == "linear")
     assert fused["flops_per_step"] > 3e6 and 0 < fused["fraction_of_peak"] < 1
     assert "% peak" in done.stdout and "sweep model-steps/s" in done.stdout
+    _check_steady_state(results, done.stdout)
+
+
+def _check_steady_state(results: dict, stdout: str) -> None:
+    """The quick plan's `jaxlin train` steady-state section: every command ran as asked (its lengths, its
+    evaluations, no checkpoints for the bare loop), one row per model and long length, ratios positive where
+    taken (a quick run's differences are mostly start-up noise, so their sign is not asserted)."""
+    lengths = {model: tuple(steps) for model, steps in results["meta"]["plan"]["steady_lengths"]}
+    assert lengths == {"linear": (20, 200, 400), "mlp": (20, 100)}
+    steady = results["train_steady_state"]
+    runs = {(r["model"], r["mode"], r["num_steps"]): r for r in steady["runs"]}
+    assert set(runs) == {(m, mode, n) for m, steps in lengths.items() for mode in ("default", "bare") for n in steps}
+    for (model, mode, steps), run in runs.items():
+        assert run["status"] == "ok" and len(run["seconds"]) == 1 and run["median_seconds"] > 0, run
+        assert run["num_steps_trained"] == steps and f"--num-steps {steps} " in run["command"]
+        assert ("--model mlp --learning-rate 0.1" in run["command"]) == (model == "mlp")
+        if mode == "bare":
+            assert f"--eval-every {steps} --checkpoint-every 0" in run["command"] and run["checkpoints"] == []
+            assert run["evaluations"] <= runs[(model, "default", steps)]["evaluations"]
+        else:
+            assert "--eval-every" not in run["command"] and "--checkpoint-every" not in run["command"]
+    rows = steady["rows"]
+    assert [(r["model"], r["num_steps"], r["short_steps"]) for r in rows] == [
+        ("linear", 200, 20), ("linear", 400, 20), ("mlp", 100, 20)]
+    for row in rows:
+        assert row["status"] == "ok"
+        assert np.isfinite(row["default_us_per_step"]) and np.isfinite(row["bare_us_per_step"])
+        assert row["jaxlin_fused_us_per_step"] > 0
+        for key in ("default_vs_bare", "speedup_vs_tf_reference", "default_vs_jaxlin_fused"):
+            assert row[key] is None or row[key] > 0
+    assert "jaxlin train, steady state per step" in stdout and "| linear | 400 (20) |" in stdout
+
+
+def _steady_run(model, mode, steps, seconds):
+    return {"model": model, "mode": mode, "num_steps": steps, "status": "ok", "median_seconds": seconds}
+
+
+def test_steady_state_is_long_minus_short_with_its_ratios_and_targets():
+    from bench.report import failures, markdown, steady_state_targets
+    from bench.runner import log_steady_rows, steady_rows
+
+    lengths = [("linear", (1000, 21000, 100000)), ("mlp", (1000, 21000))]
+    runs = [_steady_run("linear", "default", 1000, 2.0), _steady_run("linear", "default", 21000, 4.4),
+            _steady_run("linear", "default", 100000, 12.0), _steady_run("linear", "bare", 1000, 1.8),
+            _steady_run("linear", "bare", 21000, 3.8), _steady_run("linear", "bare", 100000, 10.4),
+            _steady_run("mlp", "default", 1000, 3.0), _steady_run("mlp", "default", 21000, 2.9),
+            _steady_run("mlp", "bare", 1000, 2.5)]
+    throughput = [{"contender": "tf_reference", "model": "linear", "batch_size": 100, "status": "ok",
+                   "median_us_per_step": 500.0},
+                  {"contender": "jaxlin_fused", "model": "linear", "batch_size": 100, "status": "ok",
+                   "median_us_per_step": 100.0},
+                  {"contender": "jaxlin_fused", "model": "linear", "batch_size": 100, "status": "ok", "sweep": True,
+                   "median_us_per_step": 1.0}]  # the sweep's rows are not the fused loop's defaults
+    rows = steady_rows(runs, throughput, lengths)
+    assert [(r["model"], r["num_steps"], r["status"]) for r in rows] == [
+        ("linear", 21000, "ok"), ("linear", 100000, "ok"), ("mlp", 21000, "failed")]
+    first, second = rows[0], rows[1]
+    assert first["default_us_per_step"] == pytest.approx(120.0) and first["bare_us_per_step"] == pytest.approx(100.0)
+    assert first["default_vs_bare"] == pytest.approx(1.2)
+    assert first["speedup_vs_tf_reference"] == pytest.approx(500 / 120)
+    assert first["default_vs_jaxlin_fused"] == pytest.approx(1.2) and first["bare_speedup_vs_tf_reference"] \
+        == pytest.approx(5.0)
+    assert second["default_us_per_step"] == pytest.approx(1e6 * 10.0 / 99000)
+    assert rows[2]["reason"] == "not run"  # its bare 21,000-step run is missing
+    targets = steady_state_targets({"train_steady_state": {"rows": rows}})
+    assert targets["train_steady_state_linear_21000_default_vs_bare"] == {
+        "ratio": pytest.approx(1.2), "goal": 1.25, "met": True}
+    assert targets["train_steady_state_linear_100000_default_vs_bare"]["goal"] == 1.1
+    assert targets["train_steady_state_linear_100000_default_vs_bare"]["met"] is False  # 10 / 8.6
+    assert targets["train_steady_state_linear_21000_speedup_vs_tf_reference"]["met"] is True
+    assert not any(key.startswith("train_steady_state_mlp") for key in targets)
+    # a long run no slower than the short one (noise): the numbers are kept, no ratio is taken of them
+    noisy = steady_rows([_steady_run("mlp", "default", 1000, 3.0), _steady_run("mlp", "default", 21000, 2.9),
+                         _steady_run("mlp", "bare", 1000, 2.5), _steady_run("mlp", "bare", 21000, 4.5)], [],
+                        [("mlp", (1000, 21000))])
+    assert noisy[0]["default_us_per_step"] < 0 and noisy[0]["default_vs_bare"] is None and "noise" in noisy[0]["note"]
+    logged = []
+    log_steady_rows(rows + noisy, logged.append)
+    assert len(logged) == 4 and "default/bare 1.20, TF reference / default 4.17" in logged[0]
+    assert "failed: not run" in logged[2] and "noise" in logged[3]
+    results = {"meta": {"plan": {}}, "contenders": {}, "throughput": [],
+               "train_steady_state": {"flags": {"linear": [], "mlp": ["--model", "mlp"]}, "repeats": 3, "rows": rows,
+                                      "runs": [{"model": "mlp", "mode": "bare", "num_steps": 21000,
+                                                "status": "failed", "reason": "boom\nmore"}]}}
+    assert failures(results) == ["train steady state mlp bare 21000 steps: boom"]
+    text = markdown(results)
+    assert "| linear | 21,000 (1,000) | 120.0 | 100.0 | 1.20 | <= 1.25 | 500.0 | 4.17 | 100.0 | 1.20 |" in text
+    assert "linear: the defaults, mlp: --model mlp" in text
+
+
+def test_only_train_steady_state_times_those_rows_and_what_they_are_compared_to(tiny_data_dir, tmp_path,
+                                                                                 monkeypatch, capsys):
+    import bench.__main__ as cli
+
+    seen = {}
+
+    def run(plan, data_dir, names, **kwargs):
+        seen.update(plan=plan, names=names)
+        return {"meta": {"plan": {}, "cpu_model": "cpu", "cpu_count": 2}, "contenders": {}, "peak": {},
+                "throughput": [], "time_to_accuracy": [], "end_to_end": [],
+                "train_steady_state": {"runs": [], "rows": []}}
+
+    monkeypatch.setattr(cli.runner, "run", run)
+    assert cli.main(["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--only", "train_steady_state"]) == 0
+    plan = seen["plan"]
+    assert seen["names"] == ["tf_reference", "jaxlin_fused"]
+    assert plan.cases == [("linear", 100, 1000), ("mlp", 100, 500)] and plan.steady_repeats == 3
+    assert plan.steady_lengths == [("linear", (1000, 21000, 100000)), ("mlp", (1000, 21000))]
+    assert (plan.sweep, plan.num_models, plan.device_counts, plan.tta_repeats, plan.e2e_repeats, plan.peak) == \
+        ([], [], [], 0, 0, False)
+    assert cli.main(["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--only", "train_steady_state",
+                     "--contenders", "jaxlin_fused", "--quick"]) == 0
+    assert seen["names"] == ["jaxlin_fused"] and seen["plan"].steady_lengths[0] == ("linear", (20, 200, 400))
+    assert cli.main(["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--no-steady-state"]) == 0
+    assert seen["plan"].steady_repeats == 0 and seen["plan"].e2e_repeats == 5
+    capsys.readouterr()
 
 
 def test_tensorflow_and_pytorch_workers_never_import_jax(mnist_dir):
@@ -237,7 +353,7 @@ class TinyNet:
     def apply(self, params, images):
         return images @ params["w"] + params["b"]
 '''
-LIGHT = ["--repeats", "1", "--no-sweep", "--no-vmap", "--no-tta", "--no-e2e"]
+LIGHT = ["--repeats", "1", "--no-sweep", "--no-vmap", "--no-tta", "--no-e2e", "--no-steady-state"]
 
 
 def _bench_in(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
@@ -466,7 +582,7 @@ def test_no_vmap_and_no_parallel_start_no_worker_for_nothing_and_the_data_dir_is
 
     monkeypatch.setattr(cli.runner, "run", run)
     argv = ["--data-dir", "data", "--out", "out", "--contenders", "jaxlin_vmap,jaxlin_sweep,jaxlin_data_parallel",
-            "--no-vmap", "--no-parallel", "--no-sweep", "--no-tta", "--no-e2e"]
+            "--no-vmap", "--no-parallel", "--no-sweep", "--no-tta", "--no-e2e", "--no-steady-state"]
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert seen["plan"].device_counts == [] and seen["plan"].num_models == []
     results = json.loads((tmp_path / "out" / "cpu.json").read_text())
