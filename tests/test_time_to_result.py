@@ -104,3 +104,26 @@ def test_the_figure_worker_draws_what_the_run_would_draw(tiny_data_dir, tmp_path
                  "learning_curve.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
     assert not list(out.glob(".figure-inputs*")) and not list(out.glob(".staging-*"))
+
+
+# The phases of `timings.breakdown`, in the order a run goes through them (see train_run._breakdown).
+_PHASES = ("imports_seconds", "figure_worker_start_seconds", "distributed_start_seconds", "backend_start_seconds",
+           "directory_seconds", "data_load_seconds", "planning_seconds", "trainer_setup_seconds", "compile_seconds",
+           "training_seconds", "evaluation_seconds", "checkpoint_seconds", "loop_host_seconds",
+           "final_evaluation_seconds", "finishing_seconds", "figures_seconds", "writing_seconds")
+
+
+@pytest.mark.parametrize("extra", [(), ("--no-figures", "--checkpoint-every", "0")])
+def test_the_breakdown_adds_up_to_the_whole_process(tiny_data_dir, tmp_path, extra):
+    # No timed assertion: the structure, and other_seconds is the whole less every phase.
+    breakdown = _train(tiny_data_dir, tmp_path / "run", *extra)["timings"]["breakdown"]
+    assert set(breakdown) == {*_PHASES, "compile_cache", "other_seconds", "whole_process_seconds"}
+    for name in (*_PHASES, "whole_process_seconds"):
+        value = breakdown[name]
+        assert isinstance(value, float) and not isinstance(value, bool) and value >= 0, (name, value)
+    assert isinstance(breakdown["other_seconds"], float)
+    total = sum(breakdown[name] for name in _PHASES) + breakdown["other_seconds"]
+    assert total == pytest.approx(breakdown["whole_process_seconds"], abs=1e-9)
+    assert sum(breakdown[name] for name in _PHASES) <= breakdown["whole_process_seconds"] + 1e-9
+    if "--no-figures" in extra:
+        assert breakdown["figure_worker_start_seconds"] == 0.0

@@ -30,7 +30,7 @@ def start_backend(args: argparse.Namespace) -> None:
 
     from jaxlin.runtime import compile_cache, timing
 
-    timing.marks["compile_cache_enabled"] = compile_cache.enable(args.no_compile_cache) is not None
     tick = time.perf_counter()
+    timing.marks["compile_cache_enabled"] = compile_cache.enable(args.no_compile_cache) is not None
     jax_devices()
     timing.marks["backend_start"] = time.perf_counter() - tick

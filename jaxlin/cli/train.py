@@ -40,11 +40,14 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, stop: StopRequest | None) -> int:
     # Started first: it imports matplotlib while this process imports JAX, loads data and trains.
+    from jaxlin.runtime import timing
+
     worker = None
     if not (args.no_figures or args.dry_run or args.distributed or args.process_id):
-        from jaxlin.runs.figure_worker import FigureWorker
+        with timing.marks.phase("figure_worker_start"):
+            from jaxlin.runs.figure_worker import FigureWorker
 
-        worker = FigureWorker.start()
+            worker = FigureWorker.start()
     try:
         return _train(args, stop, worker)
     finally:
@@ -57,8 +60,10 @@ def _train(args: argparse.Namespace, stop: StopRequest | None, worker) -> int:
     from jaxlin.runs import train_run
     from jaxlin.runtime import timing
 
-    timing.marks["imports"] = timing.since_process_start()
-    hosts.start_distributed(args)
+    # Interpreter start-up, imports and argument parsing: everything before this point but the worker's start.
+    timing.marks["imports"] = timing.since_process_start() - timing.marks.get("figure_worker_start", 0.0)
+    with timing.marks.phase("distributed_start"):
+        hosts.start_distributed(args)
     start_backend(args)
     if stop is not None:
         stop.reinstall()

@@ -392,7 +392,18 @@ def load_datasets(name: str | None = None, data_dir: str | os.PathLike | None = 
     With a directory, `name` only names the data (any IDX set; None: named after what it is, see
     `identify`), and `check_name` refuses the name of a set jaxlin knows whose known files the
     directory's contradict; jaxlin fetches only the sets it knows (`config.DATASETS`). The first
-    `validation_size` training examples validate."""
+    `validation_size` training examples validate. Timed as the "data_load" phase of the run's time breakdown
+    (`runtime.timing`), the data's `Datasets.fingerprint` included (every run's checkpoints record it)."""
+    from jaxlin.runtime.timing import marks
+
+    with marks.phase("data_load"):
+        data = _load_datasets(name, data_dir, source, progress, log, validation_size, check_name)
+        data.fingerprint  # noqa: B018 (computed once, here: part of loading, not of the first checkpoint)
+    return data
+
+
+def _load_datasets(name: str | None, data_dir: str | os.PathLike | None, source: str, progress: bool, log,
+                   validation_size: int, check_name: bool) -> Datasets:
     directory = resolve_data_dir(data_dir)
     if directory is not None:
         return load_idx_dir(directory, name, validation_size, check_name)

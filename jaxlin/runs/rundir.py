@@ -35,6 +35,10 @@ from pathlib import Path
 from collections.abc import Callable
 
 from jaxlin.errors import JaxlinError
+from jaxlin.runtime.timing import marks
+
+# The phase of the time breakdown (see `runtime.timing`) that checking, locking and clearing the directory adds to.
+_PHASE = "directory"
 
 LOCK_FILE = ".jaxlin.lock"
 CHECKPOINT_DIR = "checkpoints"  # orbax checkpoints of the train state (see `checkpoints`)
@@ -110,6 +114,11 @@ def has_checkpoints(out: str | os.PathLike) -> bool:
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Fails before any data is loaded or step trained when `path` cannot be written."""
+    with marks.phase(_PHASE):
+        return _check_writable(path)
+
+
+def _check_writable(path: str | os.PathLike) -> Path:
     import errno
 
     out = Path(path)
@@ -240,6 +249,10 @@ class RunDir:
     def check_available(self, mode: str) -> None:
         """Fails at once, before any data is loaded, when the directory is in use by another run or
         holds a run that `mode` may not touch. (`lock` holds the lock; this only looks.)"""
+        with marks.phase(_PHASE):
+            self._check_available(mode)
+
+    def _check_available(self, mode: str) -> None:
         if not self.path.is_dir():
             return
         if self._lock_fd is None:
@@ -280,6 +293,10 @@ class RunDir:
 
     def lock(self) -> None:
         """Takes the directory's lock at once, or fails naming the process that holds it."""
+        with marks.phase(_PHASE):
+            self._lock()
+
+    def _lock(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         fd = self._open_lock_file(create=True)
         self._try_lock(fd)
@@ -325,6 +342,10 @@ class RunDir:
         """Removes a previous run's outputs, of any command (`--overwrite`), and whatever this run's layout
         writes; other files stay, and a folder of its names holding anything it did not write is refused
         (`foreign_files`), never removed."""
+        with marks.phase(_PHASE):
+            self._remove_run()
+
+    def _remove_run(self) -> None:
         foreign = self.foreign_files()
         if foreign:
             raise RunDirError(f"output dir {self.path} holds files jaxlin did not write: {foreign[0]}; choose "

@@ -20,6 +20,7 @@ from jaxlin.runs.outputs import accuracy_line, library_versions, write_figures
 from jaxlin.runs.rundir import METRICS_FILE, PARAMS_FILE, TRAIN_LAYOUT, to_json
 from jaxlin.runs.session import Outcome, RunKind, Session, build_model, recorded_data, run, saved_config
 from jaxlin.runs.session import resume_command as _resume_command
+from jaxlin.runtime import timing
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host
 from jaxlin.runtime.signals import StopRequest
 from jaxlin.training.schedule import eval_schedule
@@ -86,12 +87,17 @@ class TrainRun(RunKind):
         return check_resumable(saved, saved.replace(**{name: getattr(config, name) for name in explicit}), step, out)
 
     def plan(self, config: Config, data: Datasets, model: Model) -> tuple[Placement, str]:
-        optimizers.check_builds(config, model)  # a bad --optimizer: one line, before anything is written
-        placement = resolve_placement(config.device, config.devices, config.batch_size)
-        return placement, describe_run(config, data, model, placement)
+        with timing.marks.phase("planning"):
+            optimizers.check_builds(config, model)  # a bad --optimizer: one line, before anything is written
+            placement = resolve_placement(config.device, config.devices, config.batch_size)
+            return placement, describe_run(config, data, model, placement)
 
     def trainer(self, config: Config, data: Datasets, model: Model, placement: Placement) -> Trainer:
-        return Trainer(config, data, model, placement)
+        with timing.marks.phase("trainer_setup"):  # the data placed on the device, the update built
+            trainer = Trainer(config, data, model, placement)
+        # The loop's own time is measured from here to `finish` (see `_breakdown`).
+        self._loop_started, self._checkpoint_before_loop = time.perf_counter(), timing.marks.get("checkpoint", 0.0)
+        return trainer
 
     def evals(self, config: Config):
         return eval_schedule(config.num_steps, config.eval_every, self.eval_steps)
@@ -103,8 +109,12 @@ class TrainRun(RunKind):
 
     def finish(self, session: Session, trainer: Trainer, state, loop, evaluations: list[dict]) -> Outcome:
         data, model = session.data, session.model
-        final = trainer.evaluator(state.params)
-        params = to_host(state.params)
+        loop_seconds = time.perf_counter() - self._loop_started
+        checkpoint_in_loop = timing.marks.get("checkpoint", 0.0) - self._checkpoint_before_loop
+        with timing.marks.phase("final_evaluation"):
+            final = trainer.evaluator(state.params)
+            params = to_host(state.params)
+        finishing = time.perf_counter()
         timings = loop.timings()
         metrics = {
             "final_test_accuracy": final["accuracy"],
@@ -124,6 +134,7 @@ class TrainRun(RunKind):
         }
 
         notes: list[str] = []  # figures left out, said after the outputs are published
+        timing.marks.add("finishing", time.perf_counter() - finishing)  # the metrics above, the library versions
 
         def write(staging: Path) -> None:
             tick = time.perf_counter()
@@ -131,29 +142,52 @@ class TrainRun(RunKind):
                 notes.extend(write_figures(staging, data, model, params, final, evaluations, worker=self.figure_worker))
             figures_seconds = time.perf_counter() - tick
             params_file.save_params(staging / PARAMS_FILE, params, model, data.image_shape)
-            metrics["timings"]["breakdown"] = _breakdown(timings, session.data_seconds, figures_seconds,
+            metrics["timings"]["breakdown"] = _breakdown(timings, loop_seconds, checkpoint_in_loop, figures_seconds,
                                                          time.perf_counter() - tick - figures_seconds)
             (staging / METRICS_FILE).write_text(to_json(metrics, indent=2) + "\n")
 
         return Outcome(metrics, write, [accuracy_line(final["accuracy"], f"after {state.step} steps")], notes)
 
 
-def _breakdown(timings: dict, data_seconds: float, figures_seconds: float, writing_seconds: float) -> dict:
-    """Where this process's time went, from its start (see `timing`); phases not measured are None."""
-    from jaxlin.runtime import compile_cache, timing
+def _breakdown(timings: dict, loop_seconds: float, checkpoint_in_loop: float, figures_seconds: float,
+               writing_seconds: float) -> dict:
+    """Where this process's time went, from its start (see `timing`) until metrics.json was written: phases
+    that do not overlap, phases not measured None (imports, in a run started from Python), and
+    `other_seconds`, the whole less every phase (what no phase accounts for).
 
-    return {
-        "imports_seconds": timing.marks.get("imports"),  # interpreter start-up and imports
-        "backend_start_seconds": timing.marks.get("backend_start"),
-        "data_load_seconds": data_seconds,
+    `loop_seconds` is the wall time from the trainer's start to `finish`: the loop's compile, training,
+    evaluation and checkpoint phases happen in it (`checkpoint_in_loop` of the "checkpoint" mark's), and
+    what the host did there besides is `loop_host_seconds`."""
+    from jaxlin.runtime import compile_cache
+
+    marks = timing.marks
+    checkpoint = marks.get("checkpoint", 0.0) + timings.get("checkpoint_seconds", 0.0)
+    loop_phases = (timings["compile_seconds"] + timings["train_seconds"] + timings["eval_seconds"]
+                   + timings.get("checkpoint_seconds", 0.0) + checkpoint_in_loop)
+    phases = {
+        "imports_seconds": marks.get("imports"),  # interpreter start-up, imports, argument parsing
+        "figure_worker_start_seconds": marks.get("figure_worker_start", 0.0),
+        "distributed_start_seconds": marks.get("distributed_start", 0.0),
+        "backend_start_seconds": marks.get("backend_start"),  # compilation cache and JAX's backend
+        "directory_seconds": marks.get("directory", 0.0),  # checking, locking, clearing the output dir
+        "data_load_seconds": marks.get("data_load", 0.0),  # read, checked, fingerprinted
+        "planning_seconds": marks.get("planning", 0.0),  # the optimizer's check, the devices
+        "trainer_setup_seconds": marks.get("trainer_setup", 0.0),  # the data on the device, the update built
         "compile_seconds": timings["compile_seconds"],
-        "compile_cache": {"enabled": timing.marks.get("compile_cache_enabled", False), **compile_cache.counts()},
         "training_seconds": timings["train_seconds"],
         "evaluation_seconds": timings["eval_seconds"],
+        "checkpoint_seconds": checkpoint,  # orbax's import and store, every save, the wait for the last
+        "loop_host_seconds": max(0.0, loop_seconds - loop_phases),  # the first state, records' setup, progress bar
+        "final_evaluation_seconds": marks.get("final_evaluation", 0.0),  # and the params copied to the host
+        "finishing_seconds": marks.get("finishing", 0.0),  # the metrics gathered, library versions
         "figures_seconds": figures_seconds,
-        "writing_seconds": writing_seconds,
-        "whole_process_seconds": timing.since_process_start(),  # until metrics.json was written
+        "writing_seconds": writing_seconds,  # params.npz and the breakdown (metrics.json's own write is not in it)
     }
+    whole = timing.since_process_start()
+    return {**phases,
+            "compile_cache": {"enabled": marks.get("compile_cache_enabled", False), **compile_cache.counts()},
+            "other_seconds": whole - sum(v for v in phases.values() if v is not None),
+            "whole_process_seconds": whole}
 
 
 def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = False, log=print,
