@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +30,28 @@ def _save(fig: Figure, path: str | os.PathLike) -> Figure:
 def draw_run_figures(directory: str | os.PathLike, images: np.ndarray | None, labels: np.ndarray,
                      predictions: np.ndarray, weights: np.ndarray | None, weight_titles: Sequence[str] | None,
                      confusion: np.ndarray, evaluations: Sequence[dict], curve_key: str = "test_accuracy",
-                     image_shape: Sequence[int] = MNIST_SHAPE) -> list[str]:
+                     image_shape: Sequence[int] = MNIST_SHAPE, only: Collection[str] | None = None) -> list[str]:
     """The tutorial's figures of a trained model, into `directory`: no image grids when `images` is
-    None, no weights figure when `weights` is None. Returns the names of the files written."""
+    None, no weights figure when `weights` is None; given `only` (file names), only those of them.
+    Returns the names of the files written."""
     directory = Path(directory)
     shape = tuple(int(d) for d in image_shape)
+    figures = {
+        "example_images.png": None if images is None else lambda path: plot_images(
+            images[:9], labels[:9], predictions[:9], path, title="First test images", image_shape=shape),
+        "misclassified.png": None if images is None else lambda path: plot_misclassified(
+            images, labels, predictions, path, image_shape=shape),
+        "weights.png": None if weights is None else lambda path: plot_weights(
+            weights, path, weight_titles, image_shape=shape),
+        "confusion_matrix.png": lambda path: plot_confusion_matrix(np.asarray(confusion), path),
+        "learning_curve.png": lambda path: plot_learning_curve(evaluations, path, curve_key),
+    }
     written = []
-    if images is not None:
-        plot_images(images[:9], labels[:9], predictions[:9], directory / "example_images.png",
-                    title="First test images", image_shape=shape)
-        plot_misclassified(images, labels, predictions, directory / "misclassified.png", image_shape=shape)
-        written += ["example_images.png", "misclassified.png"]
-    if weights is not None:
-        plot_weights(weights, directory / "weights.png", weight_titles, image_shape=shape)
-        written.append("weights.png")
-    plot_confusion_matrix(np.asarray(confusion), directory / "confusion_matrix.png")
-    plot_learning_curve(evaluations, directory / "learning_curve.png", curve_key)
-    return written + ["confusion_matrix.png", "learning_curve.png"]
+    for name, draw in figures.items():
+        if draw is not None and (only is None or name in only):
+            draw(directory / name)
+            written.append(name)
+    return written
 
 
 def _show_image(ax, flat: np.ndarray, shape: tuple[int, int, int]) -> None:
