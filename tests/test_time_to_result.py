@@ -127,3 +127,33 @@ def test_the_breakdown_adds_up_to_the_whole_process(tiny_data_dir, tmp_path, ext
     assert sum(breakdown[name] for name in _PHASES) <= breakdown["whole_process_seconds"] + 1e-9
     if "--no-figures" in extra:
         assert breakdown["figure_worker_start_seconds"] == 0.0
+
+
+def test_large_gzip_files_are_read_from_a_decompressed_copy_until_they_change(tmp_path, monkeypatch):
+    import numpy as np
+
+    from helpers import write_idx
+    from jaxlin.data import idx
+
+    monkeypatch.setattr(idx, "CACHE_MIN_BYTES", 0)
+    rng = np.random.default_rng(0)
+    first, second = (rng.integers(0, 255, (50, 28, 28), dtype=np.uint8) for _ in range(2))
+    path = write_idx(tmp_path / "train-images-idx3-ubyte.gz", first)
+    copies = Path(os.environ["JAXLIN_CACHE_DIR"]) / idx.DECOMPRESSED_DIR
+    np.testing.assert_array_equal(idx.read_idx_cached(path, 3), first)
+    assert not copies.exists()  # just written: its time could still hide a change (racy), so not copied
+    os.utime(path, (1e9, 1e9))
+    np.testing.assert_array_equal(idx.read_idx_cached(path, 3), first)
+    [copy] = copies.iterdir()
+    read_idx = idx.read_idx
+    monkeypatch.setattr(idx, "read_idx", None)  # read from the copy, not the file
+    np.testing.assert_array_equal(idx.read_idx_cached(path, 3), first)
+    with pytest.raises(TypeError):  # a copy that does not fit the expected shape is not used
+        idx.read_idx_cached(path, 3, (27, 28))
+    monkeypatch.setattr(idx, "read_idx", read_idx)
+    write_idx(path, second)  # same size, new content and time: read again, and the old copy dropped
+    os.utime(path, (2e9, 2e9))
+    np.testing.assert_array_equal(idx.read_idx_cached(path, 3), second)
+    assert [p.name for p in copies.iterdir()] != [copy.name] and len(list(copies.iterdir())) == 1
+    next(copies.iterdir()).write_bytes(b"damaged")  # a damaged copy: the file is read again
+    np.testing.assert_array_equal(idx.read_idx_cached(path, 3), second)
