@@ -21,7 +21,8 @@ from jaxlin.runs.checkpoints import record_digest
 from jaxlin.runs.rundir import CHECKPOINT_DIR, SET_ASIDE_DIR
 
 pytestmark = pytest.mark.slow
-STEPS = ["--num-steps", "30", "--eval-every", "10", "--batch-size", "50"]
+# A checkpoint at every evaluation (the default is by wall time: every 5 minutes).
+STEPS = ["--num-steps", "30", "--eval-every", "10", "--checkpoint-every", "10", "--batch-size", "50"]
 
 
 def _command() -> list[str]:
@@ -260,7 +261,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_while_checkpointing_is_one_line_and_resumes_to_the_same_bits(tiny_data_dir, small_disk,
                                                                                  tmp_path):
     out = small_disk / "run"
-    args = ["--num-steps", "200", "--eval-every", "20", "--batch-size", "50"]
+    args = ["--num-steps", "200", "--eval-every", "20", "--checkpoint-every", "20", "--batch-size", "50"]
     done = train(tiny_data_dir, out, *args)
     assert done.returncode == 2, done.stderr
     line = one_error_line(done.stderr)
@@ -282,7 +283,8 @@ def test_a_directory_that_vanishes_mid_run_is_one_line(tiny_data_dir, tmp_path):
     out, moved = tmp_path / "run", tmp_path / "moved"
     env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
     process = subprocess.Popen([*_command(), "train", "--output-dir", str(out), "--no-progress", "--no-figures",
-                                "--num-steps", str(10**7), "--eval-every", "5", "--batch-size", "50"],
+                                "--num-steps", str(10**7), "--eval-every", "5", "--checkpoint-every", "5",
+                                "--batch-size", "50"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not ((out / CHECKPOINT_DIR).is_dir() and len(steps_in(out)) >= 2):
@@ -307,7 +309,8 @@ def test_a_directory_made_read_only_mid_run_is_one_line(tiny_data_dir, tmp_path)
     out = tmp_path / "run"
     env = {**os.environ, "JAXLIN_DATA_DIR": str(tiny_data_dir)}
     process = subprocess.Popen([*_command(), "train", "--output-dir", str(out), "--no-progress", "--no-figures",
-                                "--num-steps", str(10**7), "--eval-every", "5", "--batch-size", "50"],
+                                "--num-steps", str(10**7), "--eval-every", "5", "--checkpoint-every", "5",
+                                "--batch-size", "50"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     mounted = False
     try:

@@ -258,7 +258,7 @@ def test_a_second_signal_exits_at_once(tiny_data_dir, tmp_path):
 
 def test_a_second_run_into_a_busy_directory_exits_at_once(tiny_data_dir, tmp_path):
     out = tmp_path / "run"
-    first = Run(tiny_data_dir, out, "--num-steps", str(10**6), "--batch-size", "2")
+    first = Run(tiny_data_dir, out, "--num-steps", str(10**6), "--batch-size", "2", "--eval-every", "100")
     first.wait_until(lambda: len(first.records()) >= 2, what="training")
     second = Run(tiny_data_dir, out, "--num-steps", "40", "--seed", "1", "--overwrite", logs=tmp_path)
     assert second.wait(timeout=60) == 2
@@ -377,7 +377,7 @@ MOMENTS = {
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_ctrl_c_at_any_moment_stops_the_run(tiny_data_dir, tmp_path, moment):
     """During imports, data loading, compilation or training: never lost, never a traceback."""
-    run = Run(tiny_data_dir, tmp_path / "run", "--num-steps", str(10**6), "--batch-size", "2")
+    run = Run(tiny_data_dir, tmp_path / "run", "--num-steps", str(10**6), "--batch-size", "2", "--eval-every", "100")
     run.wait_until(lambda: run.ready and MOMENTS[moment](run, tiny_data_dir), timeout=120, what=moment)
     run.process.send_signal(signal.SIGINT)
     assert run.wait() == 130, run.stderr

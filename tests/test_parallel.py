@@ -141,13 +141,19 @@ def _training_pair(data_dir: Path, out: Path, *extra: str, records: int = 2) -> 
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1"}
     common = ["train", "--devices", "all", "--data-dir", str(data_dir), "--output-dir", str(out), "--no-progress",
               "--num-steps", str(10**6), "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
-              *extra]
+              "--eval-every", "100", *extra]  # (a million steps would evaluate every 20,000 by default)
     processes = [subprocess.Popen([str(exe), *common, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for i in range(2)]
     deadline = time.monotonic() + 120
-    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= records):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
-        time.sleep(0.05)
+    try:
+        while not ((out / "metrics.jsonl").exists()
+                   and len((out / "metrics.jsonl").read_text().splitlines()) >= records):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
+            time.sleep(0.05)
+    except BaseException:
+        for process in processes:  # no run of a million steps is left behind a failed test
+            process.kill()
+        raise
     return processes
 
 

@@ -198,7 +198,7 @@ class Loop:
         train = self.train_seconds
         return {"compile_seconds": self.trainer.compile_seconds, "train_seconds": train,
                 "eval_seconds": self.eval_seconds, "checkpoint_seconds": self.checkpoint_seconds,
-                "steps_per_second": self.steps_trained / train if train > 0 else None}
+                "steps_per_second": self.steps_trained / train if train > 0 and self.steps_trained else None}
 
     def _timed_save_due(self) -> bool:
         return (self.hooks.checkpoints and self.save_seconds is not None
