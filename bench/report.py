@@ -129,17 +129,23 @@ def _steady_rows(results: dict) -> list[dict]:
     return [r for r in (results.get("train_steady_state") or {}).get("rows", []) if r.get("status") == "ok"]
 
 
+def _steady_goals(results: dict) -> list[tuple[dict, float | None]]:
+    """Each measured steady-state row with its default/bare goal (None beyond the goals' lengths)."""
+    out, rank = [], {}
+    for row in _steady_rows(results):
+        index = rank[row["model"]] = rank.get(row["model"], -1) + 1
+        out.append((row, STEADY_VS_BARE_GOALS[index] if index < len(STEADY_VS_BARE_GOALS) else None))
+    return out
+
+
 def steady_state_targets(results: dict) -> dict:
     """Issue 17's targets: default `jaxlin train` per step (long minus short whole-process run) at most 1.25x
     the bare loop's at the first long length (21,000 steps), 1.1x at the second (100,000), and for the linear
     model at least 4x faster per step than the TF reference; keys name the model and the length."""
     out = {}
-    rank: dict[str, int] = {}
-    for row in _steady_rows(results):
+    for row, goal in _steady_goals(results):
         model, steps = row["model"], row["num_steps"]
-        index = rank[model] = rank.get(model, -1) + 1
-        if row.get("default_vs_bare") is not None and index < len(STEADY_VS_BARE_GOALS):
-            goal = STEADY_VS_BARE_GOALS[index]
+        if row.get("default_vs_bare") is not None and goal is not None:
             out[f"train_steady_state_{model}_{steps}_default_vs_bare"] = {
                 "ratio": row["default_vs_bare"], "goal": goal, "met": row["default_vs_bare"] <= goal}
         if model == "linear" and row.get("speedup_vs_tf_reference") is not None:
@@ -388,9 +394,7 @@ def _steady_lines(results: dict) -> list[str]:
              "| model | steps (minus) | default us/step | bare us/step | default / bare | goal | "
              "TF ref us/step | TF ref / default | fused us/step | default / fused |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    goals = steady_state_targets(results)
-    for r in rows:
-        goal = goals.get(f"train_steady_state_{r['model']}_{r['num_steps']}_default_vs_bare", {}).get("goal")
+    for r, goal in _steady_goals(results):
         lines.append(f"| {r['model']} | {r['num_steps']:,} ({r['short_steps']:,}) | {_us(r['default_us_per_step'])} | "
                      f"{_us(r['bare_us_per_step'])} | {_ratio(r.get('default_vs_bare'))} | "
                      f"{f'<= {goal}' if goal else '-'} | {_us(r.get('tf_reference_us_per_step'))} | "

@@ -1,7 +1,8 @@
-"""Runs the benchmark: throughput cases, the fused-loop sweep, vmap scaling, time to accuracy.
+"""Runs the benchmark: throughput cases, the fused-loop sweep, vmap scaling, time to accuracy, end to end and
+`jaxlin train`'s steady state per step.
 
 Contenders run in their own worker processes and are interleaved repeat by repeat, so
-drift of the machine hits all of them alike.
+drift of the machine hits all of them alike; the whole-process rows interleave their commands round by round.
 """
 
 from __future__ import annotations
