@@ -144,6 +144,7 @@ def test_large_gzip_files_are_read_from_a_decompressed_copy_until_they_change(tm
     assert not copies.exists()  # just written: its time could still hide a change (racy), so not copied
     os.utime(path, (1e9, 1e9))
     np.testing.assert_array_equal(idx.read_idx_cached(path, 3), first)
+    idx.wait_for_copies()
     [copy] = copies.iterdir()
     read_idx = idx.read_idx
     monkeypatch.setattr(idx, "read_idx", None)  # read from the copy, not the file
@@ -154,6 +155,7 @@ def test_large_gzip_files_are_read_from_a_decompressed_copy_until_they_change(tm
     write_idx(path, second)  # same size, new content and time: read again, and the old copy dropped
     os.utime(path, (2e9, 2e9))
     np.testing.assert_array_equal(idx.read_idx_cached(path, 3), second)
+    idx.wait_for_copies()
     assert [p.name for p in copies.iterdir()] != [copy.name] and len(list(copies.iterdir())) == 1
     next(copies.iterdir()).write_bytes(b"damaged")  # a damaged copy: the file is read again
     np.testing.assert_array_equal(idx.read_idx_cached(path, 3), second)

@@ -215,18 +215,38 @@ def read_idx_cached(path: str | os.PathLike, expected_ndim: int | tuple[int, ...
             return array
     array = read_idx(path, expected_ndim, item_shape)
     if entry is not None and entry[2]:
-        _store(entry[0], entry[1], array)
+        # Written beside the run (0.2 s for MNIST's training images on a slow disk): the copy is for the next one.
+        import threading
+
+        writer = threading.Thread(target=_store, args=(entry[0], entry[1], array), name="jaxlin data copy",
+                                  daemon=True)
+        writer.start()
+        _WRITERS.append(writer)
     return array
 
 
+_WRITERS: list = []  # the threads writing copies (`wait_for_copies`)
+_STALE_SECONDS = 600.0  # a temporary file this old is a writer's that never finished (its process ended)
+
+
+def wait_for_copies() -> None:
+    """Waits until the copies being written are written (tests; a process may end without it)."""
+    while _WRITERS:
+        _WRITERS.pop().join()
+
+
 def _store(target: Path, prefix: str, array: np.ndarray) -> None:
-    """Writes the decompressed copy (whole or not at all) and drops older copies of the same path; best effort."""
+    """Writes the decompressed copy (whole or not at all) and drops older copies of the same path, and
+    temporary files that a process ended before finishing; best effort."""
     import tempfile
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         for old in target.parent.glob(f"{prefix}-*.npy"):
             old.unlink(missing_ok=True)
+        for stale in target.parent.glob(f".{prefix}-*.tmp"):
+            if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
+                stale.unlink(missing_ok=True)
         handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{prefix}-", suffix=".tmp", delete=False)
         try:
             with handle:
