@@ -337,7 +337,8 @@ def test_a_directory_made_read_only_mid_run_is_one_line(tiny_data_dir, tmp_path)
     assert good in steps_in(out)
 
 
-SWEEP = ["--learning-rates", "0.1,0.5", "--num-steps", "30", "--eval-every", "10", "--batch-size", "50"]
+SWEEP = ["--learning-rates", "0.1,0.5", "--num-steps", "30", "--eval-every", "10", "--checkpoint-every", "10",
+         "--batch-size", "50"]
 
 
 def test_a_damaged_sweep_checkpoint_is_set_aside_and_the_sweep_ends_as_untouched(tiny_data_dir, tmp_path):

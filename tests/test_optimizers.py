@@ -309,8 +309,10 @@ class _StopAfterFirstSave:
 
 def test_a_stopped_run_with_a_schedule_resumes_to_the_same_bits(tiny_data):
     """The schedule's step count lives in the optimizer state, which the checkpoint holds."""
+    # 45 steps: the stop asked for while step 15 is saved is seen at the next boundary (30), the chunk
+    # after 15 being already dispatched.
     config = TINY.replace(optimizer="momentum", learning_rate=0.1, schedule="warmup-cosine", warmup_steps=8,
-                          weight_decay=0.01, clip_norm=0.5, checkpoint_every=15)
+                          weight_decay=0.01, clip_norm=0.5, checkpoint_every=15, num_steps=45)
     model = get_model("linear")
     whole = fit(config, tiny_data, model, progress=False)
     hooks = _StopAfterFirstSave()

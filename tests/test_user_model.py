@@ -106,8 +106,10 @@ def test_a_user_model_trains_stops_resumes_evaluates_and_predicts(workdir):
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=300)
     assert run.returncode == 143, err
-    command = err.strip().splitlines()[-1].split("Resume with: ")[1]
-    resumed = _jaxlin(workdir, *shlex.split(command)[1:], "--num-steps", "60")  # no --model: the record has it
+    line = err.strip().splitlines()[-1]
+    command, stopped_at = line.split("Resume with: ")[1], int(line.split(" at step ")[1].split()[0])
+    # No --model: the record has it.
+    resumed = _jaxlin(workdir, *shlex.split(command)[1:], "--num-steps", str(stopped_at + 20))
     assert resumed.returncode == 0, resumed.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"].startswith("mymodels:TinyMLP") and metrics["config"]["model"] == "mymodels:TinyMLP"

@@ -200,6 +200,13 @@ class Loop:
                 "eval_seconds": self.eval_seconds, "checkpoint_seconds": self.checkpoint_seconds,
                 "steps_per_second": self.steps_trained / train if train > 0 and self.steps_trained else None}
 
+    def _poll(self) -> tuple[bool, bool]:
+        """(stop, save) at this boundary; hooks written before `LoopHooks.poll` (any object with the
+        other methods) are asked `should_stop` only."""
+        due = self._timed_save_due()
+        poll = getattr(self.hooks, "poll", None)
+        return poll(due) if poll is not None else (self.hooks.should_stop(), due)
+
     def _timed_save_due(self) -> bool:
         return (self.hooks.checkpoints and self.save_seconds is not None
                 and time.monotonic() - self._last_save >= self.save_seconds)
@@ -254,7 +261,7 @@ class Loop:
         stopped = False
         with bar:
             for start, length in chunks(state.step, config.num_steps, config.steps_per_call, self.evals, self.saves):
-                stopped, save_due = hooks.poll(self._timed_save_due())
+                stopped, save_due = self._poll()
                 if pending is not None:
                     self._dispatch_boundary(pending, state, stopped or save_due or state.step in self.saves)
                 if stopped:
