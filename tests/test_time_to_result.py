@@ -159,3 +159,11 @@ def test_large_gzip_files_are_read_from_a_decompressed_copy_until_they_change(tm
     assert [p.name for p in copies.iterdir()] != [copy.name] and len(list(copies.iterdir())) == 1
     next(copies.iterdir()).write_bytes(b"damaged")  # a damaged copy: the file is read again
     np.testing.assert_array_equal(idx.read_idx_cached(path, 3), second)
+
+
+def test_the_figure_worker_draws_without_importing_jax():
+    # It starts beside the run's own import of JAX: importing JAX too would only take CPU from the run.
+    script = ("import sys\nfrom jaxlin.runs import figure_worker, plots\n"
+              "print(sorted(m for m in ('jax', 'jaxlib', 'optax', 'orbax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 
 from jaxlin.errors import JaxlinError
 from jaxlin.config import MAX_PARAMS
-from jaxlin.data.files import NotARegularFile, open_regular
+from jaxlin.data.files import NotARegularFile, atomic_write, open_regular
 from jaxlin.models import Model, model_from_spec
 
 MODEL_KEY = "__model__"
@@ -60,23 +59,6 @@ def leaf_names(tree) -> list[tuple[str, Any]]:
     ``layers/conv1/b``."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     return [("/".join([PREFIX, *(_key_name(k) for k in path)]), leaf) for path, leaf in leaves]
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Calls write(file) on a temporary file beside `path`, then renames it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        # mkstemp makes owner-only files; give the result the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def params_digest(arrays: dict[str, np.ndarray], model_json: str) -> str:

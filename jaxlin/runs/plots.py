@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxlin.runs.params_file import atomic_write
+from jaxlin.data.files import atomic_write  # not params_file's import of JAX: the worker draws without it
 
 MNIST_SHAPE = (28, 28, 1)
 MAX_WEIGHT_IMAGES = 64  # one per class up to 64 classes; more would be too small to see
