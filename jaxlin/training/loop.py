@@ -211,14 +211,15 @@ class Loop:
         return (self.hooks.checkpoints and self.save_seconds is not None
                 and time.monotonic() - self._last_save >= self.save_seconds)
 
-    def _dispatch_boundary(self, boundary: _Boundary, state, save: bool) -> None:
+    def _dispatch_boundary(self, boundary: _Boundary, state, save: bool, last: bool = False) -> None:
         """At the end of `boundary`'s chunk (`state`), before the next chunk is dispatched: the
-        evaluation of this step and the copy that its checkpoint writes."""
+        evaluation of this step and the copy that its checkpoint writes (none after the `last` chunk:
+        nothing donates that state)."""
         if state.step in self.evals:
             boundary.evaluation = self._start_evaluation(state)
         if save and self.hooks.checkpoints:
             tick = time.perf_counter()
-            boundary.snapshot = device_copy(state)
+            boundary.snapshot = state if last else device_copy(state)
             self.checkpoint_seconds += time.perf_counter() - tick
 
     def _finish(self, boundary: _Boundary, bar) -> None:
@@ -273,7 +274,7 @@ class Loop:
                 state, pending = new_state, _Boundary(start, length, losses, self.trainer.keep(new_state))
             if pending is not None:
                 if not stopped:  # the last step: its evaluation and checkpoint
-                    self._dispatch_boundary(pending, state, state.step in self.saves)
+                    self._dispatch_boundary(pending, state, state.step in self.saves, last=True)
                 self._finish(pending, bar)
         # The loop's wall time less what the host spent on evaluations, checkpoints and compiling in it.
         spent = self.eval_seconds + self.checkpoint_seconds + self.trainer.compile_seconds - accounted

@@ -49,11 +49,25 @@ def shuffled_epoch(key: jax.Array, num_examples: int) -> jax.Array:
     return _jitted_shuffled_epoch()(key, num_examples)
 
 
+def epoch_permutation(key: jax.Array, epoch: int, num_examples: int) -> jax.Array:
+    """`shuffled_epoch` of `fold_in(key, epoch)`, in one compiled program (the same bits as the two
+    calls: each program a run needs is traced and lowered in every process, even from the cache)."""
+    return _jitted_epoch_permutation()(key, np.uint32(epoch), num_examples)
+
+
 @functools.cache
 def _jitted_shuffled_epoch():
     import jax
 
     return jax.jit(_shuffled_epoch, static_argnums=1)
+
+
+@functools.cache
+def _jitted_epoch_permutation():
+    import jax
+
+    return jax.jit(lambda key, epoch, num_examples: _shuffled_epoch(jax.random.fold_in(key, epoch), num_examples),
+                   static_argnums=2)
 
 
 def _shuffled_epoch(key, num_examples: int):
@@ -93,11 +107,9 @@ class EpochSampler:
         self._orders: dict[tuple[int, int], jax.Array] = {}
 
     def permutation(self, epoch: int) -> jax.Array:
-        import jax
-
         if epoch not in self._epochs:
             self._epochs = {e: p for e, p in self._epochs.items() if e >= epoch - 1}
-            self._epochs[epoch] = shuffled_epoch(jax.random.fold_in(self.key, epoch), self.num_examples)
+            self._epochs[epoch] = epoch_permutation(self.key, epoch, self.num_examples)
         return self._epochs[epoch]
 
     def num_epochs_spanned(self, num_steps: int) -> int:
@@ -120,7 +132,7 @@ class EpochSampler:
         import jax
         import jax.numpy as jnp
 
-        throwaway = shuffled_epoch(jax.random.fold_in(self.key, 0xFFFFFFFF), self.num_examples)
+        throwaway = epoch_permutation(self.key, 0xFFFFFFFF, self.num_examples)
         return jax.block_until_ready(self.place(jnp.concatenate([throwaway] * self.num_epochs_spanned(num_steps))))
 
     def batch_indices(self, start_step: int, num_steps: int) -> np.ndarray:
