@@ -353,6 +353,9 @@ class _SessionHooks(LoopHooks):
             self.store.wait()
         self.saved_step = state.step
 
+    def wait_for_saves(self) -> None:
+        self.store.wait()
+
     def should_stop(self) -> bool:
         return self.poll(False)[0]
 

@@ -97,8 +97,11 @@ class LoopHooks:
         evaluation), elapsed_seconds."""
 
     def save(self, state, progress: Progress, wait: bool = False) -> None:
-        """Checkpoint `state` (on the device, a copy nothing else uses; copy what you keep); `wait`:
-        return only once it is on disk."""
+        """Checkpoint `state` (on the device; copy what you keep before returning: a chunk dispatched
+        later may donate its buffers); `wait`: return only once it is on disk."""
+
+    def wait_for_saves(self) -> None:
+        """Returns once every save started is on disk."""
 
     def should_stop(self) -> bool:
         return False
@@ -188,6 +191,16 @@ class Loop:
         """Records the evaluation of `state` now."""
         return self._record(state.step, self._start_evaluation(state))
 
+    def _record_first(self, step: int, started) -> None:
+        """The first step's record, once the first checkpoint is on disk (see `run`)."""
+        if self.fresh and self.hooks.checkpoints:
+            tick = time.perf_counter()
+            wait = getattr(self.hooks, "wait_for_saves", None)  # hooks written before it: saved at once
+            if wait is not None:
+                wait()
+            self.checkpoint_seconds += time.perf_counter() - tick
+        self._record(step, started)
+
     def _save(self, state, wait: bool = False) -> None:
         tick = time.perf_counter()
         self.hooks.save(state, self.progress(), wait=wait)
@@ -247,14 +260,16 @@ class Loop:
         hooks.on_start(config)
         self.saved_at = None if self.fresh else state.step  # a resumed run's first state is its checkpoint
         if self.fresh and hooks.checkpoints:
-            # A fresh run's first checkpoint is on disk before anything else is recorded: whatever
-            # kills the run later, `--resume` has a state to start from.
-            self._save(state, wait=True)
+            # A fresh run's first checkpoint is on disk before anything else is recorded (whatever kills
+            # the run later, `--resume` has a state to start from); it is written while the first chunk
+            # compiles, and waited for before the first record.
+            self._save(state)
+        initial = None  # the evaluation of the first step, recorded once that checkpoint is on disk
         if state.step in self.evals:
             if hooks.last_recorded_step == state.step:  # resumed after this step's evaluation: its window closed
                 self._reset_losses()
             else:
-                self.evaluate(state)
+                initial = (state.step, self._start_evaluation(state))
         bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, unit="step", leave=False)
         pending: _Boundary | None = None  # the chunk dispatched last
         loop_started = time.perf_counter()
@@ -269,9 +284,14 @@ class Loop:
                     break
                 new_state, losses = self.trainer.run_chunk(state, length)  # runs while the host reads the last one
                 self.steps_trained += length
+                if initial is not None:
+                    self._record_first(*initial)
+                    initial = None
                 if pending is not None:
                     self._finish(pending, bar)
                 state, pending = new_state, _Boundary(start, length, losses, self.trainer.keep(new_state))
+            if initial is not None:  # no chunk ran
+                self._record_first(*initial)
             if pending is not None:
                 if not stopped:  # the last step: its evaluation and checkpoint
                     self._dispatch_boundary(pending, state, state.step in self.saves, last=True)
