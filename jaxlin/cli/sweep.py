@@ -23,7 +23,8 @@ GRID_LISTS = {"learning_rates": "learning_rate", "momentums": "momentum", "seeds
 SWEEP_HELP = {
     "output_dir": f"directory for checkpoints, records, sweep.json, sweep.png and best/ (default: {OUTPUT_DIR})",
     "devices": "how many of --device's devices the members are sharded over (a number, or all)",
-    "eval_every": "evaluate every member's validation accuracy every N steps (default: 100)",
+    "eval_every": "evaluate every member's validation accuracy every N steps (default: every 100 steps, or at "
+                  "round intervals (200, 500, 1000, ...) that keep a sweep to at most 50 evaluations)",
     "loop": "fused (a sweep trains its members in the fused loop only)",
 }
 
