@@ -227,6 +227,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-steady-state", action="store_true",
                         help="skip the jaxlin train steady-state runs (whole processes, defaults against the bare "
                         "loop)")
+    parser.add_argument("--steady-repeats", type=int, default=None, metavar="N",
+                        help="interleaved timed rounds of the steady-state runs (default: 3, quick 1; each round "
+                        "runs every command once, after one untimed round)")
     parser.add_argument("--only", choices=["train_steady_state"], default=None,
                         help="train_steady_state: only the jaxlin train steady-state rows, and the throughput of "
                         "the TF reference and the fused loop at their models (batch 100) that they are compared "
@@ -299,6 +302,10 @@ def main(argv=None) -> int:
         plan = runner.dataclasses.replace(plan, tta_repeats=0)
     if args.no_e2e:
         plan = runner.dataclasses.replace(plan, e2e_repeats=0)
+    if args.steady_repeats is not None:
+        if args.steady_repeats < 1:
+            parser.error("--steady-repeats must be at least 1 (--no-steady-state skips them)")
+        plan = runner.dataclasses.replace(plan, steady_repeats=args.steady_repeats)
     if args.no_steady_state:
         plan = runner.dataclasses.replace(plan, steady_repeats=0)
     if args.only:

@@ -190,8 +190,9 @@ def test_only_train_steady_state_times_those_rows_and_what_they_are_compared_to(
     assert (plan.sweep, plan.num_models, plan.device_counts, plan.tta_repeats, plan.e2e_repeats, plan.peak) == \
         ([], [], [], 0, 0, False)
     assert cli.main(["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--only", "train_steady_state",
-                     "--contenders", "jaxlin_fused", "--quick"]) == 0
+                     "--contenders", "jaxlin_fused", "--quick", "--steady-repeats", "5"]) == 0
     assert seen["names"] == ["jaxlin_fused"] and seen["plan"].steady_lengths[0] == ("linear", (20, 200, 400))
+    assert seen["plan"].steady_repeats == 5
     assert cli.main(["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--no-steady-state"]) == 0
     assert seen["plan"].steady_repeats == 0 and seen["plan"].e2e_repeats == 5
     capsys.readouterr()
