@@ -109,7 +109,9 @@ def parse_checkpoint_every(value) -> int | str | None:
         match = _DURATION.fullmatch(text)
         if match:
             seconds = float(match["number"]) * _SECONDS_PER[match["unit"]]
-            if not (math.isfinite(seconds) and seconds > 0):
+            if not math.isfinite(seconds):
+                raise ConfigError(f"checkpoint every is too long a duration, got {value!r}")
+            if seconds <= 0:
                 raise ConfigError(f"checkpoint every must be a duration > 0 (use 0 for never), got {value!r}")
             return text
     raise ConfigError(f"checkpoint every must be a duration such as 30s, 10m or 1.5h, a number of steps, or 0 "

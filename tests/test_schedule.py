@@ -86,7 +86,7 @@ def test_checkpoint_every_takes_a_duration_steps_or_never(given, canonical, seco
     assert Config().checkpoints().seconds == 300.0  # the default: every 5 minutes of wall time
 
 
-@pytest.mark.parametrize("bad", ["-1", -1, "0s", "5d", "ten minutes", "1e3s", 1.5, True, "", "m"])
+@pytest.mark.parametrize("bad", ["-1", -1, "0s", "5d", "ten minutes", "1e3s", 1.5, True, "", "m", "9" * 400 + "h"])
 def test_a_bad_checkpoint_interval_is_one_error_naming_it(bad):
     with pytest.raises(ConfigError, match="checkpoint every"):
         Config(checkpoint_every=bad).validate()

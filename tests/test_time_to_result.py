@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from jaxlin.data.idx import DataError
+
 JAXLIN = str(Path(sys.executable).with_name("jaxlin"))
 
 
@@ -152,6 +154,14 @@ def test_large_gzip_files_are_read_from_a_decompressed_copy_until_they_change(tm
     with pytest.raises(TypeError):  # a copy that does not fit the expected shape is not used
         idx.read_idx_cached(path, 3, (27, 28))
     monkeypatch.setattr(idx, "read_idx", read_idx)
+    with open(path, "r+b") as file:  # damaged in place, its modification time put back (touch -r): the
+        file.seek(path.stat().st_size // 2)  # change time still tells, and the file's own check speaks
+        byte = file.read(1)
+        file.seek(-1, os.SEEK_CUR)
+        file.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, (1e9, 1e9))
+    with pytest.raises(DataError):
+        idx.read_idx_cached(path, 3)
     write_idx(path, second)  # same size, new content and time: read again, and the old copy dropped
     os.utime(path, (2e9, 2e9))
     np.testing.assert_array_equal(idx.read_idx_cached(path, 3), second)

@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
     modes.add_argument("--resume", action="store_true",
                        help="continue the run in --output-dir from its latest checkpoint; settings not "
                             "given come from the checkpoint, and given ones must match it, except "
-                            "--num-steps, --data-dir, --keep-checkpoints and --devices")
+                            "--num-steps, --data-dir, --keep-checkpoints, --checkpoint-every and --devices")
     modes.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --output-dir (only jaxlin's own files are removed)")
     p.add_argument("--dry-run", action="store_true",

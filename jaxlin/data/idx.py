@@ -178,9 +178,9 @@ RACY_SECONDS = 2.0
 def _cache_entry(path: Path) -> tuple[Path, str, bool] | None:
     """Where the decompressed copy of the compressed file at `path` is cached, the prefix of every copy of
     that path, and whether a copy may be written: named after the path and the file's size, modification
-    time and inode, so that a file changed or replaced in any way is read again. A file modified in the last
-    `RACY_SECONDS` is not copied (as git does): a change within the file system's timestamp granularity
-    could keep its time. None for a file not worth it or not readable."""
+    time, change time and inode, so that a file changed or replaced in any way is read again. A file
+    modified in the last `RACY_SECONDS` is not copied (as git does): a change within the file system's
+    timestamp granularity could keep its time. None for a file not worth it or not readable."""
     from jaxlin.data.download import cache_dir
 
     try:
@@ -193,7 +193,10 @@ def _cache_entry(path: Path) -> tuple[Path, str, bool] | None:
     if not stat.S_ISREG(info.st_mode) or info.st_size < CACHE_MIN_BYTES:
         return None
     where = hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:16]
-    version = hashlib.sha256(f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}:{info.st_dev}".encode()).hexdigest()
+    # The change time too: a write in place whose modification time is put back (`touch -r`, `rsync
+    # --inplace -t`) still sets it, and no user can.
+    version = hashlib.sha256(f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}:"
+                             f"{info.st_dev}".encode()).hexdigest()
     racy = abs(time.time() - info.st_mtime) < RACY_SECONDS
     return cache_dir() / DECOMPRESSED_DIR / f"{where}-{version[:16]}.npy", where, not racy
 

@@ -123,7 +123,8 @@ class TrainRun(RunKind):
             "num_steps": state.step,
             "resumed_from_step": session.resumed_from,
             "evaluations": evaluations,
-            "timings": {"data_load_seconds": session.data_seconds, **timings,
+            # The same data-load time as the breakdown's (loading, checking, fingerprinting).
+            "timings": {"data_load_seconds": timing.marks.get("data_load", session.data_seconds), **timings,
                         "total_seconds": time.perf_counter() - session.started},
             "device": session.placement.describe(),
             "data": data.summary(),

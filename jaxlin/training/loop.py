@@ -142,6 +142,31 @@ class _Boundary:
     snapshot: Any = None  # `device_copy` of the state it ended in, when a checkpoint is written there
 
 
+class _LazyBar:
+    """A tqdm bar made when first updated, so that no line printed before it runs into it."""
+
+    def __init__(self, make):
+        self._make, self._bar = make, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.close()
+
+    def _get(self):
+        if self._bar is None:
+            self._bar = self._make()
+        return self._bar
+
+    def set_postfix(self, shown: dict, refresh: bool = False) -> None:
+        self._get().set_postfix(shown, refresh=refresh)
+
+    def update(self, steps: int) -> None:
+        self._get().update(steps)
+
+
 class Loop:
     """The host loop of one session of a run.
 
@@ -235,7 +260,7 @@ class Loop:
             boundary.snapshot = state if last else device_copy(state)
             self.checkpoint_seconds += time.perf_counter() - tick
 
-    def _finish(self, boundary: _Boundary, bar) -> None:
+    def _finish(self, boundary: _Boundary, bar: _LazyBar) -> None:
         """The host's part of a chunk, while the next one runs: its losses (a divergence raises here,
         before its state is saved or evaluated), its checkpoint, then its evaluation record."""
         losses = to_host(boundary.losses)
@@ -270,7 +295,9 @@ class Loop:
                 self._reset_losses()
             else:
                 initial = (state.step, self._start_evaluation(state))
-        bar = tqdm(total=config.num_steps, initial=state.step, disable=not show_progress, unit="step", leave=False)
+        # Shown from the first chunk's end: the first step's record (its line) comes before it.
+        bar = _LazyBar(lambda: tqdm(total=config.num_steps, initial=state.step, disable=not show_progress,
+                                    unit="step", leave=False))
         pending: _Boundary | None = None  # the chunk dispatched last
         loop_started = time.perf_counter()
         accounted = self.eval_seconds + self.checkpoint_seconds + self.trainer.compile_seconds
