@@ -25,6 +25,12 @@ from bench.report import one_line
 from bench.worker import CONTENDERS
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def recorded_data_dir(data_dir) -> str:
+    """The data directory as the results record it: relative to the repository's root (unambiguous
+    whatever the working directory, and no machine's absolute path in committed results)."""
+    return os.path.relpath(Path(data_dir).resolve(), ROOT)
 MAIN_CONTENDERS = ["tf_reference", "tf2_function", "tf2_xla", "torch_eager", "jaxlin_per_step",
                    "jaxlin_fused", "numpy_floor"]
 TTA_CONTENDERS = ["tf_reference", "tf2_function", "tf2_xla", "torch_eager", "jaxlin_per_step", "jaxlin_fused"]
@@ -605,7 +611,7 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
     return {
         "meta": {"started": started.isoformat(timespec="seconds"), "python": platform.python_version(),
                  "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                 "plan": dataclasses.asdict(plan), "data_dir": str(Path(data_dir).resolve())},
+                 "plan": dataclasses.asdict(plan), "data_dir": recorded_data_dir(data_dir)},
         "contenders": contenders,
         "peak": peak,
         "throughput": rows,

@@ -591,5 +591,7 @@ def test_no_vmap_and_no_parallel_start_no_worker_for_nothing_and_the_data_dir_is
         "jaxlin_vmap": "skipped", "jaxlin_sweep": "skipped", "jaxlin_data_parallel": "skipped"}
     assert "--no-parallel" in results["contenders"]["jaxlin_data_parallel"]["reason"]
     assert "--no-vmap" in results["contenders"]["jaxlin_sweep"]["reason"]
-    assert results["meta"]["data_dir"] == str((tmp_path / "data").resolve())
+    from bench.runner import ROOT
+
+    assert (ROOT / results["meta"]["data_dir"]).resolve() == (tmp_path / "data").resolve()
     assert "jaxlin vmap | skipped: no many-models runs" in capsys.readouterr().out
