@@ -38,6 +38,9 @@ def is_model_reference(name: str) -> bool:
     return isinstance(name, str) and MODEL_REFERENCE.fullmatch(name) is not None
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 DOT_LAYOUTS = ("auto", "plain", "batched")  # see runtime/dot_layout.py
+CHUNK_FORMS = ("auto", "scan", "host-loop")  # see runtime/chunk_form.py
+COMPUTE_DTYPES = ("float32", "bfloat16")  # see training/precision.py
+MATMUL_PRECISIONS = ("default", "high", "highest")
 
 # Settings that a resumed run may change: they do not change what the steps compute.
 RESUMABLE_CHANGES = frozenset({"num_steps", "output_dir", "data_dir", "keep_checkpoints", "devices",
@@ -203,6 +206,17 @@ class Config:
         "auto", "how the fused loop lays out the model's dots: plain, batched (a singleton vmap), or auto: "
                 "batched for a single dense layer (the linear model) in the fused loop on one CPU device, else plain "
                 "(a fixed rule, so the same flags give the same bits; see runtime/dot_layout.py)", choices=DOT_LAYOUTS)
+    chunk_form: str = setting(
+        "auto", "how the fused loop runs a chunk of steps: scan (one lax.scan program), host-loop (one compiled "
+                "step on device-resident data, called per step), or auto: a fixed rule by model and platform "
+                "(see runtime/chunk_form.py)", choices=CHUNK_FORMS)
+    compute_dtype: str = setting(
+        "float32", "dtype of the model's computation: bfloat16 runs its matmuls and convolutions in bfloat16 "
+                   "(params, gradients and the optimizer stay float32; for accelerators)", choices=COMPUTE_DTYPES)
+    matmul_precision: str = setting(
+        "default", "precision of float32 matmuls and convolutions (jax.default_matmul_precision): default "
+                   "(the platform's fastest, e.g. TF32 on some GPUs), high, or highest (full float32)",
+        choices=MATMUL_PRECISIONS)
     loop: str = setting("fused", "fused: many steps per compiled call on device-resident data; "
                                  "per-step: one call per host-fed batch", choices=LOOPS)
     device: str = setting("auto", "where to compute; auto: JAX's first device", choices=DEVICES,
@@ -294,7 +308,7 @@ class Config:
         if self.data_seed is None:
             del settings["data_seed"]
         if self.loop != "fused":
-            del settings["steps_per_call"], settings["unroll"], settings["dot_layout"]
+            del settings["steps_per_call"], settings["unroll"], settings["dot_layout"], settings["chunk_form"]
         if "hidden_sizes" in settings:
             settings["hidden_sizes"] = list(settings["hidden_sizes"])
         return settings
@@ -307,6 +321,7 @@ class Config:
             raise ConfigError(f"unknown settings {sorted(unknown)}")
         values = dict(settings)
         values.setdefault("dot_layout", "plain")  # what runs saved before the choice existed used
+        values.setdefault("chunk_form", "scan")  # likewise
         if "hidden_sizes" in values:
             values["hidden_sizes"] = tuple(values["hidden_sizes"])
         return cls(**values)
