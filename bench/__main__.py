@@ -243,7 +243,21 @@ def main(argv=None) -> int:
                         f"{DOCS.relative_to(ROOT)}, and only from the results file its marker names)")
     parser.add_argument("--keep-blas-pin", action="store_true",
                         help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the NumPy floor too")
+    parser.add_argument("--accelerator-check", action="store_true",
+                        help="instead of the benchmark: the accelerator check (bench/accelerator_check.py; the "
+                        "device's tests, fused vs per-step, a float32/bfloat16 sweep, data parallel, determinism) "
+                        "into <out>/<platform>-check.json; with --quick, tiny sizes")
+    parser.add_argument("--check-tests", choices=["none", "quick", "gpu"], default=None,
+                        help="with --accelerator-check: which tests it runs (default: gpu, the device's test files; "
+                        "with --quick: quick, one tiny test)")
+    parser.add_argument("--check-budget", type=float, default=None, metavar="SECONDS",
+                        help="with --accelerator-check: the sections that would start after this many seconds "
+                        "are skipped (default: 450)")
     args = parser.parse_args(argv)
+    if not args.accelerator_check and (args.check_tests is not None or args.check_budget is not None):
+        parser.error("--check-tests and --check-budget go with --accelerator-check")
+    if args.check_budget is not None and not args.check_budget > 0:
+        parser.error(f"--check-budget must be a number of seconds > 0, got {args.check_budget:g}")
     if args.docs is not None and not args.replot:
         parser.error("--docs goes with --replot")
     if args.only and args.no_steady_state:
@@ -261,6 +275,13 @@ def main(argv=None) -> int:
         load_idx_dir(args.data_dir)  # fail here, not in eight worker processes
     except DataError as err:
         parser.error(str(err))
+    if args.accelerator_check:
+        from bench import accelerator_check
+
+        return accelerator_check.main(
+            args.data_dir, args.out, quick=args.quick, tests=args.check_tests,
+            budget_seconds=args.check_budget or accelerator_check.DEFAULT_BUDGET_SECONDS,
+            command="python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]))
     if args.contenders is None:
         args.contenders = ",".join(runner.STEADY_CONTENDERS if args.only else CONTENDERS)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
