@@ -211,11 +211,13 @@ class Config:
                 "step on device-resident data, called per step), or auto: a fixed rule by model and platform "
                 "(see runtime/chunk_form.py)", choices=CHUNK_FORMS)
     compute_dtype: str = setting(
-        "float32", "dtype of the model's computation: bfloat16 runs its matmuls and convolutions in bfloat16 "
-                   "(params, gradients and the optimizer stay float32; for accelerators)", choices=COMPUTE_DTYPES)
+        "float32", "dtype of the model's computation in training: bfloat16 runs its matmuls and convolutions in "
+                   "bfloat16 (params, gradients and the optimizer stay float32; for accelerators); evaluation "
+                   "stays float32, so jaxlin evaluate of params.npz agrees with metrics.json", choices=COMPUTE_DTYPES)
     matmul_precision: str = setting(
-        "default", "precision of float32 matmuls and convolutions (jax.default_matmul_precision): default "
-                   "(the platform's fastest, e.g. TF32 on some GPUs), high, or highest (full float32)",
+        "default", "precision of the training step's matmuls and convolutions (jax.default_matmul_precision): "
+                   "default (the platform's fastest, e.g. TF32 on some GPUs), high, or highest (full float32); "
+                   "evaluation uses the default",
         choices=MATMUL_PRECISIONS)
     loop: str = setting("fused", "fused: many steps per compiled call on device-resident data; "
                                  "per-step: one call per host-fed batch", choices=LOOPS)

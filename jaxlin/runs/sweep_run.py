@@ -29,6 +29,7 @@ from jaxlin.runs.session import resume_command as _resume_command
 from jaxlin.runtime.devices import MODELS_AXIS, Placement, resolve_placement
 from jaxlin.runtime.signals import StopRequest
 from jaxlin.training.evaluate import Evaluator
+from jaxlin.training import precision
 from jaxlin.training.schedule import eval_schedule
 from jaxlin.training.state import SweepState
 from jaxlin.training.sweep import (HOST_OVERHEAD_BYTES, MEMORY_FRACTION, Grid, SweepTrainer, best_member,
@@ -168,7 +169,7 @@ def _describe(config: Config, grid: Grid, members: list[Config], data: Datasets,
              f"Sweep: {len(members)} member{'s' if len(members) != 1 else ''} of {model.describe()} "
              f"({'; '.join(varied) or 'one member'}); "
              f"optimizer {optimizers.describe(config, varied_settings(grid))}; batch {config.batch_size}; "
-             f"{config.num_steps} steps; {order}",
+             f"{config.num_steps} steps; {order}{precision.describe(config)}",
              f"Device: {device}; memory: about {gib(need)} per device of {gib(limit)} ({what})",
              "Selection: the highest final validation accuracy; test accuracy is reported, never used to choose"]
     if not model.init_uses_key and grid.seeds and len(grid.seeds) > 1 and shared:

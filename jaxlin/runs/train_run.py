@@ -24,6 +24,7 @@ from jaxlin.runtime import timing
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host
 from jaxlin.runtime.signals import StopRequest
 from jaxlin.training.schedule import eval_schedule
+from jaxlin.training import precision
 from jaxlin.training.trainer import Trainer
 
 __all__ = ["TrainRun", "describe_run", "resume_command", "train_and_evaluate"]
@@ -40,6 +41,7 @@ def describe_run(config: Config, data: Datasets, model: Model, placement: Placem
         f"Data: {data.describe()}\n"
         f"Model: {model.describe()}; optimizer {opt}; batch {config.batch_size}; "
         f"{config.num_steps} steps; {config.loop} loop; {seeds}; device {placement.describe()}"
+        f"{precision.describe(config)}"
     )
 
 

@@ -40,6 +40,7 @@ from jaxlin import optimizers
 from jaxlin.config import Config, ConfigError, check_grid_size, check_no_repeats
 from jaxlin.data.datasets import Datasets
 from jaxlin.training.evaluate import Evaluator, make_predict_fn, to_float_images
+from jaxlin.training import precision
 from jaxlin.models import Model
 from jaxlin.runtime import compile_cache
 from jaxlin.runtime.devices import Placement, to_host
@@ -184,6 +185,8 @@ class SweepTrainer:
     def __init__(self, base: Config, members: list[Config], data: Datasets, model: Model, placement: Placement):
         compile_cache.enable_by_default()  # before anything compiles: library use caches as a command does
         self.base, self.model, self.placement = base, model, placement
+        # What the chunk computes (--compute-dtype, --matmul-precision); evaluation keeps self.model's.
+        model = precision.for_training(model, base)
         self.config = base
         self.num_validation = len(data.validation)
         self._reported: set[int] = set()

@@ -27,6 +27,7 @@ from jaxlin import optimizers
 from jaxlin.config import Config, checkpoint_interval
 from jaxlin.data.datasets import Datasets
 from jaxlin.training.evaluate import Evaluator, to_float_images
+from jaxlin.training import precision
 from jaxlin.models import Model, as_model, check_fits_data, keeping_fixed_leaves
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host
 from jaxlin.training.sampler import EpochSampler, check_window
@@ -248,6 +249,8 @@ class Trainer:
                  optimizer: optax.GradientTransformation | None = None):
         compile_cache.enable_by_default()  # before anything compiles: library use caches as a command does
         self.config, self.model, self.placement = config, model, placement
+        # What the training steps compute (--compute-dtype, --matmul-precision); evaluation keeps self.model's.
+        model = precision.for_training(model, config)
         self.optimizer = optimizer if optimizer is not None else make_optimizer(config)
         init_key, self.sample_key = run_keys(config.seed, config.data_seed)
         # The whole uint8 data set on every device: each gathers its part of each batch locally.
@@ -256,7 +259,7 @@ class Trainer:
         # The per-step path feeds float batches from the host, as the tutorial did.
         self.host_train_images = data.train.images if config.loop == "per-step" else None
         self.host_train_labels = data.train.labels
-        self.evaluator = Evaluator(model.apply, data.test.images_uint8, data.test.labels,
+        self.evaluator = Evaluator(self.model.apply, data.test.images_uint8, data.test.labels,
                                    batch_size=model.eval_batch_size, placement=placement)
         self.sampler = EpochSampler(self.sample_key, len(data.train), config.batch_size, place=placement.put)
         self._init_key = init_key
