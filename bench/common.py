@@ -23,18 +23,49 @@ LEARNING_RATE = Config().learning_rate  # the tutorial's 0.5
 HIDDEN_SIZES = Config().hidden_sizes  # jaxlin's MLP: what `jaxlin train --model mlp` trains
 
 
-# Models whose starting params every framework builds alike (below). Other jaxlin models (the
-# cnn) are benchmarked by the jaxlin contenders only, from jaxlin's own `init`.
-SHARED_MODELS = ("linear", "mlp")
+# Models of dense layers only: what the TF reference (the tutorial's v1 graph) and the NumPy floor build.
+DENSE_MODELS = ("linear", "mlp")
+# Models whose starting params every framework loads alike (`initial_params`, built here in NumPy): the
+# TF2, PyTorch and jaxlin contenders all train these. Other jaxlin models (a user's MODULE:NAME) are
+# benchmarked by the jaxlin contenders only, from jaxlin's own `init`.
+SHARED_MODELS = ("linear", "mlp", "cnn")
+# The contenders that build fewer than SHARED_MODELS (the jaxlin ones build every model jaxlin trains).
+CONTENDER_MODELS = {"tf_reference": DENSE_MODELS, "numpy_floor": DENSE_MODELS}
+
+# jaxlin's CNN (jaxlin/models.py `_cnn_init`/`_cnn_apply`, restated here so that a TF or PyTorch worker needs
+# no JAX; a test checks that they agree): 28x28x1 images, conv 3x3 (SAME) + ReLU + 2x2 max pool twice, then a
+# dense ReLU layer and the logits. Its params: a dict of these layers, each {"w", "b"}; convolutions HWIO.
+IMAGE_SIDE = 28
+CNN_KERNEL, CNN_CHANNELS, CNN_DENSE = 3, (32, 64), 256
+CNN_LAYERS = ("conv1", "conv2", "dense", "out")
 
 
 def runs_model(contender: str, model: str) -> bool:
-    return model in SHARED_MODELS or contender.startswith("jaxlin")
+    if contender.startswith("jaxlin"):
+        return True
+    return model in CONTENDER_MODELS.get(contender, SHARED_MODELS)
+
+
+def not_run_reason(contender: str, model: str) -> str:
+    """Why `contender` does not train `model` (for a contender that `runs_model` says does not)."""
+    built = CONTENDER_MODELS.get(contender, SHARED_MODELS)
+    names = ", ".join(built[:-1]) + f" and {built[-1]}" if len(built) > 1 else built[0]
+    return f"it builds only the {names} models" + ("" if model in SHARED_MODELS else
+                                                  "; a user's model is timed by the jaxlin contenders")
 
 
 def layer_sizes(model: str) -> list[int]:
     """The dense layers of jaxlin's linear model and MLP, for frameworks that build their own."""
     return [INPUT_SIZE, *(HIDDEN_SIZES if model == "mlp" else ()), NUM_CLASSES]
+
+
+def cnn_shapes() -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The (weights, biases) shapes of jaxlin's CNN, in CNN_LAYERS order, in jaxlin's layout: convolution
+    weights HWIO (height, width, in, out), the dense layer's rows in NHWC flattening order (h, w, channel)."""
+    (c1, c2), k = CNN_CHANNELS, CNN_KERNEL
+    flat = (IMAGE_SIDE // 4) ** 2 * c2
+    return [((k, k, 1, c1), (c1,)), ((k, k, c1, c2), (c2,)), ((flat, CNN_DENSE), (CNN_DENSE,)),
+            ((CNN_DENSE, NUM_CLASSES), (NUM_CLASSES,))]
 
 
 def learning_rate(model: str) -> float:
@@ -64,13 +95,29 @@ def load_data(data_dir: str):
 
 
 def initial_params(model: str, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The same starting point for every framework: zeros (linear) or He-normal (MLP)."""
-    sizes = layer_sizes(model)
+    """The same starting point for every framework, as (weights, biases) per layer in jaxlin's layout: zeros
+    (linear) or He-normal from `seed` (the MLP; the CNN, in CNN_LAYERS order, see `cnn_shapes`), biases zero.
+    Built once in NumPy, so TensorFlow, PyTorch and JAX start from the same numbers."""
+    if model == "cnn":
+        shapes = cnn_shapes()
+    elif model in DENSE_MODELS:
+        sizes = layer_sizes(model)
+        shapes = [((a, b), (b,)) for a, b in zip(sizes[:-1], sizes[1:])]
+    else:
+        raise ValueError(f"no shared starting params for model {model!r}; shared: {', '.join(SHARED_MODELS)}")
     if model == "linear":
-        return [(np.zeros(sizes, np.float32), np.zeros(sizes[1], np.float32))]
+        return [(np.zeros(w, np.float32), np.zeros(b, np.float32)) for w, b in shapes]
     rng = np.random.default_rng(seed)
-    return [((rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32), np.zeros(b, np.float32))
-            for a, b in zip(sizes[:-1], sizes[1:])]
+    # He-normal: fan-in is every weight feeding one output (for a convolution, kernel area x input channels).
+    return [((rng.standard_normal(w) * np.sqrt(2.0 / np.prod(w[:-1]))).astype(np.float32), np.zeros(b, np.float32))
+            for w, b in shapes]
+
+
+def shared_params(model: str, seed: int = 0):
+    """`initial_params` as jaxlin's params pytree (NumPy leaves): a list of {"w", "b"} layers for the linear
+    model and the MLP, a dict of CNN_LAYERS for the CNN."""
+    layers = [{"w": w, "b": b} for w, b in initial_params(model, seed)]
+    return dict(zip(CNN_LAYERS, layers)) if model == "cnn" else layers
 
 
 class NextBatch:

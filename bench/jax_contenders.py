@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.common import (HIDDEN_SIZES, INPUT_SIZE, SHARED_MODELS, NextBatch, initial_params, optimizer_config,
+from bench.common import (HIDDEN_SIZES, INPUT_SIZE, SHARED_MODELS, NextBatch, optimizer_config, shared_params,
                           thread_settings, timed, train_until)
 from jaxlin.models import get_model
 from jaxlin.training.evaluate import Evaluator
@@ -42,7 +42,7 @@ def _jax_params(model: str, seed: int = 0):
     """The shared starting point (see bench.common), or the model's own init for the other models."""
     if model not in SHARED_MODELS:
         return _model(model).init(jax.random.key(seed))
-    return [{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in initial_params(model, seed)]
+    return jax.tree.map(jnp.asarray, shared_params(model, seed))
 
 
 def _flat_params(params) -> dict:

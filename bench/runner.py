@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import TARGET_ACCURACY, runs_model, shared_order
+from bench.common import TARGET_ACCURACY, not_run_reason, runs_model, shared_order
 from bench.report import one_line
 from bench.worker import CONTENDERS
 
@@ -77,15 +77,19 @@ FULL = Plan(repeats=5,
             sweep=[(k, u) for k in (100, 1000) for u in (1, 2, 4, 8)], sweep_steps=1000,
             num_models=[1, 8, 64, 256], vmap_steps=1000, device_counts=[1, 2, 4],
             tta_repeats=3, tta_eval_every=50, tta_max_steps=5000, tta_target=TARGET_ACCURACY,
-            steady_lengths=[("linear", (1000, 21000, 100000)), ("mlp", (1000, 21000))])
+            steady_lengths=[("linear", (1000, 21000, 100000)), ("mlp", (1000, 21000)), ("cnn", (10, 60))])
 QUICK = Plan(repeats=2, cases=[("linear", 100, 20), ("mlp", 100, 10), ("cnn", 100, 2)],
              sweep=[(10, 1), (10, 2)], sweep_steps=20, num_models=[1, 4], vmap_steps=20, device_counts=[1, 2],
              tta_repeats=1, tta_eval_every=20, tta_max_steps=100, tta_target=0.5, e2e_repeats=1,
-             e2e_warm_up=False, steady_lengths=[("linear", (20, 200, 400)), ("mlp", (20, 100))], steady_repeats=1,
+             e2e_warm_up=False, steady_lengths=[("linear", (20, 200, 400)), ("mlp", (20, 100)), ("cnn", (2, 6))],
+             steady_repeats=1,
              steady_warm_up=False)
 # `python -m bench --only train_steady_state`: the steady-state rows, and beside them the throughput of the
-# TF reference and the fused loop at the same models (batch 100), which their ratios are taken to.
-STEADY_CONTENDERS = ["tf_reference", "jaxlin_fused"]
+# TF reference, PyTorch eager (the CNN's peer: the TF reference builds dense models only) and the fused loop at
+# the same models (batch 100), which their ratios are taken to.
+STEADY_CONTENDERS = ["tf_reference", "torch_eager", "jaxlin_fused"]
+# The throughput rows the steady-state rows are compared to (TF2's: when the run timed them).
+STEADY_PEERS = ("tf_reference", "torch_eager", "tf2_function", "tf2_xla", "jaxlin_fused")
 
 
 class Worker:
@@ -233,9 +237,13 @@ def throughput(workers: dict, plan: Plan, log) -> list[dict]:
         args = {"model": model, "batch_size": batch_size, "num_steps": num_steps}
         setups = [(name, f"{model}-b{batch_size}", args) for name in MAIN_CONTENDERS
                   if name in workers and runs_model(name, model)]
-        sitting_out = [name for name in MAIN_CONTENDERS if name in workers and not runs_model(name, model)]
-        if sitting_out:
-            log(f"  {', '.join(sitting_out)}: not run for {model} (they build only the linear model and the MLP)")
+        # Recorded as skipped rows with the reason (never failures): the report names them under the case.
+        for name in MAIN_CONTENDERS:
+            if name in workers and not runs_model(name, model):
+                reason = not_run_reason(name, model)
+                rows.append({"contender": name, "variant": f"{model}-b{batch_size}", **args, "status": "skipped",
+                             "reason": reason})
+                log(f"  {name}: not run for {model} ({reason})")
         rows += interleaved(workers, setups, plan.repeats, log)
     if "jaxlin_fused" in workers and plan.sweep:
         log(f"fused sweep: linear, batch 100, {plan.sweep_steps} steps")
@@ -524,11 +532,14 @@ def train_steady_state(plan: Plan, data_dir: str, throughput_rows: list[dict], l
 def log_steady_rows(rows: list[dict], log) -> None:
     for row in rows:
         if row["status"] == "ok":
-            ratio, tf = row["default_vs_bare"], row["speedup_vs_tf_reference"]
+            ratio, tf, torch = row["default_vs_bare"], row["speedup_vs_tf_reference"], row["speedup_vs_torch_eager"]
+            tf2 = row["speedup_vs_best_tf2"]
             log(f"  {row['model']:<7} {row['num_steps']:>7,} steps: default {row['default_us_per_step']:8.1f} "
                 f"us/step, bare {row['bare_us_per_step']:8.1f}"
                 + (f", default/bare {ratio:.2f}" if ratio is not None else f" ({row['note']})")
-                + (f", TF reference / default {tf:.2f}" if tf is not None else ""))
+                + (f", TF reference / default {tf:.2f}" if tf is not None else "")
+                + (f", PyTorch eager / default {torch:.2f}" if torch is not None else "")
+                + (f", {row['best_tf2']} / default {tf2:.2f}" if tf2 is not None else ""))
         else:
             log(f"  {row['model']:<7} {row['num_steps']:>7,} steps: failed: {one_line(row['reason'])}")
 
@@ -536,19 +547,24 @@ def log_steady_rows(rows: list[dict], log) -> None:
 def steady_rows(runs: list[dict], throughput_rows: list[dict], lengths: list[tuple[str, tuple[int, ...]]]
                 ) -> list[dict]:
     """One row per model and long length: the default's and the bare loop's steady µs/step (long minus
-    short, medians), their ratio, and the ratios to the TF reference's and the fused loop's µs/step at
-    that model, batch 100 (the throughput rows of the same bench run; None when not measured)."""
+    short, medians), their ratio, and the ratios to the TF reference's, PyTorch eager's, the faster TF2
+    loop's and the fused loop's µs/step at that model, batch 100 (the throughput rows of the same bench run;
+    None when not measured: the TF reference builds no CNN, TF2 runs only when asked for)."""
     by_key = {(r["model"], r["mode"], r["num_steps"]): r for r in runs}
     per_step = {(r["contender"], r["model"]): r["median_us_per_step"] for r in throughput_rows
                 if r.get("status") == "ok" and r.get("batch_size") == 100 and not r.get("sweep")
-                and r["contender"] in ("tf_reference", "jaxlin_fused")}
+                and r["contender"] in STEADY_PEERS}
     rows = []
     for model, steps in lengths:
         short = steps[0]
         tf, fused = per_step.get(("tf_reference", model)), per_step.get(("jaxlin_fused", model))
+        torch = per_step.get(("torch_eager", model))
+        tf2 = {name: per_step[(name, model)] for name in ("tf2_function", "tf2_xla") if (name, model) in per_step}
+        best_tf2 = min(tf2, key=tf2.get) if tf2 else None
         for long in steps[1:]:
             row = {"model": model, "num_steps": long, "short_steps": short, "tf_reference_us_per_step": tf,
-                   "jaxlin_fused_us_per_step": fused}
+                   "torch_eager_us_per_step": torch, "best_tf2": best_tf2,
+                   "best_tf2_us_per_step": tf2.get(best_tf2), "jaxlin_fused_us_per_step": fused}
             needed = [by_key.get((model, mode, n)) for mode in STEADY_MODES for n in (short, long)]
             failed = [r for r in needed if r is None or r.get("status") != "ok"]
             if failed:
@@ -565,10 +581,12 @@ def steady_rows(runs: list[dict], throughput_rows: list[dict], lengths: list[tup
             if default <= 0 or bare <= 0:  # recorded as measured; no ratio is taken of it
                 row["note"] = ("a long run took no longer than the short one: the start-up's noise exceeds the "
                                "steps' time (longer runs needed)")
+            peers = {"tf_reference": tf, "torch_eager": torch, "best_tf2": row["best_tf2_us_per_step"]}
             row.update(status="ok", default_vs_bare=default / bare if default > 0 and bare > 0 else None,
-                       speedup_vs_tf_reference=tf / default if tf and default > 0 else None,
-                       bare_speedup_vs_tf_reference=tf / bare if tf and bare > 0 else None,
                        default_vs_jaxlin_fused=default / fused if fused and default > 0 else None)
+            for name, us in peers.items():  # > 1: jaxlin train is faster per step than that peer
+                row[f"speedup_vs_{name}"] = us / default if us and default > 0 else None
+                row[f"bare_speedup_vs_{name}"] = us / bare if us and bare > 0 else None
             rows.append(row)
     return rows
 

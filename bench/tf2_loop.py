@@ -1,5 +1,7 @@
-"""TensorFlow 2 at its best for this model: a `tf.function` whose `tf.range` loop trains
-on device-resident data, with and without XLA (`jit_compile=True`)."""
+"""TensorFlow 2 at its best for these models: a `tf.function` whose `tf.range` loop trains
+on device-resident data, with and without XLA (`jit_compile=True`). The linear model, the MLP and
+jaxlin's CNN, built from the shared starting params (`bench.common.initial_params`) in jaxlin's own
+layout: NHWC images, HWIO convolution weights, so the arrays load as they are."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from bench.common import initial_params, learning_rate, thread_settings, timed, train_until
+from bench.common import IMAGE_SIDE, initial_params, learning_rate, thread_settings, timed, train_until
 from jaxlin.training.sampler import epoch_window
 
 
@@ -36,17 +38,36 @@ class Tf2Loop:
     def _variables(self, model: str):
         return [self.tf.Variable(array) for layer in initial_params(model) for array in layer]
 
-    def _build(self, model: str, batch_size: int):
-        tf, lr = self.tf, learning_rate(model)
-        variables = self._variables(model)
+    def _logits_fn(self, model: str, variables: list):
+        """images (B, 784) float32 -> logits, through `variables` (weights, biases per layer, flattened)."""
+        tf = self.tf
+        if model == "cnn":  # jaxlin's CNN, NHWC as jaxlin computes it
+            conv1_w, conv1_b, conv2_w, conv2_b, dense_w, dense_b, out_w, out_b = variables
 
-        def logits_of(images):
+            def cnn(images):
+                x = tf.reshape(images, [-1, IMAGE_SIDE, IMAGE_SIDE, 1])
+                for w, b in ((conv1_w, conv1_b), (conv2_w, conv2_b)):
+                    x = tf.nn.relu(tf.nn.conv2d(x, w, strides=1, padding="SAME") + b)
+                    x = tf.nn.max_pool2d(x, ksize=2, strides=2, padding="VALID")
+                x = tf.nn.relu(tf.matmul(tf.reshape(x, [-1, dense_w.shape[0]]), dense_w) + dense_b)
+                return tf.matmul(x, out_w) + out_b
+
+            return cnn
+
+        def dense(images):
             x = images
             for i in range(0, len(variables), 2):
                 x = tf.matmul(x, variables[i]) + variables[i + 1]
                 if i + 2 < len(variables):
                     x = tf.nn.relu(x)
             return x
+
+        return dense
+
+    def _build(self, model: str, batch_size: int):
+        tf, lr = self.tf, learning_rate(model)
+        variables = self._variables(model)
+        logits_of = self._logits_fn(model, variables)
 
         # The data are arguments, not captured constants, which XLA would fold into the program.
         @tf.function(jit_compile=self.jit_compile)
@@ -104,12 +125,14 @@ class Tf2Loop:
         order = tf.constant(np.load(order_file).ravel())
         test_images, test_labels = tf.constant(self.data["test_images"]), self.data["test_labels"]
 
+        logits_of = self._logits_fn(model, variables)
+        # The CNN's activations for 10,000 images at once would take 1 GB: it is evaluated 1,000 at a time.
+        chunk = 1000 if model == "cnn" else len(test_labels)
+
         def accuracy():
-            x = test_images
-            for i in range(0, len(variables), 2):
-                x = tf.matmul(x, variables[i]) + variables[i + 1]
-                x = tf.nn.relu(x) if i + 2 < len(variables) else x
-            return int(np.sum(np.argmax(x.numpy(), axis=1) == test_labels)) / len(test_labels)
+            logits = np.concatenate([logits_of(test_images[i:i + chunk]).numpy()
+                                     for i in range(0, len(test_labels), chunk)])
+            return int(np.sum(np.argmax(logits, axis=1) == test_labels)) / len(test_labels)
 
         return train_until(
             lambda start, count: train_chunk(order, tf.constant(start * batch_size), tf.constant(count)),

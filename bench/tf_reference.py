@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from bench.common import (SHARED_MODELS, NextBatch, initial_params, learning_rate, load_data, thread_settings,
+from bench.common import (DENSE_MODELS, NextBatch, initial_params, learning_rate, load_data, thread_settings,
                           timed, train_until)
 
 
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Train the TF reference on given batch indices.")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--order", required=True, help=".npy of batch indices, shape (num_steps, batch_size)")
-    parser.add_argument("--model", default="linear", choices=SHARED_MODELS)
+    parser.add_argument("--model", default="linear", choices=DENSE_MODELS)
     parser.add_argument("--out", required=True, help=".npz for the trained weights")
     args = parser.parse_args(argv)
     reply = TfReference(load_data(args.data_dir)).train_on(args.model, args.order, args.out)

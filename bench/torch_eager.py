@@ -1,5 +1,8 @@
-"""PyTorch eager, the peer most users would pick: nn.Linear layers, F.cross_entropy,
-torch.optim.SGD, batches indexed out of a tensor by a per-epoch `torch.randperm`."""
+"""PyTorch eager, the peer most users would pick: nn.Linear (and for the CNN nn.Conv2d, nn.MaxPool2d)
+layers, F.cross_entropy, torch.optim.SGD, batches indexed out of a tensor by a per-epoch `torch.randperm`.
+
+The CNN runs in NCHW, PyTorch's natural layout (its convolutions are tuned for it), not jaxlin's NHWC: the
+shared starting params are transposed to it (`cnn_layers`), so the network computes the same function."""
 
 from __future__ import annotations
 
@@ -8,8 +11,18 @@ import time
 
 import numpy as np
 
-from bench.common import initial_params, learning_rate, thread_settings, timed, train_until
-from bench.common import NextBatch
+from bench.common import (CNN_CHANNELS, IMAGE_SIDE, NextBatch, initial_params, learning_rate,
+                          thread_settings, timed, train_until)
+
+
+def cnn_layers(params: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The CNN's shared params (jaxlin's layout) in PyTorch's: convolution weights HWIO -> OIHW; the dense
+    layer's rows from NHWC flattening order (h, w, c) to NCHW's (c, h, w); dense weights (in, out) -> (out, in)."""
+    (conv1_w, conv1_b), (conv2_w, conv2_b), (dense_w, dense_b), (out_w, out_b) = params
+    side, channels = IMAGE_SIDE // 4, CNN_CHANNELS[-1]
+    dense_w = dense_w.reshape(side, side, channels, -1).transpose(2, 0, 1, 3).reshape(dense_w.shape)
+    return [(conv1_w.transpose(3, 2, 0, 1), conv1_b), (conv2_w.transpose(3, 2, 0, 1), conv2_b),
+            (dense_w.T, dense_b), (out_w.T, out_b)]
 
 
 class TorchEager:
@@ -31,14 +44,22 @@ class TorchEager:
 
     def _net(self, model: str):
         torch = self.torch
-        layers = []
-        for w, b in initial_params(model):
-            linear = torch.nn.Linear(*w.shape)
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(w.T.copy()))
-                linear.bias.copy_(torch.from_numpy(b))
-            layers += [linear, torch.nn.ReLU()]
-        net = torch.nn.Sequential(*layers[:-1])
+        nn = torch.nn
+        if model == "cnn":  # shapes from the arrays (OIHW, (out, in)): what they load into
+            arrays = cnn_layers(initial_params("cnn"))
+            layers = [nn.Conv2d(w.shape[1], w.shape[0], w.shape[2:], padding="same") for w, _ in arrays[:2]]
+            layers += [nn.Linear(w.shape[1], w.shape[0]) for w, _ in arrays[2:]]
+            net = nn.Sequential(nn.Unflatten(1, (1, IMAGE_SIDE, IMAGE_SIDE)),
+                                layers[0], nn.ReLU(), nn.MaxPool2d(2), layers[1], nn.ReLU(), nn.MaxPool2d(2),
+                                nn.Flatten(), layers[2], nn.ReLU(), layers[3])
+        else:
+            arrays = [(w.T, b) for w, b in initial_params(model)]
+            layers = [nn.Linear(w.shape[1], w.shape[0]) for w, _ in arrays]
+            net = nn.Sequential(*[m for layer in layers for m in (layer, nn.ReLU())][:-1])
+        with torch.no_grad():
+            for layer, (w, b) in zip(layers, arrays):
+                layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+                layer.bias.copy_(torch.from_numpy(b))
         return net, torch.optim.SGD(net.parameters(), lr=learning_rate(model))
 
     def _step(self, net, optimizer, indices):

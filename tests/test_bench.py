@@ -70,7 +70,15 @@ def test_quick_benchmark_runs_end_to_end(mnist_dir, tmp_path):
     ran = {r["contender"] for r in results["throughput"] if r["status"] == "ok"}
     assert ran == {name for name, status in statuses.items() if status == "ok"}
     for row in results["throughput"]:
+        if row["status"] == "skipped":  # a contender that does not build the case's model
+            assert (row["contender"], row["model"]) in {("tf_reference", "cnn"), ("numpy_floor", "cnn")}, row
+            continue
         assert len(row["repeats_seconds"]) == 2 and row["median_us_per_step"] > 0
+    cnn = {r["contender"]: r for r in results["throughput"] if r["model"] == "cnn" and r["status"] == "ok"}
+    assert {"jaxlin_fused", "jaxlin_per_step"} <= set(cnn)
+    assert {n for n in ("tf2_function", "tf2_xla", "torch_eager") if statuses[n] == "ok"} <= set(cnn)
+    for row in cnn.values():  # the same FLOPs per step for every framework: the same network
+        assert row["flops_per_step"] == cnn["jaxlin_fused"]["flops_per_step"] > 1e9 and row["gflops"] > 0
     assert {r["contender"] for r in results["time_to_accuracy"]} >= {"jaxlin_fused", "jaxlin_per_step"}
     assert "jaxlin fused" in done.stdout and "us/step" in done.stdout
     assert results["peak"]["peak_gflops"] > 0 and "xla" in results["peak"]["by_source"]
@@ -87,7 +95,7 @@ def _check_steady_state(results: dict, stdout: str) -> None:
     evaluations, no checkpoints for the bare loop), one row per model and long length, ratios positive where
     taken (a quick run's differences are mostly start-up noise, so their sign is not asserted)."""
     lengths = {model: tuple(steps) for model, steps in results["meta"]["plan"]["steady_lengths"]}
-    assert lengths == {"linear": (20, 200, 400), "mlp": (20, 100)}
+    assert lengths == {"linear": (20, 200, 400), "mlp": (20, 100), "cnn": (2, 6)}
     steady = results["train_steady_state"]
     runs = {(r["model"], r["mode"], r["num_steps"]): r for r in steady["runs"]}
     assert set(runs) == {(m, mode, n) for m, steps in lengths.items() for mode in ("default", "bare") for n in steps}
@@ -95,6 +103,7 @@ def _check_steady_state(results: dict, stdout: str) -> None:
         assert run["status"] == "ok" and len(run["seconds"]) == 1 and run["median_seconds"] > 0, run
         assert run["num_steps_trained"] == steps and f"--num-steps {steps} " in run["command"]
         assert ("--model mlp --learning-rate 0.1" in run["command"]) == (model == "mlp")
+        assert ("--model cnn --learning-rate 0.1" in run["command"]) == (model == "cnn")
         if mode == "bare":
             assert f"--eval-every {steps} --checkpoint-every 0" in run["command"] and run["checkpoints"] == []
             assert run["evaluations"] <= runs[(model, "default", steps)]["evaluations"]
@@ -102,12 +111,12 @@ def _check_steady_state(results: dict, stdout: str) -> None:
             assert "--eval-every" not in run["command"] and "--checkpoint-every" not in run["command"]
     rows = steady["rows"]
     assert [(r["model"], r["num_steps"], r["short_steps"]) for r in rows] == [
-        ("linear", 200, 20), ("linear", 400, 20), ("mlp", 100, 20)]
+        ("linear", 200, 20), ("linear", 400, 20), ("mlp", 100, 20), ("cnn", 6, 2)]
     for row in rows:
         assert row["status"] == "ok"
         assert np.isfinite(row["default_us_per_step"]) and np.isfinite(row["bare_us_per_step"])
         assert row["jaxlin_fused_us_per_step"] > 0
-        for key in ("default_vs_bare", "speedup_vs_tf_reference", "default_vs_jaxlin_fused"):
+        for key in ("default_vs_bare", "speedup_vs_tf_reference", "speedup_vs_torch_eager", "default_vs_jaxlin_fused"):
             assert row[key] is None or row[key] > 0
     assert "jaxlin train, steady state per step" in stdout and "| linear | 400 (20) |" in stdout
 
@@ -165,8 +174,148 @@ def test_steady_state_is_long_minus_short_with_its_ratios_and_targets():
                                                 "status": "failed", "reason": "boom\nmore"}]}}
     assert failures(results) == ["train steady state mlp bare 21000 steps: boom"]
     text = markdown(results)
-    assert "| linear | 21,000 (1,000) | 120.0 | 100.0 | 1.20 | <= 1.25 | 500.0 | 4.17 | 100.0 | 1.20 |" in text
+    assert ("| linear | 21,000 (1,000) | 120.0 | 100.0 | 1.20 | <= 1.25 | 500.0 | 4.17 | - | - | - | 100.0 | 1.20 |"
+            ) in text
     assert "linear: the defaults, mlp: --model mlp" in text
+
+
+def test_the_cnn_steady_state_is_compared_to_pytorch_eager_and_the_faster_tf2_loop():
+    from bench.report import markdown, steady_state_targets
+    from bench.runner import log_steady_rows, steady_rows
+
+    runs = [_steady_run("cnn", "default", 10, 3.0), _steady_run("cnn", "default", 60, 8.0),
+            _steady_run("cnn", "bare", 10, 2.0), _steady_run("cnn", "bare", 60, 6.0)]
+    throughput = [{"contender": name, "model": "cnn", "batch_size": 100, "status": "ok", "median_us_per_step": us}
+                  for name, us in (("torch_eager", 50_000.0), ("tf2_function", 125_000.0), ("tf2_xla", 80_000.0))]
+    throughput += [{"contender": "torch_eager", "model": "cnn", "batch_size": 1000, "status": "ok",
+                    "median_us_per_step": 1.0},  # another batch size: not what jaxlin train runs
+                   {"contender": "tf_reference", "model": "cnn", "batch_size": 100, "status": "skipped",
+                    "reason": "it builds only the linear and mlp models"}]
+    [row] = steady_rows(runs, throughput, [("cnn", (10, 60))])
+    assert row["default_us_per_step"] == pytest.approx(100_000.0) and row["bare_us_per_step"] == pytest.approx(80_000)
+    assert row["speedup_vs_torch_eager"] == pytest.approx(0.5) and row["bare_speedup_vs_torch_eager"] == \
+        pytest.approx(0.625)
+    assert row["best_tf2"] == "tf2_xla" and row["speedup_vs_best_tf2"] == pytest.approx(0.8)
+    assert row["tf_reference_us_per_step"] is None and row["speedup_vs_tf_reference"] is None
+    targets = steady_state_targets({"train_steady_state": {"rows": [row]}})
+    assert targets == {"train_steady_state_cnn_60_speedup_vs_torch_eager": {
+        "ratio": pytest.approx(0.5), "goal": 1.0, "met": False}}  # no default/bare goal for the CNN's short runs
+    logged = []
+    log_steady_rows([row], logged.append)
+    assert "PyTorch eager / default 0.50, tf2_xla / default 0.80" in logged[0]
+    results = {"meta": {"plan": {}}, "contenders": {}, "throughput": [],
+               "train_steady_state": {"flags": {"cnn": ["--model", "cnn", "--learning-rate", "0.1"]}, "repeats": 3,
+                                      "rows": [row], "runs": runs}}
+    assert "| cnn | 60 (10) | 100,000.0 | 80,000.0 | 1.25 | - | - | - | 50,000.0 | 0.50 | 0.80 | - | - |" \
+        in markdown(results)
+
+
+def test_the_cnn_is_trained_by_tf2_pytorch_and_jaxlin_and_the_others_sit_out_with_their_reason():
+    from bench.common import not_run_reason, runs_model
+    from bench.report import failures, markdown, table
+    from bench.runner import Plan, add_flops, throughput
+
+    assert all(runs_model(name, "cnn") for name in ("tf2_function", "tf2_xla", "torch_eager", "jaxlin_fused"))
+    assert not runs_model("tf_reference", "cnn") and not runs_model("numpy_floor", "cnn")
+    assert runs_model("tf_reference", "mlp") and not runs_model("torch_eager", "mine:Net")
+    assert not_run_reason("numpy_floor", "cnn") == "it builds only the linear and mlp models"
+    assert "user's model" in not_run_reason("torch_eager", "mine:Net")
+
+    class Timer:
+        def __init__(self):
+            self.asked = []
+
+        def ask(self, op, **kwargs):
+            self.asked.append((op, kwargs.get("model")))
+            return {"seconds": 0.5, "loss": 2.0} if op == "run" else {"flops_per_step": 2e9} if op == "flops" else {}
+
+    workers = {name: Timer() for name in ("tf_reference", "torch_eager", "jaxlin_fused", "numpy_floor")}
+    plan = Plan(repeats=2, cases=[("cnn", 100, 5)], sweep=[], sweep_steps=0, num_models=[], device_counts=[],
+                vmap_steps=0, tta_repeats=0, tta_eval_every=1, tta_max_steps=1, tta_target=0.5)
+    logged = []
+    rows = throughput(workers, plan, logged.append)
+    add_flops(workers, rows, 100.0, logged.append)
+    status = {r["contender"]: r["status"] for r in rows}
+    assert status == {"tf_reference": "skipped", "numpy_floor": "skipped", "torch_eager": "ok", "jaxlin_fused": "ok"}
+    assert ("setup", "cnn") not in workers["tf_reference"].asked + workers["numpy_floor"].asked
+    assert "  tf_reference: not run for cnn (it builds only the linear and mlp models)" in logged
+    torch = next(r for r in rows if r["contender"] == "torch_eager")
+    assert torch["gflops"] == pytest.approx(2e9 * 10 / 1e9) and torch["fraction_of_peak"] == pytest.approx(0.2)
+    peak = {"peak_gflops": 100.0, "by_source": {"xla": {"gflops": 100.0, "size": 2048}}}
+    results = {"meta": {"plan": {}}, "contenders": {}, "peak": peak, "throughput": rows}
+    assert failures(results) == []
+    for text in (table(results), markdown(results)):
+        assert "cnn, batch 100, 5 steps" in text and "| PyTorch eager | 100,000.0 |" in text
+        assert "| 20.0 | 20% |" in text
+        assert "not run: TF reference (v1 graph, feed_dict) (it builds only the linear and mlp models); " \
+               "NumPy/BLAS floor (it builds only the linear and mlp models)" in text
+
+
+def test_the_shared_cnn_start_is_jaxlins_cnn_in_numpy():
+    """bench.common restates jaxlin's CNN without JAX: the same pytree, shapes and He-normal scale, and
+    jaxlin's apply runs on it."""
+    from bench.common import cnn_shapes, shared_params
+
+    model = get_model("cnn")
+    own = model.init(jax.random.key(0))
+    shared = shared_params("cnn")
+    assert jax.tree.structure(own) == jax.tree.structure(shared)
+    assert [x.shape for x in jax.tree.leaves(own)] == [x.shape for x in jax.tree.leaves(shared)]
+    assert [w for w, _ in cnn_shapes()] == [shared[name]["w"].shape for name in ("conv1", "conv2", "dense", "out")]
+    for layer in shared.values():
+        fan_in = np.prod(layer["w"].shape[:-1])
+        assert layer["w"].dtype == np.float32 and not layer["b"].any()
+        assert layer["w"].std() == pytest.approx(np.sqrt(2.0 / fan_in), rel=0.1)
+    assert model.apply(shared, np.zeros((2, 784), np.float32)).shape == (2, 10)
+    again = shared_params("cnn")
+    assert all((a == b).all() for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(again)))
+    with pytest.raises(ValueError, match="no shared starting params for model 'mine:Net'"):
+        shared_params("mine:Net")
+
+
+def _jaxlin_cnn_losses(data, order):
+    """jaxlin's CNN from the shared start, the bench's SGD, one step per row of `order`: each step's loss."""
+    from bench.common import learning_rate, shared_params
+    from jaxlin.training.trainer import make_train_step
+
+    model, optimizer = get_model("cnn"), optax.sgd(learning_rate("cnn"))
+    params = jax.tree.map(jax.numpy.asarray, shared_params("cnn"))
+    opt_state, step, losses = optimizer.init(params), make_train_step(model.apply, optimizer), []
+    for indices in order:
+        params, opt_state, loss = step(params, opt_state, data["train_images"][indices], data["train_labels"][indices])
+        losses.append(float(loss))
+    return losses
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_the_cnn_trains_alike_in_pytorch_tf2_and_jaxlin(framework, tiny_data_dir):
+    """Three SGD steps from the shared start on the same batches give the same losses (to 1e-3) in the
+    contender's own network and step (PyTorch NCHW, TF2 NHWC) as in jaxlin: the rows time the same work."""
+    pytest.importorskip(framework)
+    from bench.common import load_data
+
+    data = load_data(str(tiny_data_dir))
+    order = shared_order(len(data["train_labels"]), 100, 3, seed=3)
+    if framework == "torch":
+        import torch
+
+        from bench.torch_eager import TorchEager
+
+        contender = TorchEager(data)
+        net, optimizer = contender._net("cnn")
+        losses = [contender._step(net, optimizer, torch.from_numpy(indices.astype(np.int64))).item()
+                  for indices in order]
+    else:
+        import tensorflow as tf
+
+        from bench.tf2_loop import Tf2Loop
+
+        _, train_chunk = Tf2Loop(data)._build("cnn", 100)
+        losses = [float(train_chunk(tf.constant(order.ravel()), tf.constant(100 * i), tf.constant(1)))
+                  for i in range(len(order))]
+    expected = _jaxlin_cnn_losses(data, order)
+    assert len(set(expected)) == 3  # each step moved the params: a wrong update would show
+    np.testing.assert_allclose(losses, expected, atol=1e-3, rtol=0)
 
 
 def test_only_train_steady_state_times_those_rows_and_what_they_are_compared_to(tiny_data_dir, tmp_path,
@@ -184,9 +333,9 @@ def test_only_train_steady_state_times_those_rows_and_what_they_are_compared_to(
     monkeypatch.setattr(cli.runner, "run", run)
     assert cli.main(["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--only", "train_steady_state"]) == 0
     plan = seen["plan"]
-    assert seen["names"] == ["tf_reference", "jaxlin_fused"]
-    assert plan.cases == [("linear", 100, 1000), ("mlp", 100, 500)] and plan.steady_repeats == 3
-    assert plan.steady_lengths == [("linear", (1000, 21000, 100000)), ("mlp", (1000, 21000))]
+    assert seen["names"] == ["tf_reference", "torch_eager", "jaxlin_fused"]
+    assert plan.cases == [("linear", 100, 1000), ("mlp", 100, 500), ("cnn", 100, 20)] and plan.steady_repeats == 3
+    assert plan.steady_lengths == [("linear", (1000, 21000, 100000)), ("mlp", (1000, 21000)), ("cnn", (10, 60))]
     assert (plan.sweep, plan.num_models, plan.device_counts, plan.tta_repeats, plan.e2e_repeats, plan.peak) == \
         ([], [], [], 0, 0, False)
     assert cli.main(["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--only", "train_steady_state",
