@@ -159,13 +159,68 @@ def _cnn_init(key, image_side: int, num_classes: int):
     }
 
 
+def conv3x3_same(x, w):
+    """A 3x3 "SAME" convolution, NHWC images and HWIO weights, stride 1.
+
+    With one input channel it is nine shifted copies of the image times a (9, out) matrix: XLA's CPU
+    convolution handles a single input channel poorly, and the matmul form (forward and, by autodiff,
+    the weight gradient) was measured faster for the CNN's first layer (bench/NOTES.md, the CNN).
+    Otherwise it is `lax.conv_general_dilated`, which XLA runs near the matmul rate."""
+    kh, kw, channels_in, channels_out = w.shape
+    if channels_in != 1 or (kh, kw) != (3, 3):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, h, width, _ = x.shape
+    padded = jnp.pad(x[..., 0], ((0, 0), (1, 1), (1, 1)))
+    shifted = jnp.stack([padded[:, i:i + h, j:j + width] for i in range(3) for j in range(3)], axis=-1)
+    return (shifted.reshape(-1, 9) @ w.reshape(9, channels_out)).reshape(n, h, width, channels_out)
+
+
+def _window_corners(x):
+    n, h, w, c = x.shape
+    windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
+    return windows[:, :, 0, :, 0], windows[:, :, 0, :, 1], windows[:, :, 1, :, 0], windows[:, :, 1, :, 1]
+
+
+@jax.custom_vjp
+def max_pool_2x2(x):
+    """2x2 max pooling with stride 2 of NHWC images (even height and width).
+
+    Its gradient goes to the first maximum of each window (row by row), as TensorFlow's and PyTorch's
+    max-pool gradients do, computed elementwise. JAX's own gradient of `lax.reduce_window` is a
+    select-and-scatter that XLA's CPU backend runs slowly: with it the CNN's step took about 2.5x as
+    long (bench/NOTES.md, the CNN)."""
+    a, b, c, d = _window_corners(x)
+    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+def _max_pool_forward(x):
+    pooled = max_pool_2x2(x)
+    return pooled, (x, pooled)
+
+
+def _max_pool_backward(saved, grad):
+    x, pooled = saved
+    a, b, c, d = _window_corners(x)
+    first_a = a == pooled
+    first_b = (b == pooled) & ~first_a
+    first_c = (c == pooled) & ~(first_a | first_b)
+    first_d = ~(first_a | first_b | first_c)
+    zero = jnp.zeros_like(grad)
+    ga, gb, gc, gd = (jnp.where(first, grad, zero) for first in (first_a, first_b, first_c, first_d))
+    windows = jnp.stack([jnp.stack([ga, gb], axis=-2), jnp.stack([gc, gd], axis=-2)], axis=2)
+    return (windows.reshape(x.shape),)
+
+
+max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
+
+
 def _cnn_apply(params, images, image_side: int):
     x = images.reshape(-1, image_side, image_side, 1)
     for name in ("conv1", "conv2"):
-        x = jax.lax.conv_general_dilated(x, params[name]["w"], (1, 1), "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        x = jax.nn.relu(x + params[name]["b"])
-        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        # Pooling before the bias and ReLU gives the same values as after them (both are monotone, and
+        # the bias is per channel) on a quarter of the elements; their gradients differ only where a
+        # window ties, which the ReLU's zeros made common.
+        x = jax.nn.relu(max_pool_2x2(conv3x3_same(x, params[name]["w"])) + params[name]["b"])
     x = jax.nn.relu(x.reshape(x.shape[0], -1) @ params["dense"]["w"] + params["dense"]["b"])
     return x @ params["out"]["w"] + params["out"]["b"]
 
