@@ -46,6 +46,7 @@ from pathlib import Path
 from bench.common import HIDDEN_SIZES, learning_rate, thread_settings
 from bench.report import one_line
 from bench.runner import ROOT, cpu_model, recorded_data_dir, summarize
+from jaxlin.data.datasets import DATA_DIR_ENV
 
 SECTIONS = ("tests", "fused_vs_per_step", "sweep_precision", "data_parallel", "determinism")
 LOOPS = ("fused", "per-step")
@@ -206,7 +207,8 @@ def run_tests(selection: str, timeout: float, env: dict, log) -> dict:
     with tempfile.TemporaryDirectory(prefix="jaxlin-check-tests-") as tmp:
         junit = Path(tmp) / "junit.xml"
         command, missing = test_command(selection, junit)
-        log(f"tests: {' '.join(command[1:])} (at most {timeout:.0f} s)")
+        shown = shlex.join(["python", *(part for part in command[1:] if not part.startswith("--junitxml"))])
+        log(f"tests: {shown} (at most {timeout:.0f} s)")
         start = time.perf_counter()
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, start_new_session=True)
@@ -222,8 +224,7 @@ def run_tests(selection: str, timeout: float, env: dict, log) -> dict:
                 output, _ = process.communicate()
             timed_out = True
         seconds = time.perf_counter() - start
-        shown = [part for part in command if not part.startswith("--junitxml")]
-        result = {"selection": selection, "command": shlex.join(["python", *shown[1:]]), "files_missing": missing,
+        result = {"selection": selection, "command": shown, "files_missing": missing,
                   "exit_status": process.returncode, "seconds": seconds, "output_tail": output.splitlines()[-15:]}
         if junit.is_file():
             result.update(junit_counts(junit))
@@ -339,7 +340,8 @@ def fused_vs_per_step(data, size: Size, budget: Budget, log) -> dict:
             rows.append({**case, "status": "failed", "reason": reason})
             failures.append(f"{model_name} batch {batch_size}: {reason}")
             log(f"fused_vs_per_step: {model_name} batch {batch_size}: failed: {reason}")
-    return {"repeats": size.repeats, "cases": rows, "failures": failures}
+    skipped = [f"{r['model']} batch {r['batch_size']}: {r['reason']}" for r in rows if r["status"] == "skipped"]
+    return {"repeats": size.repeats, "cases": rows, "failures": failures, "skipped": skipped}
 
 
 def sweep_precision(data, size: Size, budget: Budget, log) -> dict:
@@ -411,6 +413,8 @@ def sweep_precision(data, size: Size, budget: Budget, log) -> dict:
         if settings[dtype].get("status") == "failed":
             failures.append(f"{dtype}: {settings[dtype]['reason']}")
     result["failures"] = failures
+    result["skipped"] = [f"{dtype}: {settings[dtype]['reason']}" for dtype in COMPUTE_DTYPES
+                         if settings[dtype].get("status") == "skipped"]
     return result
 
 
@@ -470,7 +474,14 @@ def determinism(data, size: Size, budget: Budget, log) -> dict:
             runs.append({"model": model_name, "status": "skipped", "reason": budget.reason()})
             continue
         config = _config(model_name, 100, steps, eval_every=max(1, steps // 5))
-        results = [fit(config, data, _model(model_name, data), progress=False) for _ in range(2)]
+        try:
+            results = [fit(config, data, _model(model_name, data), progress=False) for _ in range(2)]
+        except Exception as err:  # recorded; the next model goes on
+            reason = one_line(f"{type(err).__name__}: {err}")
+            runs.append({"model": model_name, "status": "failed", "reason": reason})
+            failures.append(f"{model_name}: {reason}")
+            log(f"determinism: {model_name}: failed: {reason}")
+            continue
         curves = [[(r["step"], r["train_loss"], r["test_accuracy"]) for r in result.evaluations] for result in results]
         run = {"model": model_name, "num_steps": steps, "evaluations": len(curves[0]),
                "same_params": bitwise_equal(results[0].params, results[1].params),
@@ -484,7 +495,8 @@ def determinism(data, size: Size, budget: Budget, log) -> dict:
             failures.append(f"{model_name}: two runs differ ({'params' if not run['same_params'] else 'loss curve'})")
         log(f"determinism: {model_name}: {'identical' if run['identical'] else 'DIFFERENT'}")
     done = [r for r in runs if r["status"] == "ok"]
-    return {"runs": runs, "identical": all(r["identical"] for r in done) if done else None, "failures": failures}
+    return {"runs": runs, "identical": all(r["identical"] for r in done) if done else None, "failures": failures,
+            "skipped": [f"{r['model']}: {r['reason']}" for r in runs if r["status"] == "skipped"]}
 
 
 # ---------------------------------------------------------------------------------------------- the check
@@ -492,14 +504,16 @@ def determinism(data, size: Size, budget: Budget, log) -> dict:
 
 def run_section(name: str, body: Callable[[], dict], results: dict, budget: Budget, path: Path | None, log) -> None:
     """Runs one section into results["sections"][name], never raising: a section's own failures (its
-    "failures" list) or an exception make it failed, `Skipped` skipped; the file is rewritten after it."""
+    "failures" list) or an exception make it failed, `Skipped` skipped; parts it skipped (its "skipped" list,
+    when the budget ran out midway) are its reason. The file is rewritten after it."""
     record = {"status": "skipped", "reason": budget.reason()}
     if not budget.spent():
         start = time.perf_counter()
         try:
             record = body()
-            failures = record.pop("failures", [])
-            record = {"status": "failed" if failures else "ok", "reason": "; ".join(failures) or None, **record}
+            failures, skipped = record.pop("failures", []), record.pop("skipped", [])
+            reason = "; ".join(failures) or ("; ".join(f"skipped {part}" for part in skipped) if skipped else None)
+            record = {"status": "failed" if failures else "ok", "reason": reason, **record}
         except Skipped as skip:
             record = {"status": "skipped", "reason": str(skip)}
         except Exception as err:
@@ -524,7 +538,8 @@ def main(data_dir: str, out: str | os.PathLike, quick: bool = False, tests: str 
     selection = tests or size.tests
     if selection not in TEST_SELECTIONS:
         raise ValueError(f"--check-tests must be one of {', '.join(TEST_SELECTIONS)}, got {selection!r}")
-    test_env = dict(os.environ)
+    # The tests read the real MNIST files from where the check does (without them, those tests skip).
+    test_env = {**os.environ, DATA_DIR_ENV: str(Path(data_dir).resolve())}
     if "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ:  # this process leaves the GPU's memory to the tests
         os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     budget = Budget(budget_seconds)

@@ -109,14 +109,17 @@ def test_a_failing_section_is_recorded_and_the_next_one_still_runs(tmp_path):
     check.run_section("data_parallel", disagreeing, results, budget, path, lines.append)
     check.run_section("determinism", not_here, results, budget, path, lines.append)
     check.run_section("sweep_precision", lambda: {"failures": []}, results, budget, path, lines.append)
+    check.run_section("tests", lambda: {"failures": [], "skipped": ["cnn: time budget"]}, results, budget, path,
+                      lines.append)
     written = json.loads(path.read_text())["sections"]
     assert written["fused_vs_per_step"]["status"] == "failed" and written["fused_vs_per_step"]["traceback"]
     assert written["data_parallel"] == {"status": "failed", "reason": "params differ", "value": 1.5,
                                         "seconds": written["data_parallel"]["seconds"]}
     assert written["determinism"]["status"] == "skipped" and written["determinism"]["reason"] == "one device"
     assert written["sweep_precision"]["status"] == "ok" and written["sweep_precision"]["reason"] is None
-    assert written["tests"] == {"status": "pending"}
-    assert len(lines) == 4 and lines[0].startswith("fused_vs_per_step: failed in ")
+    assert (written["tests"]["status"], written["tests"]["reason"]) == ("ok", "skipped cnn: time budget")
+    assert "skipped" not in written["tests"]
+    assert len(lines) == 5 and lines[0].startswith("fused_vs_per_step: failed in ")
 
 
 def test_junit_counts_read_pytests_report(tmp_path):
