@@ -56,11 +56,11 @@ DEFAULT_BUDGET_SECONDS = 450.0
 # Params of the run over every device agree with the single-device run's when their largest difference is at
 # most this fraction of the largest param's magnitude (reductions are ordered differently over devices).
 PARAMS_TOLERANCE = 1e-5
-# The test files that exercise the device: the fused and per-step loops (train), determinism, data parallel,
-# sweeps, the models, mixed precision. Files not in this checkout are listed as missing, not run.
+# The test files that exercise the device: determinism, the fused and per-step loops (train, chunk_form), mixed
+# precision, sweeps, data parallel, the models. Files not in this checkout are listed as missing, not run.
 # In this order: a run cut short by its timeout has run the first ones.
-GPU_TEST_FILES = ("tests/test_determinism.py", "tests/test_train.py", "tests/test_precision.py",
-                  "tests/test_sweep.py", "tests/test_parallel.py", "tests/test_models.py")
+GPU_TEST_FILES = ("tests/test_determinism.py", "tests/test_train.py", "tests/test_chunk_form.py",
+                  "tests/test_precision.py", "tests/test_sweep.py", "tests/test_parallel.py", "tests/test_models.py")
 # One tiny test: what `--check-tests quick` runs (the suite's own test of this check runs this one only).
 QUICK_TESTS = ("tests/test_determinism.py", "-k", "test_auto_resolves_by_a_fixed_rule")
 # A test run stops after this many failures (the counts say how many ran).
