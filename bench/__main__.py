@@ -7,6 +7,7 @@ times a user's own model (jaxlin_per_step and jaxlin_fused only; dropout and bat
 `--quick` runs a few steps of each contender to prove the harness works; its timings mean nothing.
 `--only train_steady_state` times only `jaxlin train`'s steady state per step (whole processes, its defaults
 against the bare loop; see bench/NOTES.md) and the throughput rows it is compared to.
+`--accelerator-check` runs the accelerator check instead (bench/accelerator_check.py: one JSON file for a lent GPU).
 `--replot RESULTS_JSON` redraws a saved run and rewrites the generated tables of docs/benchmark.md
 (the lines between its two marker comments); those tables are never edited by hand.
 
