@@ -42,11 +42,11 @@ from jaxlin.data.datasets import Datasets
 from jaxlin.training.evaluate import Evaluator, make_predict_fn, to_float_images
 from jaxlin.training import precision
 from jaxlin.models import Model
-from jaxlin.runtime import compile_cache
+from jaxlin.runtime import chunk_form, compile_cache
 from jaxlin.runtime.devices import Placement, to_host
 from jaxlin.training.sampler import EpochSampler, check_window
 from jaxlin.training.state import SweepState
-from jaxlin.training.trainer import dropout_key, is_stateful, make_update_fn, run_keys, step_key
+from jaxlin.training.trainer import dropout_key, is_stateful, make_update_fn, run_keys, scan_steps, step_key
 
 # Of the device's (or, on a CPU, the host's) memory, what a sweep may plan to hold.
 MEMORY_FRACTION = 0.8
@@ -165,9 +165,7 @@ def sweep_chunk(apply_fn: Callable, optimizer, unroll: int = 1, shared_order: bo
                 carry_and_loss = jax.vmap(own_batch)(*carry, order, *keys)
             return carry_and_loss[:3], carry_and_loss[3]
 
-        steps = jnp.arange(num_steps, dtype=jnp.int32)
-        (params, opt_state, frozen_at), losses = jax.lax.scan(body, (params, opt_state, frozen_at), steps,
-                                                              unroll=unroll)
+        (params, opt_state, frozen_at), losses = scan_steps(body, (params, opt_state, frozen_at), num_steps, unroll)
         return params, opt_state, frozen_at, losses
 
     return train_chunk
@@ -187,7 +185,10 @@ class SweepTrainer:
         self.base, self.model, self.placement = base, model, placement
         # What the chunk computes (--compute-dtype, --matmul-precision); evaluation keeps self.model's.
         model = precision.for_training(model, base)
-        self.config = base
+        # A sweep always runs the fused loop; its chunk form by the same rule as `jaxlin train`'s (recorded).
+        form = base.chunk_form if base.chunk_form != "auto" else chunk_form.rule(model, "fused",
+                                                                                  placement.devices[0].platform)
+        self.config = base.replace(chunk_form=form)
         self.num_validation = len(data.validation)
         self._reported: set[int] = set()
         self.num_members = len(members)
@@ -336,9 +337,16 @@ class SweepTrainer:
         check_window(order.shape[-1], offset, self.base.batch_size, num_steps)
         if num_steps not in self._compiled:
             tick = time.perf_counter()
-            self._compiled[num_steps] = self._chunk.lower(
-                state.params, state.opt_state, state.frozen_at, self.train_images_uint8, self.train_labels, order,
-                offset, state.step, *self._keys, batch_size=self.base.batch_size, num_steps=num_steps).compile()
+            host_loop = self.config.chunk_form == "host-loop"
+            length = 1 if host_loop else num_steps
+            if length not in self._compiled:
+                self._compiled[length] = self._chunk.lower(
+                    state.params, state.opt_state, state.frozen_at, self.train_images_uint8, self.train_labels,
+                    order, offset, state.step, *self._keys, batch_size=self.base.batch_size, num_steps=length).compile()
+            if num_steps != length:  # one compiled step, called per step (see runtime.chunk_form)
+                self._compiled[num_steps] = chunk_form.HostLoopChunk(
+                    self._compiled[1], num_carry=3, offset_at=6, start_at=7, batch_size=self.base.batch_size,
+                    num_steps=num_steps)
             self.compile_seconds += time.perf_counter() - tick
         params, opt_state, frozen_at, losses = self._compiled[num_steps](
             state.params, state.opt_state, state.frozen_at, self.train_images_uint8, self.train_labels, order, offset,

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxlin.errors import JaxlinError
-from jaxlin.runtime import compile_cache, dot_layout as layout
+from jaxlin.runtime import chunk_form, compile_cache, dot_layout as layout
 
 from jaxlin import optimizers
 from jaxlin.config import Config, checkpoint_interval
@@ -139,6 +139,16 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+def scan_steps(body: Callable, carry, num_steps: int, unroll: int = 1):
+    """`lax.scan(body, carry, arange(num_steps))`, except that one step is the body alone: JAX emits even a
+    scan of length 1 as a loop, and XLA's CPU backend runs convolutions inside a loop several times slower
+    (see `runtime.chunk_form`, whose host loop calls the one-step chunk)."""
+    if num_steps == 1:
+        carry, loss = body(carry, jnp.int32(0))
+        return carry, jnp.expand_dims(loss, 0)
+    return jax.lax.scan(body, carry, jnp.arange(num_steps, dtype=jnp.int32), unroll=unroll)
+
+
 def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformation, unroll: int = 1,
                       shard_batch: Callable = lambda indices: indices, model: Model | None = None) -> Callable:
     """The fused path's body, not yet jitted (so it can be vmapped over many models):
@@ -174,8 +184,7 @@ def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformatio
             params, opt_state, loss = update(*carry, *gather(images_uint8, labels, order, offset, batch_size, step))
             return (params, opt_state), loss
 
-        steps = jnp.arange(num_steps, dtype=jnp.int32)
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps, unroll=unroll)
+        (params, opt_state), losses = scan_steps(body, (params, opt_state), num_steps, unroll)
         return params, opt_state, losses
 
     def stateful_chunk(params, opt_state, images_uint8, labels, order, offset, start_step, base_key, batch_size,
@@ -187,8 +196,7 @@ def fused_train_chunk(apply_fn: Callable, optimizer: optax.GradientTransformatio
             params, opt_state, loss = update(*carry, *batch, step_key(base_key, start_step + step))
             return (params, opt_state), loss
 
-        steps = jnp.arange(num_steps, dtype=jnp.int32)
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps, unroll=unroll)
+        (params, opt_state), losses = scan_steps(body, (params, opt_state), num_steps, unroll)
         return params, opt_state, losses
 
     return stateful_chunk if is_stateful(model) else train_chunk
@@ -264,8 +272,10 @@ class Trainer:
         self.sampler = EpochSampler(self.sample_key, len(data.train), config.batch_size, place=placement.put)
         self._init_key = init_key
         self.compile_seconds = 0.0
-        chosen = layout.choose(config, model, placement)  # a fixed rule: same flags, same bits
-        self.config = config = config.replace(dot_layout=chosen) if config.loop == "fused" else config
+        chosen = layout.choose(config, model, placement)  # fixed rules: same flags, same bits
+        form = chunk_form.choose(config, model, placement)
+        if config.loop == "fused":
+            self.config = config = config.replace(dot_layout=chosen, chunk_form=form)
         self._fused = make_fused_train(model.apply, self.optimizer, config.unroll, placement, chosen, model)
         self._step = make_train_step(model.apply, self.optimizer, model)
         # A stateful model's steps take the run's dropout key and their global step (see `fused_train_chunk`).
@@ -291,11 +301,15 @@ class Trainer:
         if length not in self._compiled:
             start = time.perf_counter()
             batch_size = self.config.batch_size
-            if self.config.loop == "fused":
-                order = self.sampler.warm_up(length)
-                self._compiled[length] = self._fused.lower(
-                    state.params, state.opt_state, self.train_images_uint8, self.train_labels, order, 0,
-                    *self._key_args(0), batch_size=batch_size, num_steps=length).compile()
+            if self.config.loop == "fused" and self.config.chunk_form == "host-loop":
+                if 1 not in self._compiled:
+                    self._compiled[1] = self._compile_fused(state, 1)
+                step = self._compiled[1]
+                self._compiled[length] = step if length == 1 else chunk_form.HostLoopChunk(
+                    step, num_carry=2, offset_at=5, start_at=6 if self._dropout_key is not None else None,
+                    batch_size=batch_size, num_steps=length)
+            elif self.config.loop == "fused":
+                self._compiled[length] = self._compile_fused(state, length)
             else:
                 images, labels = self.placement.put(
                     (self.host_train_images[:batch_size], self.host_train_labels[:batch_size]),
@@ -304,6 +318,11 @@ class Trainer:
                                                           *self._key_args(0)).compile()
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[length]
+
+    def _compile_fused(self, state: TrainState, length: int) -> Callable:
+        order = self.sampler.warm_up(length)
+        return self._fused.lower(state.params, state.opt_state, self.train_images_uint8, self.train_labels, order, 0,
+                                 *self._key_args(0), batch_size=self.config.batch_size, num_steps=length).compile()
 
     def state_template(self) -> TrainState:
         """The structure and dtypes of this trainer's state as host zeros (what a checkpoint restores into)."""
