@@ -335,7 +335,7 @@ def test_only_train_steady_state_times_those_rows_and_what_they_are_compared_to(
     plan = seen["plan"]
     assert seen["names"] == ["tf_reference", "torch_eager", "jaxlin_fused"]
     assert plan.cases == [("linear", 100, 1000), ("mlp", 100, 500), ("cnn", 100, 20)] and plan.steady_repeats == 3
-    assert plan.steady_lengths == [("linear", (1000, 21000, 100000)), ("mlp", (1000, 21000)), ("cnn", (10, 60))]
+    assert plan.steady_lengths == [("linear", (1000, 21000, 100000)), ("mlp", (1000, 21000)), ("cnn", (10, 310))]
     assert (plan.sweep, plan.num_models, plan.device_counts, plan.tta_repeats, plan.e2e_repeats, plan.peak) == \
         ([], [], [], 0, 0, False)
     assert cli.main(["--data-dir", str(tiny_data_dir), "--out", str(tmp_path), "--only", "train_steady_state",
