@@ -286,3 +286,29 @@ def test_records_are_those_of_one_step_after_another_whatever_the_overlap(tiny_d
         expected.append({"step": state.step, **trainer.evaluate(state),
                          "train_loss": float(np.sum(losses, dtype=np.float64)) / len(losses)})
     assert [{k: r[k] for k in expected[0]} for r in hooks.records] == expected
+
+
+def test_the_progress_bar_counts_each_step_once(tiny_data, monkeypatch):
+    """The bar is made after the first chunk is dispatched; it must start from the run's first step, not from
+    where the state has moved on to by then (it showed 300 of 200 steps)."""
+    import tqdm.auto
+
+    bars = []
+
+    class RecordingBar:
+        def __init__(self, total=None, initial=0, **kwargs):
+            self.total, self.n = total, initial
+            bars.append(self)
+
+        def update(self, steps):
+            self.n += steps
+
+        def set_postfix(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    fit(Config(num_steps=30, eval_every=10, steps_per_call=10), tiny_data, get_model("linear"), progress=True)
+    assert [(bar.total, bar.n) for bar in bars] == [(30, 30)]

@@ -296,7 +296,8 @@ class Loop:
             else:
                 initial = (state.step, self._start_evaluation(state))
         # Shown from the first chunk's end: the first step's record (its line) comes before it.
-        bar = _LazyBar(lambda: tqdm(total=config.num_steps, initial=state.step, disable=not show_progress,
+        first_step = state.step  # read now: `state` moves on before the bar is made
+        bar = _LazyBar(lambda: tqdm(total=config.num_steps, initial=first_step, disable=not show_progress,
                                     unit="step", leave=False))
         pending: _Boundary | None = None  # the chunk dispatched last
         loop_started = time.perf_counter()
