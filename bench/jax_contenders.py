@@ -14,6 +14,7 @@ import optax
 from bench.common import (HIDDEN_SIZES, INPUT_SIZE, SHARED_MODELS, NextBatch, optimizer_config, shared_params,
                           thread_settings, timed, train_until)
 from jaxlin.models import get_model
+from jaxlin.runtime import cpu_convolutions
 from jaxlin.runtime.chunk_form import HostLoopChunk
 from jaxlin.training.evaluate import Evaluator
 from jaxlin.training.sampler import EpochSampler, epoch_window, shuffled_epoch
@@ -151,6 +152,19 @@ class _JaxContender:
         return train_until(train_steps, lambda: self._accuracy(state[0]), eval_every, max_steps, target)
 
 
+def choose_forms(model: str, batch_size: int, unroll: int = 1, loop: str = "fused") -> tuple[str, str, str]:
+    """The dot layout, chunk form and CPU convolutions `jaxlin train` would use here (fixed rules, see
+    `jaxlin.runtime.dot_layout`, `jaxlin.runtime.chunk_form` and `jaxlin.runtime.cpu_convolutions`)."""
+    from jaxlin.runtime import chunk_form, dot_layout as layout
+    from jaxlin.config import Config
+    from jaxlin.runtime.devices import resolve_placement
+
+    config = Config(model=model, hidden_sizes=HIDDEN_SIZES, batch_size=batch_size, unroll=unroll, loop=loop)
+    placement, model_object = resolve_placement(), _model(model)
+    return (layout.choose(config, model_object, placement), chunk_form.choose(config, model_object, placement),
+            cpu_convolutions.choose(config, model_object, placement))
+
+
 class JaxlinPerStep(_JaxContender):
     """One jitted update per step, batches gathered on the host (the tutorial's loop)."""
 
@@ -159,8 +173,9 @@ class JaxlinPerStep(_JaxContender):
         self.model, self.batch_size, self.num_steps = model, batch_size, num_steps
         self.step = make_train_step(self.apply, self.optimizer, model=self.model_object)
         images, labels = self.data["train_images"][:batch_size], self.data["train_labels"][:batch_size]
+        options = cpu_convolutions.compiler_options(choose_forms(model, batch_size, loop="per-step")[2])
         compile_seconds, self.compiled = timed(lambda: self.step.lower(params, opt_state, images, labels,
-                                                                       *self._key_args(0)).compile())
+                                                                       *self._key_args(0)).compile(options))
         warm_up, _ = timed(self.run)
         return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up}
 
@@ -195,32 +210,21 @@ class JaxlinFused(_JaxContender):
         if num_steps % self.steps_per_call:
             raise ValueError(f"num_steps {num_steps} is not a multiple of steps_per_call {steps_per_call}")
         sampler = EpochSampler(jax.random.key(0), len(self.data["train_labels"]), batch_size)
-        self.dot_layout, self.chunk_form = self._choose_forms(model, batch_size, unroll)
+        self.dot_layout, self.chunk_form, self.cpu_convolutions = choose_forms(model, batch_size, unroll)
         fused = make_fused_train(self.apply, self.optimizer, unroll, dot_layout=self.dot_layout,
                                  model=self.model_object)
         length = 1 if self.chunk_form == "host-loop" else self.steps_per_call
         order = sampler.warm_up(length)
         compile_seconds, self.compiled = timed(lambda: fused.lower(
             params, opt_state, self.images_uint8, self.labels, order, 0, *self._key_args(0),
-            batch_size=batch_size, num_steps=length).compile())
+            batch_size=batch_size, num_steps=length).compile(cpu_convolutions.compiler_options(self.cpu_convolutions)))
         if length != self.steps_per_call:  # as `jaxlin train` runs it: one compiled step called per step
             self.compiled = HostLoopChunk(self.compiled, num_carry=2, offset_at=5,
                                           start_at=6 if self._dropout_key is not None else None,
                                           batch_size=batch_size, num_steps=self.steps_per_call)
         warm_up, _ = timed(self.run)
         return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up, "dot_layout": self.dot_layout,
-                "chunk_form": self.chunk_form}
-
-    def _choose_forms(self, model: str, batch_size: int, unroll: int) -> tuple[str, str]:
-        """The dot layout and chunk form `jaxlin train` would use here (fixed rules, see
-        `jaxlin.runtime.dot_layout` and `jaxlin.runtime.chunk_form`)."""
-        from jaxlin.runtime import chunk_form, dot_layout as layout
-        from jaxlin.config import Config
-        from jaxlin.runtime.devices import resolve_placement
-
-        config = Config(model=model, hidden_sizes=HIDDEN_SIZES, batch_size=batch_size, unroll=unroll)
-        placement, model_object = resolve_placement(), self._model(model)
-        return layout.choose(config, model_object, placement), chunk_form.choose(config, model_object, placement)
+                "chunk_form": self.chunk_form, "cpu_convolutions": self.cpu_convolutions}
 
     def run(self) -> dict:
         params, opt_state = self._start(self.model)

@@ -39,6 +39,7 @@ def is_model_reference(name: str) -> bool:
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
 DOT_LAYOUTS = ("auto", "plain", "batched")  # see runtime/dot_layout.py
 CHUNK_FORMS = ("auto", "scan", "host-loop")  # see runtime/chunk_form.py
+CPU_CONVOLUTIONS = ("auto", "xla", "ynnpack")  # see runtime/cpu_convolutions.py
 COMPUTE_DTYPES = ("float32", "bfloat16")  # see training/precision.py
 MATMUL_PRECISIONS = ("default", "high", "highest")
 
@@ -210,6 +211,10 @@ class Config:
         "auto", "how the fused loop runs a chunk of steps: scan (one lax.scan program), host-loop (one compiled "
                 "step on device-resident data, called per step), or auto: a fixed rule by model and platform "
                 "(see runtime/chunk_form.py)", choices=CHUNK_FORMS)
+    cpu_convolutions: str = setting(
+        "auto", "on a CPU, who computes the training step's convolutions: ynnpack (the YNNPACK library, where this "
+                "jaxlib's XLA sends them by default), xla (XLA's own), or auto: xla, measured faster for the CNN (a "
+                "fixed rule; see runtime/cpu_convolutions.py)", choices=CPU_CONVOLUTIONS)
     compute_dtype: str = setting(
         "float32", "dtype of the model's computation in training: bfloat16 runs its matmuls and convolutions in "
                    "bfloat16 (params, gradients and the optimizer stay float32; for accelerators); evaluation "
@@ -324,6 +329,7 @@ class Config:
         values = dict(settings)
         values.setdefault("dot_layout", "plain")  # what runs saved before the choice existed used
         values.setdefault("chunk_form", "scan")  # likewise
+        values.setdefault("cpu_convolutions", "ynnpack")  # likewise (XLA's default then)
         if "hidden_sizes" in values:
             values["hidden_sizes"] = tuple(values["hidden_sizes"])
         return cls(**values)

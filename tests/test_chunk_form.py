@@ -13,10 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlin.config import Config, resume_conflicts
+from jaxlin.config import Config, ConfigError, resume_conflicts
 from jaxlin.models import get_model
-from jaxlin.runtime import chunk_form
-from jaxlin.training.trainer import fit, make_fused_train
+from jaxlin.runtime import chunk_form, cpu_convolutions
+from jaxlin.training.trainer import fit, make_fused_train, make_update_fn
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -102,7 +102,8 @@ def test_host_loop_and_scan_train_the_cnn_alike_and_the_form_is_recorded(tiny_da
     for a, b in zip(jax.tree.leaves(host.params), jax.tree.leaves(scan.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     auto = _fit(tiny_data, model, "auto", num_steps=3)
-    assert auto.config.chunk_form == "host-loop"  # the CPU rule, resolved and recorded
+    assert auto.config.chunk_form == "host-loop"  # the CPU rules, resolved and recorded
+    assert auto.config.cpu_convolutions == "xla"
 
 
 def test_auto_is_recorded_as_scan_for_a_dense_model(tiny_data):
@@ -122,8 +123,10 @@ def test_a_stateful_conv_model_gets_each_steps_dropout_key_in_the_host_loop(tiny
         sys.path.remove(str(EXAMPLES))
     assert chunk_form.has_convolution(model)
     host, scan = _fit(tiny_data, model, "host-loop"), _fit(tiny_data, model, "scan")
+    # Batch norm over a small batch carries rounding further than the plain CNN; a wrong dropout key differs
+    # by several times more (1.6e-3 here, measured by giving every step the first step's key).
     for a, b in zip(jax.tree.leaves(host.params), jax.tree.leaves(scan.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4)
 
 
 def test_a_resume_that_changes_the_chunk_form_is_refused():
@@ -149,7 +152,7 @@ def test_jaxlin_train_cnn_records_the_host_loop_and_resumes_to_the_same_bits(tin
     train(tmp_path / "resumed", "--num-steps", "2")
     train(tmp_path / "resumed", "--num-steps", "4", "--resume")
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
-    assert metrics["config"]["chunk_form"] == "host-loop"
+    assert metrics["config"]["chunk_form"] == "host-loop" and metrics["config"]["cpu_convolutions"] == "xla"
     with np.load(tmp_path / "straight" / "params.npz") as a, np.load(tmp_path / "resumed" / "params.npz") as b:
         for name in a.files:
             np.testing.assert_array_equal(a[name], b[name])
@@ -157,3 +160,43 @@ def test_jaxlin_train_cnn_records_the_host_loop_and_resumes_to_the_same_bits(tin
                               "--num-steps", "6", "--resume", "--chunk-form", "scan"], env=env,
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "--chunk-form scan" in refused.stderr
+
+
+# --cpu-convolutions: who computes a CPU's convolutions (runtime/cpu_convolutions.py).
+
+@pytest.mark.parametrize("model, platform, expected", [
+    ("cnn", "cpu", "xla"), ("mlp", "cpu", "ynnpack"), ("linear", "cpu", "ynnpack"), ("cnn", "gpu", "ynnpack")])
+def test_cpu_convolutions_resolve_by_a_fixed_rule(model, platform, expected):
+    config = Config(model=model)
+    assert cpu_convolutions.choose(config, get_model(model), _Placement(platform)) == expected
+    chosen = cpu_convolutions.choose(config.replace(cpu_convolutions="ynnpack"), get_model(model), _Placement(platform))
+    assert chosen == "ynnpack"
+
+
+def test_the_option_keeps_the_cnns_convolutions_from_ynnpack():
+    def compiled(name, options):
+        model, optimizer = get_model(name), optax.sgd(0.1)
+        params = jax.eval_shape(model.init, jax.random.key(0))
+        lowered = jax.jit(make_update_fn(model.apply, optimizer)).lower(
+            params, jax.eval_shape(optimizer.init, params), jax.ShapeDtypeStruct((100, 784), jnp.float32),
+            jax.ShapeDtypeStruct((100,), jnp.int32))
+        return lowered.compile(options).as_text()
+
+    xla = cpu_convolutions.compiler_options("xla")
+    assert xla and cpu_convolutions.compiler_options("ynnpack") == {}
+    assert cpu_convolutions.compiler_options("xla", platform="gpu") == {}
+    default, kept = compiled("cnn", {}), compiled("cnn", xla)
+    assert kept.count("__ynn_fusion") < default.count("__ynn_fusion")
+    assert "convolution(" in "".join(line for line in kept.splitlines() if "ROOT" not in line)
+
+
+def test_an_xla_without_the_option_resolves_auto_to_ynnpack_and_refuses_xla(monkeypatch):
+    monkeypatch.setattr(cpu_convolutions, "option_available", lambda: False)
+    config = Config(model="cnn")
+    assert cpu_convolutions.choose(config, get_model("cnn"), _Placement()) == "ynnpack"
+    with pytest.raises(ConfigError, match="--cpu-convolutions xla"):
+        cpu_convolutions.choose(config.replace(cpu_convolutions="xla"), get_model("cnn"), _Placement())
+
+
+def test_the_resolved_choice_is_recorded(tiny_data):
+    assert _fit(tiny_data, get_model("linear"), "auto", num_steps=2).config.cpu_convolutions == "ynnpack"

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxlin.errors import JaxlinError
-from jaxlin.runtime import chunk_form, compile_cache, dot_layout as layout
+from jaxlin.runtime import chunk_form, compile_cache, cpu_convolutions, dot_layout as layout
 
 from jaxlin import optimizers
 from jaxlin.config import Config, checkpoint_interval
@@ -274,8 +274,11 @@ class Trainer:
         self.compile_seconds = 0.0
         chosen = layout.choose(config, model, placement)  # fixed rules: same flags, same bits
         form = chunk_form.choose(config, model, placement)
+        self.config = config = config.replace(cpu_convolutions=cpu_convolutions.choose(config, model, placement))
         if config.loop == "fused":
             self.config = config = config.replace(dot_layout=chosen, chunk_form=form)
+        self._compiler_options = cpu_convolutions.compiler_options(config.cpu_convolutions,
+                                                                   placement.devices[0].platform)
         self._fused = make_fused_train(model.apply, self.optimizer, config.unroll, placement, chosen, model)
         self._step = make_train_step(model.apply, self.optimizer, model)
         # A stateful model's steps take the run's dropout key and their global step (see `fused_train_chunk`).
@@ -315,14 +318,15 @@ class Trainer:
                     (self.host_train_images[:batch_size], self.host_train_labels[:batch_size]),
                     self.placement.batch_sharding())
                 self._compiled[length] = self._step.lower(state.params, state.opt_state, images, labels,
-                                                          *self._key_args(0)).compile()
+                                                          *self._key_args(0)).compile(self._compiler_options)
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[length]
 
     def _compile_fused(self, state: TrainState, length: int) -> Callable:
         order = self.sampler.warm_up(length)
         return self._fused.lower(state.params, state.opt_state, self.train_images_uint8, self.train_labels, order, 0,
-                                 *self._key_args(0), batch_size=self.config.batch_size, num_steps=length).compile()
+                                 *self._key_args(0), batch_size=self.config.batch_size,
+                                 num_steps=length).compile(self._compiler_options)
 
     def state_template(self) -> TrainState:
         """The structure and dtypes of this trainer's state as host zeros (what a checkpoint restores into)."""
