@@ -8,7 +8,9 @@ Each variant is the same network (3x3 convolutions of 32 and 64 channels, 2x2 ma
   gradient to the first maximum, elementwise);
 - order: ReLU(conv + b) then pool, or pool then ReLU(. + b) (the same values on a quarter of the elements);
 - first convolution: `lax.conv_general_dilated`, or nine shifted copies times a (9, 32) matrix
-  (`jaxlin.models.conv3x3_same` for one input channel).
+  (`jaxlin.models.conv3x3_same` for one input channel);
+- who computes the convolutions: YNNPACK (XLA's CPU default in jaxlib 0.10) or XLA's own emitter (the compile
+  option of `jaxlin.runtime.cpu_convolutions`), each variant compiled both ways.
 
 One jitted update per call (`jaxlin.training.trainer.make_update_fn`), interleaved rounds after a warm-up;
 prints the median and the best of the rounds in ms/step. From the repo root:
@@ -25,6 +27,7 @@ import numpy as np
 import optax
 
 from jaxlin.models import conv3x3_same, get_model, max_pool_2x2
+from jaxlin.runtime import cpu_convolutions
 from jaxlin.training.trainer import make_update_fn
 
 BATCH, ROUNDS, CALLS = 100, 7, 4
@@ -100,14 +103,16 @@ def main(names):
     params = model.init(jax.random.key(0))
     steps = {}
     for name in names:
-        update = jax.jit(make_update_fn(VARIANTS[name], optimizer))
-        state = [jax.tree.map(jnp.copy, params), optimizer.init(params)]
-        jax.block_until_ready(update(*state, images, labels))
+        lowered = jax.jit(make_update_fn(VARIANTS[name], optimizer)).lower(
+            params, optimizer.init(params), images, labels)
+        for convolutions in ("ynnpack", "xla"):
+            update = lowered.compile(cpu_convolutions.compiler_options(convolutions))
+            state = [jax.tree.map(jnp.copy, params), optimizer.init(params)]
 
-        def call(update=update, state=state):
-            state[0], state[1], loss = update(*state, images, labels)
-            return loss
-        steps[name] = call
+            def call(update=update, state=state):
+                state[0], state[1], loss = update(*state, images, labels)
+                return loss
+            steps[f"{name}; {convolutions} convolutions"] = call
     torch = torch_step(images, labels)
     if torch is not None:
         steps["PyTorch eager (NCHW)"] = torch
@@ -122,7 +127,7 @@ def main(names):
             jax.block_until_ready(loss) if not hasattr(loss, "item") else loss.item()
             times[name].append((time.perf_counter() - start) / CALLS)
     for name, seconds in times.items():
-        print(f"{name:58s} median {statistics.median(seconds) * 1e3:6.1f}  best {min(seconds) * 1e3:6.1f} ms/step")
+        print(f"{name:80s} median {statistics.median(seconds) * 1e3:6.1f}  best {min(seconds) * 1e3:6.1f} ms/step")
 
 
 if __name__ == "__main__":
