@@ -4,6 +4,7 @@ never reads the test set, and the job keeps `jaxlin train`'s directory rules."""
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +18,9 @@ import pytest
 from jaxlin.cli.main import main
 from jaxlin.config import Config
 from jaxlin.data.datasets import Datasets, Split
-from jaxlin.models import get_model
+from jaxlin.models import as_model, get_model
 from jaxlin.runtime.devices import resolve_placement
+from jaxlin.training import sweep as sweep_module
 from jaxlin.training.sweep import Grid, SweepTrainer, best_member
 from jaxlin.runs.sweep_run import run_sweep
 from jaxlin.training.trainer import fit
@@ -266,3 +268,110 @@ def test_sweep_members_are_the_grid_cross_product():
     assert [(m.learning_rate, m.seed, m.data_seed) for m in members] == [
         (0.1, 3, 9), (0.1, 4, 9), (0.2, 3, 9), (0.2, 4, 9)]
     assert dataclasses.replace(members[0], learning_rate=0.5).learning_rate == 0.5
+
+
+# --- the wide layout (jaxlin's dense models, a shared batch order) ---------------------------------------------
+
+def _vmapped_sweep(monkeypatch, config: Config, grid: Grid, data):
+    """The same sweep forced onto the general (vmapped) path."""
+    with monkeypatch.context() as patched:
+        patched.setattr(sweep_module, "wide_layout_applies", lambda *args: False)
+        return _train_sweep(config, grid, data)
+
+
+@pytest.mark.parametrize("config, grid", [
+    (BASE.replace(learning_rate=0.5), Grid(learning_rates=(0.5, 1e38, 0.1))),
+    (MLP.replace(optimizer="momentum"), Grid(learning_rates=(0.05, 1e30), momentums=(0.0, 0.9))),
+    # adam moves each param by about the learning rate whatever its gradient: a member driven to 1e38 by it
+    # differs between layouts by the rounding of gradients near zero, so adam's members all stay finite here.
+    (MLP.replace(optimizer="adam"), Grid(learning_rates=(0.01, 0.003), seeds=(0, 2))),
+])
+def test_the_wide_layout_matches_solo_runs_and_freezes_a_diverging_member(tiny_data, monkeypatch, config, grid):
+    trainer, state = _train_sweep(config, grid, tiny_data)
+    assert trainer.layout == "wide"
+    vmapped_trainer, vmapped = _vmapped_sweep(monkeypatch, config, grid, tiny_data)
+    assert vmapped_trainer.layout == "vmapped"
+    frozen_at = trainer.frozen_at(state)
+    assert frozen_at.tolist() == vmapped_trainer.frozen_at(vmapped).tolist()
+    members = grid.members(config)
+    diverging = [i for i, m in enumerate(members) if m.learning_rate >= 1e30]
+    assert all(1 <= frozen_at[i] <= 5 for i in diverging)
+    assert bool(diverging) == (config.optimizer != "adam")
+    for index, member in enumerate(members):
+        if index in diverging:  # frozen where the general path froze it, with the same params
+            _close(trainer.member_params(state, index), vmapped_trainer.member_params(vmapped, index))
+            continue
+        assert frozen_at[index] == -1
+        alone = fit(member, tiny_data, get_model(member.model, member.hidden_sizes), progress=False)
+        _close(trainer.member_params(state, index), alone.params)
+
+
+def _compiled_text(trainer: SweepTrainer, num_steps: int = 5) -> str:
+    state = trainer.init_state()
+    order, offset = trainer._orders(0, num_steps)
+    return trainer._chunk.lower(state.params, state.opt_state, state.frozen_at, trainer.train_images_uint8,
+                                trainer.train_labels, order, offset, 0, *trainer._keys,
+                                batch_size=trainer.base.batch_size, num_steps=num_steps).compile().as_text()
+
+
+def _transposes(text: str) -> list[str]:
+    """The program's transpose instructions (not its metadata, which names JAX's "transpose" of a jvp)."""
+    return [line for line in text.splitlines() if re.search(r"= \S+ transpose\(", line)]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA's CPU program")
+def test_the_wide_layout_compiles_without_the_vmapped_steps_transposes(tiny_data, monkeypatch):
+    """bench/NOTES.md item 14: the vmapped step transposes the members' weights every step; the wide
+    layout's program has no transpose at all (its two layout swaps per chunk are copies)."""
+    config, grid = BASE, Grid(learning_rates=(0.1, 0.5, 0.2))
+    model = get_model("linear")
+    wide = SweepTrainer(config, grid.members(config), tiny_data, model, resolve_placement())
+    with monkeypatch.context() as patched:
+        patched.setattr(sweep_module, "wide_layout_applies", lambda *args: False)
+        vmapped = SweepTrainer(config, grid.members(config), tiny_data, model, resolve_placement())
+    assert (wide.layout, vmapped.layout) == ("wide", "vmapped")
+    assert _transposes(_compiled_text(vmapped))  # the check can see what it looks for
+    assert _transposes(_compiled_text(wide)) == []
+
+
+def _stateful_linear():
+    """The linear model with a training mode that changes nothing: a stateful model to jaxlin."""
+    model = get_model("linear")
+    return model._replace(train_apply=lambda params, images, key: (model.apply(params, images), params))
+
+
+class DenseLookalike:
+    """A user's model whose params are laid out like jaxlin's dense layers but whose apply is its own."""
+
+    def init(self, key):
+        return [{"w": jax.numpy.zeros((784, 10)), "b": jax.numpy.zeros((10,))}]
+
+    def apply(self, params, images):
+        return (images * 2.0) @ params[0]["w"] + params[0]["b"]
+
+
+@pytest.mark.parametrize("case", ["per-member orders", "stateful", "user model", "bfloat16", "mlp"])
+def test_the_general_path_stays_where_the_wide_layout_does_not_apply(tiny_data, case):
+    config, grid, model = BASE, Grid(learning_rates=(0.1, 0.5)), get_model("linear")
+    if case == "per-member orders":
+        grid = Grid(data_seeds=(0, 5))
+    elif case == "stateful":
+        model = _stateful_linear()
+    elif case == "user model":
+        model = as_model(DenseLookalike(), "tests:DenseLookalike", (28, 28, 1), 10)
+        assert model.first_layer_dense  # it does look dense
+    elif case == "bfloat16":
+        config = config.replace(compute_dtype="bfloat16")
+    else:
+        config, model = MLP, get_model("mlp", (16,))
+    trainer = SweepTrainer(config, grid.members(config), tiny_data, model, resolve_placement())
+    assert trainer.layout == ("wide" if case == "mlp" else "vmapped")
+    state = trainer.run_chunk(trainer.init_state(), 3)[0]  # and it trains
+    assert trainer.frozen_at(state).tolist() == [-1, -1]
+
+
+def test_the_wide_chunk_refuses_a_model_it_cannot_lay_out():
+    with pytest.raises(ValueError, match="wide layout"):
+        sweep_module.sweep_chunk(None, None, shared_order=True, model=_stateful_linear(), wide=True)
+    with pytest.raises(ValueError, match="wide layout"):
+        sweep_module.sweep_chunk(None, None, shared_order=False, model=get_model("linear"), wide=True)

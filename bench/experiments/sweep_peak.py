@@ -3,8 +3,12 @@
 Times `jaxlin.training.sweep.sweep_chunk` (1,000 steps, batch 100, one chunk) at M models against
 variants: without the freezing of diverged members, with plain optax.sgd (learning rate
 shared) instead of `inject_hyperparams`, and with scan unroll 2 and 4. And the same sweep
-written by hand as one (784, M*10) matrix, without vmap. Interleaved, best of 5. Run from the repo root: `JAXLIN_DATA_DIR=../shared/data/mnist python
-bench/experiments/sweep_peak.py 64 256`.
+written by hand as one (784, M*10) matrix, without vmap; and the sweep's wide layout
+(`sweep_chunk(..., wide=True)`, what `jaxlin sweep` now runs for dense models), also with
+optax's integer-label cross-entropy. `--only-wide` times just the vmapped sweep and the wide
+ones. Interleaved rounds (SWEEP_PEAK_ROUNDS, default 5), each variant's best, with the bench's
+peak row (a 2048² matmul) timed in the same rounds. Run from the repo root:
+`JAXLIN_DATA_DIR=../shared/data/mnist python bench/experiments/sweep_peak.py 64 256`.
 """
 
 import os
@@ -13,7 +17,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxlin import optimizers
@@ -24,14 +27,15 @@ from jaxlin.models import get_model
 from jaxlin.training.sampler import EpochSampler
 
 STEPS, BATCH = 1000, 100
+ROUNDS = int(os.environ.get("SWEEP_PEAK_ROUNDS", "5"))  # interleaved rounds; each variant's best counts
 
 
-def variant(model, m, freeze=True, inject=True, unroll=1):
+def variant(model, m, freeze=True, inject=True, unroll=1, wide=False):
     if inject:
         opt = optimizers.make_injectable("sgd", learning_rate=0.5)
     else:
         opt = optax.sgd(0.5)
-    chunk = sweep.sweep_chunk(model.apply, opt, unroll, shared_order=True)
+    chunk = sweep.sweep_chunk(model.apply, opt, unroll, shared_order=True, model=model, wide=wide)
     if not freeze:
         original = jnp.where
         def chunk_without_freeze(*args, **kwargs):
@@ -52,6 +56,29 @@ def variant(model, m, freeze=True, inject=True, unroll=1):
         state = jax.vmap(opt.init)(params)
     frozen = jnp.full((m,), -1, jnp.int32)
     return jax.jit(fn, static_argnames=("batch_size", "num_steps")), (params, state, frozen)
+
+
+def optax_cross_entropy(logits, labels):
+    """`sweep._member_cross_entropy` through optax's integer-label loss (take_along_axis: a scatter per step)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.broadcast_to(labels[:, None], logits.shape[:2])).mean(axis=0)
+    return losses.sum(), losses
+
+
+def wide_optax_ce_variant(model, m):
+    """The wide layout with optax's integer-label cross-entropy, as first written."""
+    fn, state = variant(model, m, wide=True)
+    inner = fn.__wrapped__
+
+    def chunk(*args, **kwargs):
+        original = sweep._member_cross_entropy
+        sweep._member_cross_entropy = optax_cross_entropy
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            sweep._member_cross_entropy = original
+
+    return jax.jit(chunk, static_argnames=("batch_size", "num_steps")), state
 
 
 def wide_variant(m):
@@ -82,23 +109,38 @@ def main():
     order, offset = EpochSampler(jax.random.key(0), len(data.train), BATCH).window(0, STEPS)
     model = get_model("linear")
     flops = 3.32e6
-    for m in [int(a) for a in sys.argv[1:]] or [64]:
-        variants = {"jaxlin sweep": variant(model, m), "no freeze": variant(model, m, freeze=False),
-                    "plain sgd": variant(model, m, inject=False), "unroll 2": variant(model, m, unroll=2),
-                    "unroll 4": variant(model, m, unroll=4), "wide by hand": wide_variant(m)}
+    a, b = (jax.random.normal(k, (2048, 2048), jnp.float32) for k in jax.random.split(jax.random.key(0)))
+    matmul = jax.jit(jnp.matmul)
+    jax.block_until_ready(matmul(a, b))
+    only_wide = "--only-wide" in sys.argv
+    for m in [int(a) for a in sys.argv[1:] if a != "--only-wide"] or [64]:
+        variants = {"vmapped sweep": variant(model, m), "wide layout": variant(model, m, wide=True),
+                    "wide, optax CE": wide_optax_ce_variant(model, m), "wide by hand": wide_variant(m)}
+        if not only_wide:
+            variants.update({"no freeze": variant(model, m, freeze=False), "plain sgd": variant(model, m, inject=False),
+                             "unroll 2": variant(model, m, unroll=2), "unroll 4": variant(model, m, unroll=4)})
         compiled = {}
         for name, (fn, state) in variants.items():
             compiled[name] = fn.lower(*state, images, labels, order, offset, 0, batch_size=BATCH,
                                       num_steps=STEPS).compile()
         best = {name: float("inf") for name in variants}
-        for _ in range(5):
-            for name, (fn, state) in variants.items():
+        peak_seconds = float("inf")
+        for _ in range(ROUNDS):
+            for name, (_fn, state) in variants.items():
                 start = time.perf_counter()
                 jax.block_until_ready(compiled[name](*state, images, labels, order, offset, 0))
                 best[name] = min(best[name], time.perf_counter() - start)
+            for _ in range(5):  # the bench's peak row (a 2048² float32 matmul), in the same rounds
+                start = time.perf_counter()
+                jax.block_until_ready(matmul(a, b))
+                peak_seconds = min(peak_seconds, time.perf_counter() - start)
+        peak = 2 * 2048**3 / peak_seconds / 1e9
+        print(f"M={m:4d} peak (2048² matmul, best of {5 * ROUNDS}) {peak:6.1f} GFLOP/s")
         for name, seconds in best.items():
-            print(f"M={m:4d} {name:14s} {1e6 * seconds / STEPS:9.1f} us/step  "
-                  f"{m * STEPS / seconds:9,.0f} model-steps/s  {flops * m * STEPS / seconds / 1e9:6.1f} GFLOP/s")
+            print(f"M={m:4d} {name:14s} {best['vmapped sweep'] / seconds:5.2f}x of vmapped  "
+                  f"{1e6 * seconds / STEPS:9.1f} us/step  "
+                  f"{m * STEPS / seconds:9,.0f} model-steps/s  {flops * m * STEPS / seconds / 1e9:6.1f} GFLOP/s  "
+                  f"{flops * m * STEPS / seconds / 1e9 / peak:4.0%} of peak")
 
 
 if __name__ == "__main__":

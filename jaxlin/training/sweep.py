@@ -13,6 +13,14 @@ gathered once and is not mapped, so the members' products become one wide matmul
 `x @ [W_1 ... W_M]`: this is what makes a sweep fast. `--data-seeds` gives members their
 own batch orders (each gathers its own batch; measurably slower).
 
+jaxlin's own dense models (linear, MLP) with a shared order go further: the "wide layout"
+(`wide_layout_applies`). Under `vmap` the members' params live as (M, 784, H), so although
+the shared batch becomes one wide matmul, each step also transposed M weight matrices (the
+bias add puts the member axis first; bench/NOTES.md items 14-16). The wide layout transposes
+the state once per chunk to (784, M, H), where `x @ w.reshape(784, M*H)` is the wide matmul
+with no copy, and back at the chunk's end: the SweepState, checkpoints and evaluation keep
+the members first.
+
 A member whose loss becomes non-finite is frozen from that step (its updates masked) and
 reported with the step; the others are unaffected. Selection reads only the 5,000
 validation images: the best member is the one with the highest final validation accuracy
@@ -35,13 +43,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxlin import optimizers
 from jaxlin.config import Config, ConfigError, check_grid_size, check_no_repeats
 from jaxlin.data.datasets import Datasets
 from jaxlin.training.evaluate import Evaluator, make_predict_fn, to_float_images
 from jaxlin.training import precision
-from jaxlin.models import Model
+from jaxlin.models import ACTIVATIONS, Model
 from jaxlin.runtime import chunk_form, compile_cache
 from jaxlin.runtime.devices import Placement, to_host
 from jaxlin.training.sampler import EpochSampler, check_window
@@ -112,8 +121,128 @@ def describe_member(member: Config, names: tuple[str, ...]) -> dict:
     return described
 
 
+def wide_layout_applies(model: Model, config: Config, shared_order: bool, placement: Placement) -> bool:
+    """Whether a sweep of `model` trains in the wide layout (see the module's docstring; `wide_chunk`).
+
+    Only where the layout's own forward pass is certainly the model's: jaxlin's linear model and MLP (a
+    user's model may look dense but its apply is its own), no training mode, the default compute dtype
+    and matmul precision (`precision` wraps `apply`, which this path does not call), one shared batch
+    order (per-member orders gather a batch each: nothing to widen), and one device (the mesh shards the
+    members' axis, which this layout moves)."""
+    if not (model.name in ("linear", "mlp") and model.first_layer_dense and model.train_apply is None
+            and (model.activation in ACTIVATIONS or len(model.activation_widths) == 1)):
+        return False
+    if not (shared_order and placement.mesh is None and placement.num_devices == 1 and precision.is_default(config)):
+        return False
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    return _is_dense_stack(params, model.layer_sizes)
+
+
+def _is_dense_stack(params, layer_sizes) -> bool:
+    """params laid out as `models.dense_apply` reads them: [{"w": (in, out), "b": (out,)}, ...] along layer_sizes."""
+    if not isinstance(params, list) or len(params) != len(layer_sizes) - 1:
+        return False
+    for layer, fan_in, fan_out in zip(params, layer_sizes[:-1], layer_sizes[1:]):
+        if not (isinstance(layer, dict) and set(layer) == {"w", "b"}
+                and layer["w"].shape == (fan_in, fan_out) and layer["b"].shape == (fan_out,)):
+            return False
+    return True
+
+
+def _member_axis(leaf) -> int:
+    """Where a stacked leaf keeps its member axis in the wide layout: 1 for weight matrices (and their
+    optimizer moments), (in, M, out); 0 for everything else (biases (M, out), counts and
+    hyperparameters (M,))."""
+    return 1 if leaf.ndim == 3 else 0
+
+
+def to_wide(tree):
+    """A members-first state (params or optimizer state) in the wide layout."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1) if _member_axis(x) else x, tree)
+
+
+from_wide = to_wide  # the same swap undoes itself
+
+
+def _member_cross_entropy(logits, labels):
+    """(sum over members of their mean losses, each member's mean loss) for logits (B, M, C) and labels (B,):
+    `optax.softmax_cross_entropy_with_integer_labels` per member, with the label's logit picked by a
+    one-hot mask rather than `take_along_axis`, whose gradient is a scatter of B*M values per step (the
+    same values: the mask adds zeros)."""
+    logits = logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+    one_hot = labels[:, None, None] == jnp.arange(logits.shape[-1])
+    label_logits = jnp.where(one_hot, logits, 0.0).sum(axis=-1)
+    losses = (jnp.log(jnp.exp(logits).sum(axis=-1)) - label_logits).mean(axis=0)
+    return losses.sum(), losses
+
+
+def wide_chunk(model: Model, optimizer, unroll: int = 1) -> Callable:
+    """`sweep_chunk`'s loop for jaxlin's dense models with a shared batch order, in the wide layout
+    (same arguments and results; `wide_layout_applies` says when). The state is swapped into the wide
+    layout once at the start and back once at the end; in between, no step moves a member axis:
+
+    - forward: the first layer is one matmul `x @ w.reshape(in, M*H)`; its (B, M*H) output reshapes
+      for free to (B, M, H), where the biases (M, H) broadcast; deeper layers are per-member products
+      (B, M, in) x (in, M, out) (an MLP's smaller layers);
+    - loss: the sum over members of each member's mean cross-entropy, so each member's gradient is its
+      own loss's (members share no params; `_member_cross_entropy`);
+    - update: the optimizer `vmap`ped with in_axes/out_axes at each leaf's member axis (`_member_axis`),
+      each member with the hyperparameters in its own state; the freeze mask broadcast along that axis.
+    """
+    activation = ACTIVATIONS.get(model.activation, lambda h: h)  # the linear model has no hidden layer
+
+    def member_losses(params, images, labels):
+        batch = images.shape[0]
+        first = params[0]
+        fan_in, members, width = first["w"].shape
+        hidden = (images @ first["w"].reshape(fan_in, members * width)).reshape(batch, members, width) + first["b"]
+        for layer in params[1:]:
+            hidden = jnp.einsum("bmi,imo->bmo", activation(hidden), layer["w"]) + layer["b"]
+        return _member_cross_entropy(hidden, labels)
+
+    def keep_where(keep, new, old):
+        shape = [1] * new.ndim
+        shape[_member_axis(new)] = keep.shape[0]
+        return jnp.where(keep.reshape(shape), new, old)
+
+    def step(params, opt_state, frozen_at, images, labels, step_number):
+        (_, losses), grads = jax.value_and_grad(member_losses, has_aux=True)(params, images, labels)
+        param_axes = jax.tree.map(_member_axis, params)
+        state_axes = jax.tree.map(_member_axis, opt_state)
+        updates, new_opt_state = jax.vmap(optimizer.update, in_axes=(param_axes, state_axes, param_axes),
+                                          out_axes=(param_axes, state_axes))(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        alive, finite = frozen_at < 0, jnp.isfinite(losses)
+        keep = alive & finite
+        params = jax.tree.map(functools.partial(keep_where, keep), new_params, params)
+        opt_state = jax.tree.map(functools.partial(keep_where, keep), new_opt_state, opt_state)
+        return params, opt_state, jnp.where(alive & ~finite, step_number, frozen_at), losses
+
+    def train_chunk(params, opt_state, frozen_at, images_uint8, labels, order, offset, start_step, *,
+                    batch_size, num_steps):
+        if order.ndim != 1:
+            raise ValueError("the wide layout needs one shared batch order")
+        if order.shape[-1] < num_steps * batch_size:
+            raise ValueError(f"batch order of {order.shape[-1]} indices is too short for {num_steps} steps "
+                             f"of {batch_size}")
+
+        def body(carry, i):
+            indices = jax.lax.dynamic_slice(order, (offset + i * batch_size,), (batch_size,))
+            # In bounds: the sampler's indices, in a window the host checked (`check_window`).
+            images = to_float_images(images_uint8.at[indices].get(mode="promise_in_bounds"))
+            batch_labels = labels.at[indices].get(mode="promise_in_bounds")
+            *carry, losses = step(*carry, images, batch_labels, start_step + i + 1)
+            return tuple(carry), losses
+
+        carry = (to_wide(params), to_wide(opt_state), frozen_at)
+        (params, opt_state, frozen_at), losses = scan_steps(body, carry, num_steps, unroll)
+        return from_wide(params), from_wide(opt_state), frozen_at, losses
+
+    return train_chunk
+
+
 def sweep_chunk(apply_fn: Callable, optimizer, unroll: int = 1, shared_order: bool = True,
-                model: Model | None = None) -> Callable:
+                model: Model | None = None, wide: bool = False) -> Callable:
     """The fused loop over M members, not yet jitted:
 
     (params[M], opt_state[M], frozen_at[M], train_uint8, labels, order, offset, start_step,
@@ -126,7 +255,14 @@ def sweep_chunk(apply_fn: Callable, optimizer, unroll: int = 1, shared_order: bo
     A stateful `model` (dropout, batch-norm statistics: see `trainer.make_update_fn`) takes each member's
     dropout key after start_step (keys[M]): member m's step trains with the key `jaxlin train` of its
     seed would use at that step, so a member still matches a run of its own.
+
+    `wide`: the same loop in the wide layout (`wide_chunk`), for a `model` `wide_layout_applies` to.
     """
+    if wide:
+        if model is None or not shared_order or is_stateful(model) or not _is_dense_stack(
+                jax.eval_shape(model.init, jax.random.key(0)), model.layer_sizes):
+            raise ValueError("the wide layout is for jaxlin's dense models with a shared batch order")
+        return wide_chunk(model, optimizer, unroll)
     update = make_update_fn(apply_fn, optimizer, model)
     stateful = is_stateful(model)
 
@@ -206,7 +342,10 @@ class SweepTrainer:
                     for seed in data_seeds}
         self._samplers = [samplers[m.data_seed] for m in self.members]
         self._unique_samplers = samplers
-        chunk = sweep_chunk(model.apply, self.optimizer, base.unroll, self.shared_order, model)
+        # "wide" or "vmapped": how the chunk lays out the members (see `wide_layout_applies`).
+        self.layout = "wide" if wide_layout_applies(self.model, base, self.shared_order, placement) else "vmapped"
+        chunk = sweep_chunk(model.apply, self.optimizer, base.unroll, self.shared_order, model,
+                            wide=self.layout == "wide")
         # A stateful model's members each draw dropout keys from their own seed (see `sweep_chunk`).
         self._keys = (placement.put(_member_keys([dropout_key(m.seed) for m in self.members]), self.member_sharding),
                       ) if is_stateful(model) else ()
