@@ -5,7 +5,7 @@ with `train=False` to evaluate and `train=True` to train (the step's dropout key
 the batch statistics updated and kept in the params, checkpoints and params.npz). Images arrive as
 float32 `[batch, H*W*C]`; the module reshapes them. From the command line, in this directory:
 
-    jaxlin train --model flax_linen_cnn:CNN --optimizer adam --learning-rate 0.001 --steps-per-call 10 --unroll 10
+    jaxlin train --model flax_linen_cnn:CNN --optimizer adam --learning-rate 0.001
 
 or run this file for a short fit from Python (MNIST from --data-dir or $JAXLIN_DATA_DIR):
 

@@ -15,10 +15,10 @@ import sys
 from jaxlin.config import Config
 from jaxlin.runs.train_run import train_and_evaluate
 
-# Chunks of 10 fully unrolled steps: XLA's CPU backend runs convolutions inside a loop (the fused
-# chunk's `lax.scan`) several times slower than unrolled ones (bench/NOTES.md).
+# jaxlin's defaults choose the chunk form and who computes the convolutions (on a CPU: a host loop of
+# one-step chunks, XLA's own convolutions; see jaxlin/runtime/chunk_form.py and cpu_convolutions.py).
 CNN_CONFIG = Config(model="cnn", optimizer="adam", learning_rate=1e-3, batch_size=100, num_steps=2000,
-                    eval_every=500, steps_per_call=10, unroll=10, output_dir="cnn-run")
+                    eval_every=500, output_dir="cnn-run")
 
 
 def main(argv=None) -> int:

@@ -200,3 +200,14 @@ def test_an_xla_without_the_option_resolves_auto_to_ynnpack_and_refuses_xla(monk
 
 def test_the_resolved_choice_is_recorded(tiny_data):
     assert _fit(tiny_data, get_model("linear"), "auto", num_steps=2).config.cpu_convolutions == "ynnpack"
+
+
+@pytest.mark.parametrize("model, form, convolutions", [("cnn", "host-loop", "xla"), ("linear", "scan", "ynnpack")])
+def test_a_sweep_resolves_and_records_both_rules_as_train_does(tiny_data, model, form, convolutions):
+    from jaxlin.runtime.devices import resolve_placement
+    from jaxlin.training.sweep import Grid, SweepTrainer
+
+    base = Config(model=model, learning_rate=0.1)
+    trainer = SweepTrainer(base, Grid(learning_rates=(0.1, 0.2)).members(base), tiny_data, get_model(model),
+                           resolve_placement())
+    assert (trainer.config.chunk_form, trainer.config.cpu_convolutions) == (form, convolutions)

@@ -51,7 +51,7 @@ from jaxlin.data.datasets import Datasets
 from jaxlin.training.evaluate import Evaluator, make_predict_fn, to_float_images
 from jaxlin.training import precision
 from jaxlin.models import ACTIVATIONS, Model
-from jaxlin.runtime import chunk_form, compile_cache
+from jaxlin.runtime import chunk_form, compile_cache, cpu_convolutions
 from jaxlin.runtime.devices import Placement, to_host
 from jaxlin.training.sampler import EpochSampler, check_window
 from jaxlin.training.state import SweepState
@@ -324,7 +324,9 @@ class SweepTrainer:
         # A sweep always runs the fused loop; its chunk form by the same rule as `jaxlin train`'s (recorded).
         form = base.chunk_form if base.chunk_form != "auto" else chunk_form.rule(model, "fused",
                                                                                   placement.devices[0].platform)
-        self.config = base.replace(chunk_form=form)
+        self.config = base.replace(chunk_form=form, cpu_convolutions=cpu_convolutions.choose(base, model, placement))
+        self._compiler_options = cpu_convolutions.compiler_options(self.config.cpu_convolutions,
+                                                                   placement.devices[0].platform)
         self.num_validation = len(data.validation)
         self._reported: set[int] = set()
         self.num_members = len(members)
@@ -481,7 +483,8 @@ class SweepTrainer:
             if length not in self._compiled:
                 self._compiled[length] = self._chunk.lower(
                     state.params, state.opt_state, state.frozen_at, self.train_images_uint8, self.train_labels,
-                    order, offset, state.step, *self._keys, batch_size=self.base.batch_size, num_steps=length).compile()
+                    order, offset, state.step, *self._keys, batch_size=self.base.batch_size,
+                    num_steps=length).compile(self._compiler_options)
             if num_steps != length:  # one compiled step, called per step (see runtime.chunk_form)
                 self._compiled[num_steps] = chunk_form.HostLoopChunk(
                     self._compiled[1], num_carry=3, offset_at=6, start_at=7, batch_size=self.base.batch_size,
