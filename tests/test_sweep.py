@@ -272,6 +272,20 @@ def test_sweep_members_are_the_grid_cross_product():
 
 # --- the wide layout (jaxlin's dense models, a shared batch order) ---------------------------------------------
 
+@pytest.fixture
+def wide_from_two_members(monkeypatch):
+    """The wide layout for sweeps of any size (it normally starts at `WIDE_MIN_MEMBERS`): small grids test it."""
+    monkeypatch.setattr(sweep_module, "WIDE_MIN_MEMBERS", 1)
+
+
+def test_the_wide_layout_starts_at_its_member_count(tiny_data):
+    smallest = sweep_module.WIDE_MIN_MEMBERS
+    for count, layout in ((smallest - 1, "vmapped"), (smallest, "wide")):
+        grid = Grid(learning_rates=tuple(0.01 * (i + 1) for i in range(count)))
+        trainer = SweepTrainer(BASE, grid.members(BASE), tiny_data, get_model("linear"), resolve_placement())
+        assert trainer.layout == layout
+
+
 def _vmapped_sweep(monkeypatch, config: Config, grid: Grid, data):
     """The same sweep forced onto the general (vmapped) path."""
     with monkeypatch.context() as patched:
@@ -286,7 +300,8 @@ def _vmapped_sweep(monkeypatch, config: Config, grid: Grid, data):
     # differs between layouts by the rounding of gradients near zero, so adam's members all stay finite here.
     (MLP.replace(optimizer="adam"), Grid(learning_rates=(0.01, 0.003), seeds=(0, 2))),
 ])
-def test_the_wide_layout_matches_solo_runs_and_freezes_a_diverging_member(tiny_data, monkeypatch, config, grid):
+def test_the_wide_layout_matches_solo_runs_and_freezes_a_diverging_member(tiny_data, monkeypatch, config, grid,
+                                                                          wide_from_two_members):
     trainer, state = _train_sweep(config, grid, tiny_data)
     assert trainer.layout == "wide"
     vmapped_trainer, vmapped = _vmapped_sweep(monkeypatch, config, grid, tiny_data)
@@ -320,7 +335,7 @@ def _transposes(text: str) -> list[str]:
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA's CPU program")
-def test_the_wide_layout_compiles_without_the_vmapped_steps_transposes(tiny_data, monkeypatch):
+def test_the_wide_layout_compiles_without_the_vmapped_steps_transposes(tiny_data, monkeypatch, wide_from_two_members):
     """bench/NOTES.md item 14: the vmapped step transposes the members' weights every step; the wide
     layout's program has no transpose at all (its two layout swaps per chunk are copies)."""
     config, grid = BASE, Grid(learning_rates=(0.1, 0.5, 0.2))
@@ -351,7 +366,7 @@ class DenseLookalike:
 
 
 @pytest.mark.parametrize("case", ["per-member orders", "stateful", "user model", "bfloat16", "mlp"])
-def test_the_general_path_stays_where_the_wide_layout_does_not_apply(tiny_data, case):
+def test_the_general_path_stays_where_the_wide_layout_does_not_apply(tiny_data, case, wide_from_two_members):
     config, grid, model = BASE, Grid(learning_rates=(0.1, 0.5)), get_model("linear")
     if case == "per-member orders":
         grid = Grid(data_seeds=(0, 5))

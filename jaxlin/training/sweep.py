@@ -121,18 +121,26 @@ def describe_member(member: Config, names: tuple[str, ...]) -> dict:
     return described
 
 
-def wide_layout_applies(model: Model, config: Config, shared_order: bool, placement: Placement) -> bool:
+# The fewest members the wide layout is used for. Fewer are faster vmapped: a vmapped linear model's dots take
+# XLA's batched layout, 1.7x faster for one member than the wide layout's plain dot, 1.3x for two, 1.2x for
+# four; from eight members the wide layout wins (1.09x at 8, 1.16-1.19x at 64; bench/NOTES.md item 16a).
+WIDE_MIN_MEMBERS = 8
+
+
+def wide_layout_applies(model: Model, config: Config, shared_order: bool, placement: Placement,
+                        num_members: int) -> bool:
     """Whether a sweep of `model` trains in the wide layout (see the module's docstring; `wide_chunk`).
 
     Only where the layout's own forward pass is certainly the model's: jaxlin's linear model and MLP (a
     user's model may look dense but its apply is its own), no training mode, the default compute dtype
     and matmul precision (`precision` wraps `apply`, which this path does not call), one shared batch
-    order (per-member orders gather a batch each: nothing to widen), and one device (the mesh shards the
-    members' axis, which this layout moves)."""
+    order (per-member orders gather a batch each: nothing to widen), one device (the mesh shards the
+    members' axis, which this layout moves), and at least `WIDE_MIN_MEMBERS` members."""
     if not (model.name in ("linear", "mlp") and model.first_layer_dense and model.train_apply is None
             and (model.activation in ACTIVATIONS or len(model.activation_widths) == 1)):
         return False
-    if not (shared_order and placement.mesh is None and placement.num_devices == 1 and precision.is_default(config)):
+    if not (shared_order and placement.mesh is None and placement.num_devices == 1 and precision.is_default(config)
+            and num_members >= WIDE_MIN_MEMBERS):
         return False
     params = jax.eval_shape(model.init, jax.random.key(0))
     return _is_dense_stack(params, model.layer_sizes)
@@ -345,7 +353,8 @@ class SweepTrainer:
         self._samplers = [samplers[m.data_seed] for m in self.members]
         self._unique_samplers = samplers
         # "wide" or "vmapped": how the chunk lays out the members (see `wide_layout_applies`).
-        self.layout = "wide" if wide_layout_applies(self.model, base, self.shared_order, placement) else "vmapped"
+        self.layout = ("wide" if wide_layout_applies(self.model, base, self.shared_order, placement, len(self.members))
+                       else "vmapped")
         chunk = sweep_chunk(model.apply, self.optimizer, base.unroll, self.shared_order, model,
                             wide=self.layout == "wide")
         # A stateful model's members each draw dropout keys from their own seed (see `sweep_chunk`).
