@@ -211,3 +211,18 @@ def test_a_sweep_resolves_and_records_both_rules_as_train_does(tiny_data, model,
     trainer = SweepTrainer(base, Grid(learning_rates=(0.1, 0.2)).members(base), tiny_data, get_model(model),
                            resolve_placement())
     assert (trainer.config.chunk_form, trainer.config.cpu_convolutions) == (form, convolutions)
+
+
+@pytest.mark.slow
+def test_jaxlin_sweep_records_the_resolved_forms_in_sweep_json_and_the_best_run(tiny_data_dir, tmp_path):
+    exe = Path(sys.executable).with_name("jaxlin")
+    out = tmp_path / "sweep"
+    done = subprocess.run([str(exe), "sweep", "--data-dir", str(tiny_data_dir), "--model", "cnn", "--learning-rates",
+                           "0.01,0.02", "--num-steps", "2", "--eval-every", "2", "--checkpoint-every", "0",
+                           "--no-progress", "--output-dir", str(out)],
+                          env={**os.environ, "JAXLIN_CACHE_DIR": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for path in (out / "sweep.json", out / "best" / "metrics.json"):
+        record = json.loads(path.read_text())
+        assert (record["config"]["chunk_form"], record["config"]["cpu_convolutions"]) == ("host-loop", "xla")

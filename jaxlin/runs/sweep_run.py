@@ -137,7 +137,8 @@ class SweepRun(RunKind):
         here = Placement((session.placement.local_device,))
         final = Evaluator(model.apply, data.test.images_uint8, data.test.labels, model.eval_batch_size, here)(
             best_params) if best is not None else None
-        members, notes = self.members, []
+        resolved = resolved_forms(trainer)
+        members, notes = [member.replace(**resolved) for member in self.members], []
 
         def write(staging: Path) -> None:
             curves = np.array([[np.nan if a is None else a for a in r["validation_accuracy"]]
@@ -196,10 +197,15 @@ def _listed(values) -> str:
     return ", ".join(shown)
 
 
+def resolved_forms(trainer: SweepTrainer) -> dict:
+    """The settings the trainer resolved from "auto" by fixed rules (what the records hold, never "auto")."""
+    return {"chunk_form": trainer.config.chunk_form, "cpu_convolutions": trainer.config.cpu_convolutions}
+
+
 def _finish(trainer: SweepTrainer, state: SweepState, loop, evaluations: list[dict], session: Session,
              grid: Grid) -> dict:
     """sweep.json: every member's hyperparameters, curve and final accuracies; the best by validation."""
-    config, data, model = session.config, session.data, session.model
+    config, data, model = session.config.replace(**resolved_forms(trainer)), session.data, session.model
     frozen_at = trainer.frozen_at(state)
     diverged = [int(f) if f >= 0 else None for f in frozen_at]
     validation = evaluations[-1]["validation_accuracy"]
