@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -196,6 +197,18 @@ def replot(path: Path, docs: Path | None = None) -> int:
     return 0
 
 
+def _unwritable(directory: Path) -> str | None:
+    """Why results cannot be written into `directory`, or None; checked before anything runs by making it (it
+    would be made anyway) and a scratch file in it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test)")
@@ -257,8 +270,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.accelerator_check and (args.check_tests is not None or args.check_budget is not None):
         parser.error("--check-tests and --check-budget go with --accelerator-check")
-    if args.check_budget is not None and not args.check_budget > 0:
-        parser.error(f"--check-budget must be a number of seconds > 0, got {args.check_budget:g}")
+    if args.check_budget is not None and not (math.isfinite(args.check_budget) and args.check_budget > 0):
+        parser.error(f"--check-budget must be a finite number of seconds > 0, got {args.check_budget:g}")
+    if args.accelerator_check:
+        given = [flag for flag, value in (("--cases", args.cases), ("--only", args.only),
+                                          ("--contenders", args.contenders), ("--replot", args.replot),
+                                          ("--repeats", args.repeats)) if value is not None]
+        if given:
+            parser.error(f"{', '.join(given)} do not go with --accelerator-check (it runs its own fixed sections)")
+        problem = _unwritable(Path(args.out))
+        if problem:
+            parser.error(f"--out {args.out}: {problem}")
     if args.docs is not None and not args.replot:
         parser.error("--docs goes with --replot")
     if args.only and args.no_steady_state:

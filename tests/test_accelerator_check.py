@@ -147,11 +147,25 @@ def test_the_test_selections(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--check-tests", "quick"], "--check-tests and --check-budget go with --accelerator-check"),
-    (["--accelerator-check", "--check-budget", "0"], "--check-budget must be a number of seconds > 0"),
+    (["--accelerator-check", "--check-budget", "0"], "--check-budget must be a finite number of seconds > 0"),
+    (["--accelerator-check", "--check-budget", "inf"], "--check-budget must be a finite number of seconds > 0"),
     (["--accelerator-check", "--check-tests", "all"], "invalid choice: 'all'"),
+    (["--accelerator-check", "--only", "train_steady_state"], "--only do not go with --accelerator-check"),
+    (["--accelerator-check", "--cases", "linear:100:10"], "--cases do not go with --accelerator-check"),
 ])
 def test_bad_check_arguments_are_one_line_and_exit_2(tiny_data_dir, tmp_path, args, message):
     done = subprocess.run([sys.executable, "-m", "bench", *args, "--data-dir", str(tiny_data_dir), "--out",
                            str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_anything_runs(tiny_data_dir, tmp_path):
+    """Found by a review: it failed with a traceback after the tests section had spent its time."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine\n")
+    done = subprocess.run([sys.executable, "-m", "bench", "--accelerator-check", "--quick", "--data-dir",
+                           str(tiny_data_dir), "--out", str(a_file)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and f"--out {a_file}: File exists" in done.stderr.splitlines()[-1]
+    assert a_file.read_text() == "mine\n"
