@@ -4,8 +4,8 @@ Times `jaxlin.training.sweep.sweep_chunk` (1,000 steps, batch 100, one chunk) at
 variants: without the freezing of diverged members, with plain optax.sgd (learning rate
 shared) instead of `inject_hyperparams`, and with scan unroll 2 and 4. And the same sweep
 written by hand as one (784, M*10) matrix, without vmap; and the sweep's wide layout
-(`sweep_chunk(..., wide=True)`, what `jaxlin sweep` now runs for dense models), also with
-optax's integer-label cross-entropy. `--only-wide` times just the vmapped sweep and the wide
+(`sweep_chunk(..., wide=True)`, what `jaxlin sweep` now runs for dense models from 8 members),
+also without the freeze mask. `--only-wide` times just the vmapped sweep and the wide
 ones. Interleaved rounds (SWEEP_PEAK_ROUNDS, default 5), each variant's best, with the bench's
 peak row (a 2048² matmul) timed in the same rounds. Run from the repo root:
 `JAXLIN_DATA_DIR=../shared/data/mnist python bench/experiments/sweep_peak.py 64 256`.
@@ -39,7 +39,8 @@ def variant(model, m, freeze=True, inject=True, unroll=1, wide=False):
     if not freeze:
         original = jnp.where
         def chunk_without_freeze(*args, **kwargs):
-            jnp.where = lambda c, a, b: a  # keep the update: no masking
+            # keep the update: no masking (broadcast as where would: the wide layout's frozen_at is (M,))
+            jnp.where = lambda c, a, b: jnp.broadcast_to(a, jnp.broadcast_shapes(jnp.shape(a), jnp.shape(b)))
             try:
                 return chunk(*args, **kwargs)
             finally:
@@ -56,29 +57,6 @@ def variant(model, m, freeze=True, inject=True, unroll=1, wide=False):
         state = jax.vmap(opt.init)(params)
     frozen = jnp.full((m,), -1, jnp.int32)
     return jax.jit(fn, static_argnames=("batch_size", "num_steps")), (params, state, frozen)
-
-
-def optax_cross_entropy(logits, labels):
-    """`sweep._member_cross_entropy` through optax's integer-label loss (take_along_axis: a scatter per step)."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(
-        logits, jnp.broadcast_to(labels[:, None], logits.shape[:2])).mean(axis=0)
-    return losses.sum(), losses
-
-
-def wide_optax_ce_variant(model, m):
-    """The wide layout with optax's integer-label cross-entropy, as first written."""
-    fn, state = variant(model, m, wide=True)
-    inner = fn.__wrapped__
-
-    def chunk(*args, **kwargs):
-        original = sweep._member_cross_entropy
-        sweep._member_cross_entropy = optax_cross_entropy
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            sweep._member_cross_entropy = original
-
-    return jax.jit(chunk, static_argnames=("batch_size", "num_steps")), state
 
 
 def wide_variant(m):
@@ -115,7 +93,7 @@ def main():
     only_wide = "--only-wide" in sys.argv
     for m in [int(a) for a in sys.argv[1:] if a != "--only-wide"] or [64]:
         variants = {"vmapped sweep": variant(model, m), "wide layout": variant(model, m, wide=True),
-                    "wide, optax CE": wide_optax_ce_variant(model, m), "wide by hand": wide_variant(m)}
+                    "wide, no freeze": variant(model, m, freeze=False, wide=True), "wide by hand": wide_variant(m)}
         if not only_wide:
             variants.update({"no freeze": variant(model, m, freeze=False), "plain sgd": variant(model, m, inject=False),
                              "unroll 2": variant(model, m, unroll=2), "unroll 4": variant(model, m, unroll=4)})

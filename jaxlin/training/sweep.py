@@ -174,13 +174,10 @@ from_wide = to_wide  # the same swap undoes itself
 
 def _member_cross_entropy(logits, labels):
     """(sum over members of their mean losses, each member's mean loss) for logits (B, M, C) and labels (B,):
-    `optax.softmax_cross_entropy_with_integer_labels` per member, with the label's logit picked by a
-    one-hot mask rather than `take_along_axis`, whose gradient is a scatter of B*M values per step (the
-    same values: the mask adds zeros)."""
-    logits = logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
-    one_hot = labels[:, None, None] == jnp.arange(logits.shape[-1])
-    label_logits = jnp.where(one_hot, logits, 0.0).sum(axis=-1)
-    losses = (jnp.log(jnp.exp(logits).sum(axis=-1)) - label_logits).mean(axis=0)
+    `trainer.cross_entropy_loss` per member. (Picking the label's logit by a one-hot mask instead of optax's
+    gather, whose gradient is a scatter of B*M values, measured no steadier gain: bench/NOTES.md item 16a.)"""
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.broadcast_to(labels[:, None], logits.shape[:2])).mean(axis=0)
     return losses.sum(), losses
 
 
