@@ -202,7 +202,7 @@ class Config:
     keep_checkpoints: int = setting(3, "how many of the latest checkpoints to keep")
     # Upper bound on steps per compiled call of the fused loop; chunks also end at evaluations.
     steps_per_call: int = setting(1000, "most steps in one compiled call of the fused loop")
-    unroll: int = setting(1, "steps unrolled per iteration of the fused loop's lax.scan")
+    unroll: int = setting(1, "steps unrolled per iteration of the fused loop's lax.scan (the scan chunk form only)")
     dot_layout: str = setting(
         "auto", "how the fused loop lays out the model's dots: plain, batched (a singleton vmap), or auto: "
                 "batched for a single dense layer (the linear model) in the fused loop on one CPU device, else plain "
@@ -212,9 +212,10 @@ class Config:
                 "step on device-resident data, called per step), or auto: a fixed rule by model and platform "
                 "(see runtime/chunk_form.py)", choices=CHUNK_FORMS)
     cpu_convolutions: str = setting(
-        "auto", "on a CPU, who computes the training step's convolutions: ynnpack (the YNNPACK library, where this "
-                "jaxlib's XLA sends them by default), xla (XLA's own), or auto: xla, measured faster for the CNN (a "
-                "fixed rule; see runtime/cpu_convolutions.py)", choices=CPU_CONVOLUTIONS)
+        "auto", "on a CPU, who computes the training step's convolutions: ynnpack (the YNNPACK library, XLA's own "
+                "choice in jaxlib 0.10), xla (XLA's own emitter), or auto: xla for a model with convolutions on a CPU, "
+                "else ynnpack (a fixed rule, measured for the CNN; see runtime/cpu_convolutions.py) (default: auto)",
+        choices=CPU_CONVOLUTIONS)
     compute_dtype: str = setting(
         "float32", "dtype of the model's computation in training: bfloat16 runs its matmuls and convolutions in "
                    "bfloat16 (params, gradients and the optimizer stay float32; for accelerators); evaluation "
@@ -222,7 +223,7 @@ class Config:
     matmul_precision: str = setting(
         "default", "precision of the training step's matmuls and convolutions (jax.default_matmul_precision): "
                    "default (the platform's fastest, e.g. TF32 on some GPUs), high, or highest (full float32); "
-                   "evaluation uses the default",
+                   "evaluation always uses default (default: default)",
         choices=MATMUL_PRECISIONS)
     loop: str = setting("fused", "fused: many steps per compiled call on device-resident data; "
                                  "per-step: one call per host-fed batch", choices=LOOPS)

@@ -226,3 +226,15 @@ def test_jaxlin_sweep_records_the_resolved_forms_in_sweep_json_and_the_best_run(
     for path in (out / "sweep.json", out / "best" / "metrics.json"):
         record = json.loads(path.read_text())
         assert (record["config"]["chunk_form"], record["config"]["cpu_convolutions"]) == ("host-loop", "xla")
+
+
+def test_the_runs_first_lines_say_what_the_rules_chose(tiny_data):
+    from jaxlin.runtime.devices import resolve_placement
+    from jaxlin.runs.train_run import describe_loop
+
+    placement = resolve_placement()
+    assert describe_loop(Config(model="cnn"), get_model("cnn"), placement) == \
+        "fused loop (a host loop of one-step chunks; XLA's own convolutions)"
+    assert describe_loop(Config(), get_model("linear"), placement) == "fused loop"
+    assert describe_loop(Config(model="cnn", loop="per-step", cpu_convolutions="ynnpack"), get_model("cnn"),
+                         placement) == "per-step loop"

@@ -40,9 +40,22 @@ def describe_run(config: Config, data: Datasets, model: Model, placement: Placem
     return (
         f"Data: {data.describe()}\n"
         f"Model: {model.describe()}; optimizer {opt}; batch {config.batch_size}; "
-        f"{config.num_steps} steps; {config.loop} loop; {seeds}; device {placement.describe()}"
+        f"{config.num_steps} steps; {describe_loop(config, model, placement)}; {seeds}; device {placement.describe()}"
         f"{precision.describe(config)}"
     )
+
+
+def describe_loop(config: Config, model: Model, placement: Placement) -> str:
+    """The loop, with what the fixed rules choose for it when they leave the plain scan and XLA's defaults
+    ("fused loop (a host loop of one-step chunks; XLA's own convolutions)" for the CNN on a CPU)."""
+    from jaxlin.runtime import chunk_form, cpu_convolutions
+
+    parts = []
+    if config.loop == "fused" and chunk_form.choose(config, model, placement) == "host-loop":
+        parts.append("a host loop of one-step chunks")
+    if cpu_convolutions.choose(config, model, placement) == "xla" and placement.devices[0].platform == "cpu":
+        parts.append("XLA's own convolutions")
+    return f"{config.loop} loop" + (f" ({'; '.join(parts)})" if parts else "")
 
 
 def _model_name(spec) -> str:
