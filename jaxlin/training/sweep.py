@@ -122,8 +122,8 @@ def describe_member(member: Config, names: tuple[str, ...]) -> dict:
 
 
 # The fewest members the wide layout is used for. Fewer are faster vmapped: a vmapped linear model's dots take
-# XLA's batched layout, 1.7x faster for one member than the wide layout's plain dot, 1.3x for two, 1.2x for
-# four; from eight members the wide layout wins (1.09x at 8, 1.16-1.19x at 64; bench/NOTES.md item 16a).
+# XLA's batched layout, 1.7-2x faster for one member than the wide layout's plain dot, 1.3x for two, 1.2x for
+# four; from eight members the wide layout wins (1.09x at 8, about 1.2x at 64; bench/NOTES.md item 16a).
 WIDE_MIN_MEMBERS = 8
 
 
