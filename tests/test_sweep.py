@@ -321,6 +321,18 @@ def test_the_wide_layout_matches_solo_runs_and_freezes_a_diverging_member(tiny_d
         _close(trainer.member_params(state, index), alone.params)
 
 
+def test_the_wide_layout_keeps_schedules_weight_decay_and_clipping_per_member(tiny_data, wide_from_two_members):
+    """Clipping takes each member's global norm over leaves whose member axes differ in the wide layout."""
+    config = MLP.replace(optimizer="adam", learning_rate=0.01, schedule="warmup-cosine", warmup_steps=5,
+                         num_steps=40)
+    grid = Grid(weight_decays=(0.0, 0.05), clip_norms=(0.0, 0.5))
+    trainer, state = _train_sweep(config, grid, tiny_data, chunk=15)
+    assert trainer.layout == "wide"
+    for index, member in enumerate(grid.members(config)):
+        alone = fit(member, tiny_data, get_model("mlp", (16,)), progress=False)
+        _close(trainer.member_params(state, index), alone.params)
+
+
 def _compiled_text(trainer: SweepTrainer, num_steps: int = 5) -> str:
     state = trainer.init_state()
     order, offset = trainer._orders(0, num_steps)
