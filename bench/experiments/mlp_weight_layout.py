@@ -4,6 +4,8 @@ rounds of one compiled chunk each, median and best in µs/step. From the repo ro
 `python bench/experiments/mlp_weight_layout.py BATCH STEPS` (e.g. 100 200, 1000 40, 10000 5; JAXLIN_DATA_DIR set).
 """
 import os
+import sys
+import time, statistics, jax, jax.numpy as jnp, numpy as np, optax
 from jaxlin.training.trainer import make_fused_train
 from jaxlin.data.datasets import load_idx_dir
 B = int(sys.argv[1]); K = int(sys.argv[2])
