@@ -263,7 +263,7 @@ def get_model(
                      apply=lambda params, images: _cnn_apply(params, images, side),
                      architecture=f"{input_size}-conv{c1}-conv{c2}-{CNN_DENSE}-{num_classes}",
                      activation_widths=(side * side * c1, (side // 2) ** 2 * c2, CNN_DENSE, num_classes),
-                     first_layer_dense=False, init_uses_key=True, eval_batch_size=1000)
+                     first_layer_dense=False, init_uses_key=True, eval_batch_size=250)
     init_fn = _zeros_init if name == "linear" else _he_init
     act = ACTIVATIONS[activation]
     return Model(

@@ -238,3 +238,16 @@ def test_the_runs_first_lines_say_what_the_rules_chose(tiny_data):
     assert describe_loop(Config(), get_model("linear"), placement) == "fused loop"
     assert describe_loop(Config(model="cnn", loop="per-step", cpu_convolutions="ynnpack"), get_model("cnn"),
                          placement) == "per-step loop"
+
+
+def test_evaluation_gets_xla_convolutions_by_the_same_rule():
+    from jaxlin.training.evaluate import make_predict_fn
+
+    batches = jnp.zeros((2, 4, 784), jnp.uint8)
+    for name, expected in (("cnn", cpu_convolutions.compiler_options("xla")), ("mlp", {})):
+        model = get_model(name)
+        params = model.init(jax.random.key(0))
+        predict = make_predict_fn(model.apply)
+        assert cpu_convolutions.evaluation_options(lambda p, b: model.apply(p, b[0] / 255.0), params,
+                                                   batches) == expected
+        assert predict(params, batches).shape == (8,)

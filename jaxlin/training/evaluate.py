@@ -42,7 +42,17 @@ def make_predict_fn(apply_fn: Callable) -> Callable:
             return jnp.concatenate([classify(params, batch) for batch in batches])
         return jax.lax.map(lambda batch: classify(params, batch), batches).reshape(-1)
 
-    return jax.jit(predict)
+    compiled = {}  # by the compile options its first call chose (see `cpu_convolutions.evaluation_options`)
+
+    def run(params, batches):
+        if not compiled:
+            from jaxlin.runtime import cpu_convolutions
+
+            options = cpu_convolutions.evaluation_options(predict, params, batches)
+            compiled["predict"] = jax.jit(predict, compiler_options=options or None)
+        return compiled["predict"](params, batches)
+
+    return run
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int | None = None) -> np.ndarray:
