@@ -248,6 +248,6 @@ def test_evaluation_gets_xla_convolutions_by_the_same_rule():
         model = get_model(name)
         params = model.init(jax.random.key(0))
         predict = make_predict_fn(model.apply)
-        assert cpu_convolutions.evaluation_options(lambda p, b: model.apply(p, b[0] / 255.0), params,
+        assert cpu_convolutions.evaluation_options(lambda p, b, apply=model.apply: apply(p, b[0] / 255.0), params,
                                                    batches) == expected
         assert predict(params, batches).shape == (8,)
