@@ -277,7 +277,7 @@ def main(argv=None) -> int:
                                           ("--contenders", args.contenders), ("--replot", args.replot),
                                           ("--repeats", args.repeats)) if value is not None]
         if given:
-            parser.error(f"{', '.join(given)} do not go with --accelerator-check (it runs its own fixed sections)")
+            parser.error(f"--accelerator-check runs its own fixed sections: it takes no {', '.join(given)}")
         problem = _unwritable(Path(args.out))
         if problem:
             parser.error(f"--out {args.out}: {problem}")

@@ -212,9 +212,10 @@ class Config:
                 "step on device-resident data, called per step), or auto: a fixed rule by model and platform "
                 "(see runtime/chunk_form.py)", choices=CHUNK_FORMS)
     cpu_convolutions: str = setting(
-        "auto", "on a CPU, who computes the training step's convolutions: ynnpack (the YNNPACK library, XLA's own "
-                "choice in jaxlib 0.10), xla (XLA's own emitter), or auto: xla for a model with convolutions on a CPU, "
-                "else ynnpack (a fixed rule, measured for the CNN; see runtime/cpu_convolutions.py) (default: auto)",
+        "auto", "on a CPU, who computes the convolutions of training and evaluation: ynnpack (the YNNPACK "
+                "library, XLA's own choice in jaxlib 0.10), xla (XLA's own emitter), or auto: xla for a model with "
+                "convolutions on a CPU, else ynnpack (a fixed rule, measured for the CNN; see "
+                "runtime/cpu_convolutions.py) (default: auto)",
         choices=CPU_CONVOLUTIONS)
     compute_dtype: str = setting(
         "float32", "dtype of the model's computation in training: bfloat16 runs its matmuls and convolutions in "

@@ -236,6 +236,7 @@ def test_the_runs_first_lines_say_what_the_rules_chose(tiny_data):
     assert describe_loop(Config(model="cnn"), get_model("cnn"), placement) == \
         "fused loop (a host loop of one-step chunks; XLA's own convolutions)"
     assert describe_loop(Config(), get_model("linear"), placement) == "fused loop"
+    assert describe_loop(Config(cpu_convolutions="xla"), get_model("linear"), placement) == "fused loop"
     assert describe_loop(Config(model="cnn", loop="per-step", cpu_convolutions="ynnpack"), get_model("cnn"),
                          placement) == "per-step loop"
 

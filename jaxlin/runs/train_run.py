@@ -53,7 +53,8 @@ def describe_loop(config: Config, model: Model, placement: Placement) -> str:
     parts = []
     if config.loop == "fused" and chunk_form.choose(config, model, placement) == "host-loop":
         parts.append("a host loop of one-step chunks")
-    if cpu_convolutions.choose(config, model, placement) == "xla" and placement.devices[0].platform == "cpu":
+    if (cpu_convolutions.choose(config, model, placement) == "xla" and placement.devices[0].platform == "cpu"
+            and chunk_form.has_convolution(model)):
         parts.append("XLA's own convolutions")
     return f"{config.loop} loop" + (f" ({'; '.join(parts)})" if parts else "")
 
