@@ -326,9 +326,8 @@ class SweepTrainer:
         self.base, self.model, self.placement = base, model, placement
         # What the chunk computes (--compute-dtype, --matmul-precision); evaluation keeps self.model's.
         model = precision.for_training(model, base)
-        # A sweep always runs the fused loop; its chunk form by the same rule as `jaxlin train`'s (recorded).
-        form = base.chunk_form if base.chunk_form != "auto" else chunk_form.rule(model, "fused",
-                                                                                  placement.devices[0].platform)
+        # A sweep always runs the fused loop; both forms by `jaxlin train`'s rules (recorded).
+        form = chunk_form.choose(base.replace(loop="fused"), model, placement)
         self.config = base.replace(chunk_form=form, cpu_convolutions=cpu_convolutions.choose(base, model, placement))
         self._compiler_options = cpu_convolutions.compiler_options(self.config.cpu_convolutions,
                                                                    placement.devices[0].platform)
