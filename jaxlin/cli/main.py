@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from jaxlin.cli import download, evaluate, hosts, predict, sweep, train
+from jaxlin.cli import compare, download, evaluate, hosts, predict, sweep, train
 from jaxlin.cli.flags import _join_list_values, _Parser
 from jaxlin.cli.streams import STREAMS, replace_unencodable
 from jaxlin.config import ConfigError
@@ -23,7 +23,8 @@ from jaxlin.runtime.signals import StopNow, StopRequest
 
 # Command name -> its module: `add_parser(subparsers)`, `run(args, stop) -> exit code`, and optionally
 # `check(args)` (settings checked before JAX is imported) and `STOPPABLE = True` (see _main_with_stops).
-COMMANDS = {"train": train, "sweep": sweep, "evaluate": evaluate, "download": download, "predict": predict}
+COMMANDS = {"train": train, "sweep": sweep, "evaluate": evaluate, "download": download, "predict": predict,
+            "compare": compare}
 
 # For tests: a path that jaxlin creates once its own SIGINT/SIGTERM handlers are installed, so that a
 # test can send a signal relative to what the process is doing, not to a wall clock.
