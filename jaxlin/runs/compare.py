@@ -262,17 +262,22 @@ def read_run(path: Path) -> Run:
     return Run(path, records, key, metrics is not None, metrics, settings)
 
 
+def _parts(path: Path) -> list[str]:
+    """The names along the path as given, made absolute (a symlink keeps the name it was given by)."""
+    return list(Path(os.path.abspath(path)).parts[1:]) or ["/"]
+
+
 def _own_name(path: Path) -> list[str]:
     """The trailing path parts that name a run: its directory's name, and the sweep's for a sweep's best/."""
-    parts = list(path.resolve().parts[1:]) or ["/"]
-    depth = 2 if parts[-1] == BEST_DIR and len(parts) > 1 and _is_sweep_dir(path.resolve().parent) else 1
+    parts = _parts(path)
+    depth = 2 if parts[-1] == BEST_DIR and len(parts) > 1 and _is_sweep_dir(path / "..") else 1
     return parts[-depth:]
 
 
 def unique_labels(paths: Sequence[Path]) -> list[str]:
     """Short labels, one per (distinct) path: the directory's name, with as many of its parents as it takes
     to tell apart runs of the same name (`a/run`, `b/run`)."""
-    full = [list(p.resolve().parts[1:]) or ["/"] for p in paths]
+    full = [_parts(p) for p in paths]
     depths = [len(_own_name(p)) for p in paths]
     while True:
         labels = ["/".join(parts[-depth:]) for parts, depth in zip(full, depths)]
@@ -368,13 +373,19 @@ def _notes(runs: Sequence[Run], summary: dict) -> list[str]:
     elif not summary["differing_settings"]:
         notes.append("(all settings equal)")
     else:
-        notes.append(f"(all other settings equal; {UNUSED}: not used by that run)")
+        unused = any(run.settings is not None and name not in run.settings
+                     for run in runs for name in summary["differing_settings"])
+        unused_note = f"; {UNUSED}: not used by that run, or not recorded" if unused else ""
+        notes.append(f"(all other settings equal{unused_note})")
     for run in runs:
         if run.settings is None:
             notes.append(f"{run.label}: settings unknown (no metrics.json, and no checkpoint whose record can be read)")
         if not run.finished:
             notes.append(f"{run.label}: not finished (its curves and numbers stop at its last record, step "
                          f"{run.records[-1]['step']})")
+    if len({row["wall_seconds_from"] for row in summary["runs"]}) > 1:
+        notes.append("wall time: the whole process (metrics.json's total_seconds) for a finished train run, the time "
+                     "since training started (the last record's elapsed_seconds) for the others")
     if any(row["steps_per_second"] is not None and row["steps_per_second_from"] != "training"
            for row in summary["runs"]):
         notes.append("~ steps/s between the first and the last record, evaluations included (not training alone)")
@@ -425,6 +436,7 @@ def plot_runs(runs: Sequence[Run], path: str | os.PathLike):
         accuracy_ax.set_ylim(*_curve_limits(accuracy_rows))
         for ax in (loss_ax, accuracy_ax):
             ax.set_xlabel(x_label)
+            ax.set_xlim(left=0)  # against time: how long each took to start (compiling) shows too
             ax.grid(alpha=0.3)
     axes[0, 0].set_title("Train loss by step")
     axes[0, 1].set_title(f"{accuracy_name[:-4]} by step")
