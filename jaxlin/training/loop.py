@@ -22,6 +22,7 @@ these sums (`Progress`), so a run resumed between two evaluations reports the sa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Any, Protocol
@@ -167,6 +168,16 @@ class _LazyBar:
         self._get().update(steps)
 
 
+@contextlib.contextmanager
+def _closing(trace):
+    """Ends a profile trace however the loop ends (its trace is written with what it holds)."""
+    try:
+        yield
+    finally:
+        if trace is not None:
+            trace.close()
+
+
 class Loop:
     """The host loop of one session of a run.
 
@@ -174,9 +185,10 @@ class Loop:
     last save (None: checkpoints only at the steps of `saves`)."""
 
     def __init__(self, trainer: ChunkTrainer, evals: StepSchedule, saves: StepSchedule, hooks: LoopHooks,
-                 progress: Progress, fresh: bool = True, save_seconds: float | None = None):
+                 progress: Progress, fresh: bool = True, save_seconds: float | None = None, trace=None):
         self.trainer, self.evals, self.saves, self.hooks, self.fresh = trainer, evals, saves, hooks, fresh
         self.save_seconds = save_seconds
+        self.trace = trace  # a `profiling.StepTrace` (--profile), or None
         self.loss_sum = np.array(progress.loss_sum, np.float64)
         self.loss_count = np.array(progress.loss_count, np.int64)
         self.elapsed_before, self.started = progress.elapsed_seconds, time.perf_counter()
@@ -303,14 +315,22 @@ class Loop:
         loop_started = time.perf_counter()
         accounted = self.eval_seconds + self.checkpoint_seconds + self.trainer.compile_seconds
         stopped = False
-        with bar:
-            for start, length in chunks(state.step, config.num_steps, config.steps_per_call, self.evals, self.saves):
+        schedule = (state.step, config.num_steps, config.steps_per_call, self.evals, self.saves)
+        trace = self.trace
+        if trace is not None:
+            trace.plan(chunks(*schedule), state.step, config.num_steps)
+        with bar, _closing(trace):
+            for start, length in chunks(*schedule):
                 stopped, save_due = self._poll()
                 if pending is not None:
                     self._dispatch_boundary(pending, state, stopped or save_due or state.step in self.saves)
                 if stopped:
                     break
+                if trace is not None:
+                    trace.before(start)
                 new_state, losses = self.trainer.run_chunk(state, length)  # runs while the host reads the last one
+                if trace is not None:
+                    trace.after(start, new_state)
                 self.steps_trained += length
                 if initial is not None:
                     self._record_first(*initial)

@@ -1,0 +1,123 @@
+"""`--profile [START:STOP]`: a `jax.profiler` trace of some of a run's steps, for TensorBoard's profile tab,
+XProf and Perfetto.
+
+The trace starts and stops at chunk boundaries (the loop hands the device a chunk of steps at once:
+a boundary inside one would mean a chunk of another length, that is a compilation inside the trace),
+so it covers the whole chunks that hold steps START to STOP. Left to itself it skips the session's
+first chunk, which compiles, and traces the next `DEFAULT_CHUNKS`. The trace's end waits for its last
+chunk to finish on the device, so the steps in it are all in it.
+
+The trace is written under `<output dir>/profile/` as JAX writes it (`plugins/profile/<time>/` with an
+`.xplane.pb`, TensorBoard's and XProf's format, and a `perfetto_trace.json.gz`): `tensorboard --logdir
+<output dir>/profile` with the `xprof` package shows it in its Profile tab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from jaxlin.errors import ConfigError
+
+PROFILE_DIR = "profile"  # under the output directory
+DEFAULT_CHUNKS = 3  # chunks traced by default, after the first (which compiles)
+AUTO = "auto"
+_STEPS = re.compile(r"(?P<start>[0-9]+):(?P<stop>[0-9]+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSteps:
+    """The steps to trace: [start, stop), or None for both: the default window (see the module)."""
+
+    start: int | None = None
+    stop: int | None = None
+
+    def describe(self) -> str:
+        return "auto" if self.start is None else f"{self.start}:{self.stop}"
+
+
+def parse_profile_steps(text: str | None) -> ProfileSteps | None:
+    """`--profile`'s value: None (not given), "auto" (given alone) or "START:STOP" with 0 <= START < STOP;
+    anything else is a ConfigError naming it."""
+    if text is None:
+        return None
+    if text == AUTO:
+        return ProfileSteps()
+    match = _STEPS.fullmatch(text.strip())
+    if not match:
+        raise ConfigError(f"--profile: expected START:STOP (steps, e.g. 100:300) or nothing, got {text!r}")
+    start, stop = int(match["start"]), int(match["stop"])
+    if start >= stop:
+        raise ConfigError(f"--profile: START must be less than STOP, got {text!r}")
+    return ProfileSteps(start, stop)
+
+
+def traced_chunks(chunks: Iterable[tuple[int, int]], steps: ProfileSteps) -> list[tuple[int, int]]:
+    """The (start, length) chunks of this session (in order) that the trace covers: those holding any step
+    of [steps.start, steps.stop), or by default the `DEFAULT_CHUNKS` after the first."""
+    if steps.start is None:
+        return list(itertools.islice(chunks, 1, 1 + DEFAULT_CHUNKS))
+    held = itertools.takewhile(lambda chunk: chunk[0] < steps.stop, chunks)
+    return [(start, length) for start, length in held if start + length > steps.start]
+
+
+class StepTrace:
+    """Starts and stops one `jax.profiler` trace around the chunks `traced_chunks` picks (see `Loop.run`).
+
+    `before(start)` is called before the chunk starting at `start` is dispatched, `after(state)` after
+    each chunk was dispatched (`state`: its result), `close()` when the loop ends however it ends."""
+
+    def __init__(self, directory: str | Path, steps: ProfileSteps, log=print):
+        self.directory, self.steps, self.log = Path(directory), steps, log
+        self.window: list[tuple[int, int]] = []
+        self.tracing = False
+        self.done = False
+
+    def plan(self, chunks: Iterable[tuple[int, int]], first_step: int, num_steps: int) -> None:
+        """This session's chunks (from `first_step` to `num_steps`), known before the first is dispatched."""
+        self.window = traced_chunks(chunks, self.steps)
+        if not self.window:
+            self.done = True
+            wanted = ("after its first chunk, which compiles" if self.steps.start is None
+                      else f"of steps {self.steps.start} to {self.steps.stop}")
+            self.log(f"jaxlin: note: --profile: this session trains steps {first_step} to {num_steps}, no chunk "
+                     f"{wanted}; no profile written")
+
+    def before(self, start: int) -> None:
+        if self.done or self.tracing or not self.window or start != self.window[0][0]:
+            return
+        import jax
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
+        self.tracing = True
+
+    def after(self, start: int, state) -> None:
+        """After the chunk starting at `start` was dispatched: the trace ends with the window's last
+        chunk, once the device has finished it."""
+        if self.tracing and start == self.window[-1][0]:
+            import jax
+
+            jax.block_until_ready(state)
+            self.stop()
+
+    def stop(self) -> None:
+        if not self.tracing:
+            return
+        import jax
+
+        self.tracing, self.done = False, True
+        jax.profiler.stop_trace()
+        first, last = self.window[0][0], self.window[-1][0] + self.window[-1][1]
+        traces = sorted(self.directory.glob("plugins/profile/*/"))
+        where = traces[-1] if traces else self.directory
+        self.log(f"Profile of steps {first} to {last} ({len(self.window)} chunk{'s' * (len(self.window) > 1)}) in "
+                 f"{where}: open it with `tensorboard --logdir {self.directory}` (pip install tensorboard xprof; "
+                 f"Profile tab), or load its perfetto_trace.json.gz in Perfetto")
+
+    def close(self) -> None:
+        """Ends a trace the loop left running (a stop, a divergence): what it holds is still written."""
+        self.stop()
