@@ -77,6 +77,35 @@ def add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
                              "(kept in jaxlin's cache directory; also JAXLIN_COMPILE_CACHE=0)")
 
 
+def add_observation_flags(parser: argparse.ArgumentParser) -> None:
+    """--tensorboard and --profile, the same for train and sweep (see runs/tensorboard.py, runtime/profiling.py)."""
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write the records as TensorBoard event files in OUTPUT_DIR/tensorboard, as they "
+                             "are written (a sweep: a run per member); needs tensorboardX (pip install "
+                             "'jaxlin[tensorboard]'); view with: tensorboard --logdir OUTPUT_DIR/tensorboard")
+    parser.add_argument("--profile", nargs="?", const="auto", default=None, metavar="START:STOP",
+                        help="write a jax.profiler trace of the chunks holding steps START to STOP (default: the "
+                             "three chunks after the first, which compiles) to OUTPUT_DIR/profile, for "
+                             "TensorBoard's Profile tab (pip install tensorboard xprof) or Perfetto")
+
+
+def check_observation_flags(args: argparse.Namespace) -> None:
+    """--profile's steps and --tensorboard's package, before JAX is imported (ConfigError)."""
+    from jaxlin.runs.tensorboard import require_writer
+    from jaxlin.runtime.profiling import parse_profile_steps
+
+    parse_profile_steps(args.profile)
+    if args.tensorboard:
+        require_writer()
+
+
+def observation_settings(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `train_and_evaluate` and `run_sweep` that the two flags give."""
+    from jaxlin.runtime.profiling import parse_profile_steps
+
+    return {"tensorboard": args.tensorboard, "profile": parse_profile_steps(args.profile)}
+
+
 def float_list(text: str) -> tuple[float, ...]:
     return _number_list(text, float)
 

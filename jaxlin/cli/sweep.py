@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from jaxlin.cli import hosts
-from jaxlin.cli.flags import add_compile_cache_flag, add_config_flags, check_config, config_from_args, \
-    float_list, given_settings, int_list, run_mode
+from jaxlin.cli.flags import add_compile_cache_flag, add_config_flags, add_observation_flags, check_config, \
+    check_observation_flags, config_from_args, float_list, given_settings, int_list, observation_settings, run_mode
 from jaxlin.config import Config, ConfigError, check_grid_size, check_no_repeats, check_setting
 from jaxlin.runtime.signals import StopRequest
 
@@ -55,6 +55,7 @@ def add_parser(subparsers) -> None:
     modes.add_argument("--overwrite", action="store_true", help="replace the sweep already in --output-dir")
     p.add_argument("--dry-run", action="store_true",
                    help="check settings and data, print the plan and the memory it needs, train nothing")
+    add_observation_flags(p)
     add_compile_cache_flag(p)
     hosts.add_flags(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -66,6 +67,7 @@ def check(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     _check_grid(args, config)
     check_config(args, config)
+    check_observation_flags(args)
 
 
 def _check_single_or_list(args: argparse.Namespace) -> None:
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace, stop: StopRequest | None) -> int:
     grid = Grid(args.learning_rates, args.momentums, args.seeds, args.data_seeds, args.weight_decays,
                 args.clip_norms)
     summary = run_sweep(config, grid, progress=not args.no_progress, dry_run=args.dry_run, mode=run_mode(args),
-                        explicit=given_settings(args), stop=stop)
+                        explicit=given_settings(args), stop=stop, **observation_settings(args))
     if summary is not None and summary["best"] is None:
         print("jaxlin: error: every member of the sweep diverged (try smaller learning rates)", file=sys.stderr)
         return 3

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from jaxlin.cli import hosts
-from jaxlin.cli.flags import add_compile_cache_flag, add_config_flags, check_config, config_from_args, \
-    given_settings, run_mode
+from jaxlin.cli.flags import add_compile_cache_flag, add_config_flags, add_observation_flags, check_config, \
+    check_observation_flags, config_from_args, given_settings, observation_settings, run_mode
 from jaxlin.runtime.signals import StopRequest
 
 # SIGINT/SIGTERM request a stop that the job honours between chunks: `run` gets a StopRequest.
@@ -28,6 +28,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="check settings and data, print the plan, train and write nothing")
     p.add_argument("--no-figures", action="store_true", help="write no PNG figures (scripted runs)")
+    add_observation_flags(p)
     add_compile_cache_flag(p)
     hosts.add_flags(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -36,6 +37,7 @@ def add_parser(subparsers) -> None:
 def check(args: argparse.Namespace) -> None:
     """The settings, before JAX is imported: a bad value is one line in a tenth of a second."""
     check_config(args, config_from_args(args))
+    check_observation_flags(args)
 
 
 def run(args: argparse.Namespace, stop: StopRequest | None) -> int:
@@ -72,5 +74,5 @@ def _train(args: argparse.Namespace, stop: StopRequest | None, worker) -> int:
         config.validate()
     train_run.train_and_evaluate(config, progress=not args.no_progress, dry_run=args.dry_run, mode=run_mode(args),
                                  explicit=given_settings(args), stop=stop, figures=not args.no_figures,
-                                 figure_worker=worker)
+                                 figure_worker=worker, **observation_settings(args))
     return 0

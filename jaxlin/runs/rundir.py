@@ -5,6 +5,8 @@ Layout of `--output-dir`:
 - `checkpoints-set-aside/`: checkpoints that `--resume` found damaged, moved here, never deleted;
 - `logs/`: a multi-process run's runtime log, when it failed (see `supervise`);
 - `metrics.jsonl`: one JSON line per evaluation, appended and flushed as it happens;
+- `tensorboard/`: with `--tensorboard`, the same records as TensorBoard event files (see `tensorboard`);
+- `profile/`: with `--profile`, a `jax.profiler` trace (see `runtime.profiling`);
 - `params.npz`, five figures, and `metrics.json` last: the finished run. They are
   written into a staging directory inside the output directory and moved into
   place only when all are written, `metrics.json` after the others, so its
@@ -35,6 +37,8 @@ from pathlib import Path
 from collections.abc import Callable
 
 from jaxlin.errors import JaxlinError
+from jaxlin.runs.tensorboard import TENSORBOARD_DIR, is_event_file
+from jaxlin.runtime.profiling import PROFILE_DIR
 from jaxlin.runtime.timing import marks
 
 # The phase of the time breakdown (see `runtime.timing`) that checking, locking and clearing the directory adds to.
@@ -49,7 +53,8 @@ PARAMS_FILE = "params.npz"
 STAGING_PREFIX = ".staging-"
 FIGURES = ("example_images.png", "misclassified.png", "weights.png", "confusion_matrix.png",
            "learning_curve.png")
-RUN_FILES = (METRICS_FILE, RECORDS_FILE, PARAMS_FILE, *FIGURES, CHECKPOINT_DIR, SET_ASIDE_DIR)
+RUN_FILES = (METRICS_FILE, RECORDS_FILE, PARAMS_FILE, *FIGURES, CHECKPOINT_DIR, SET_ASIDE_DIR, TENSORBOARD_DIR,
+             PROFILE_DIR)
 SWEEP_OUTPUTS = ("sweep.json", "sweep.png", "best")  # what `jaxlin sweep` writes besides records and checkpoints
 LOGS_DIR = "logs"  # the runtime logs of a multi-process run's processes (runtime.supervise writes them)
 # Everything jaxlin writes into an output directory, by either command: what `--overwrite` removes, so that
@@ -84,7 +89,30 @@ def _foreign_in(folder: Path, name: str) -> list[Path]:
         return [p for p in folder.iterdir() if p.name not in _BEST_FILES or p.is_symlink() or not p.is_file()]
     if name == LOGS_DIR:
         return [p for p in folder.iterdir() if not _LOG_FILE.fullmatch(p.name) or p.is_symlink() or not p.is_file()]
+    if name == TENSORBOARD_DIR:  # event files, a sweep's in a folder per member
+        return [p for p in folder.iterdir() if not (_is_event_file(p) or (
+            p.is_dir() and not p.is_symlink() and all(_is_event_file(q) for q in p.iterdir())))]
+    if name == PROFILE_DIR:  # plugins/profile/<time>/<files>, as jax.profiler writes them
+        return [p for p in folder.iterdir() if not (p.name == "plugins" and _is_trace_tree(p))]
     return []
+
+
+def _is_event_file(path: Path) -> bool:
+    return is_event_file(path.name) and path.is_file() and not path.is_symlink()
+
+
+_TRACE_FILE = re.compile(r".+\.(xplane\.pb|trace\.json\.gz|json\.gz|pb)")
+
+
+def _is_trace_tree(plugins: Path) -> bool:
+    """plugins/ holding only profile/<time>/ folders of trace files (what `jax.profiler` writes)."""
+    def only(folder: Path, check) -> bool:
+        return folder.is_dir() and not folder.is_symlink() and all(check(p) for p in folder.iterdir())
+
+    def is_trace(folder: Path) -> bool:
+        return only(folder, lambda f: f.is_file() and not f.is_symlink() and bool(_TRACE_FILE.fullmatch(f.name)))
+
+    return only(plugins, lambda p: p.name == "profile" and only(p, is_trace))
 
 
 class RunDirError(JaxlinError, ValueError):
@@ -325,7 +353,7 @@ class RunDir:
         """What jaxlin did not write inside the folders of its own names (checkpoints/, best/...): a
         directory holding any is not (only) a jaxlin run, and `--overwrite` must not remove it."""
         found = []
-        for name in (CHECKPOINT_DIR, SET_ASIDE_DIR, SWEEP_OUTPUTS[2], LOGS_DIR):
+        for name in (CHECKPOINT_DIR, SET_ASIDE_DIR, SWEEP_OUTPUTS[2], LOGS_DIR, TENSORBOARD_DIR, PROFILE_DIR):
             folder = self.path / name
             try:
                 if folder.is_symlink() or not folder.is_dir():

@@ -28,9 +28,11 @@ from jaxlin.runs.checkpoints import CheckpointStore, CheckpointWriteError, Damag
 from jaxlin.runs import rundir
 from jaxlin.runs.params_file import CheckpointError
 from jaxlin.runs.rundir import CHECKPOINT_DIR, FollowerRunDir, Layout, RunDir, RunDirGone, check_writable
+from jaxlin.runs.tensorboard import TENSORBOARD_DIR, Curve, EventLog, require_writer
 from jaxlin.runtime.devices import Placement
 from jaxlin.runtime.distributed import check_same_everywhere, failing_together, is_primary, max_over_processes, sync
 from jaxlin.runtime import timing
+from jaxlin.runtime.profiling import PROFILE_DIR, ProfileSteps, StepTrace
 from jaxlin.runtime.signals import StopRequest
 from jaxlin.training.loop import ChunkTrainer, Loop, LoopHooks, Progress
 from jaxlin.training.schedule import StepSchedule, checkpoint_schedule
@@ -169,6 +171,10 @@ class RunKind:
         """A line to log for an evaluation record, if any."""
         return None
 
+    def tensorboard_curves(self, config: Config) -> list[Curve]:
+        """The TensorBoard runs that its records become with --tensorboard (see `runs.tensorboard`)."""
+        raise NotImplementedError
+
     def finish(self, session: Session, trainer: ChunkTrainer, state, loop: Loop, evaluations: list[dict]) -> Outcome:
         """What a finished run writes and returns, from its final `state` and every record (this
         session's and earlier ones'). Called on every process (collectives are allowed); nothing may
@@ -249,24 +255,33 @@ class Session:
     plan_text: str = ""
     data_seconds: float = 0.0
     resumed_from: int | None = None
+    tensorboard: bool = False  # --tensorboard: event files beside metrics.jsonl
+    profile: ProfileSteps | None = None  # --profile: the steps to trace
 
 
 def run(kind: RunKind, config: Config, mode: str = "new", explicit: set[str] | None = None,
         stop: StopRequest | None = None, progress: bool = True, dry_run: bool = False,
-        data: Datasets | None = None, log=print) -> dict | None:
+        data: Datasets | None = None, log=print, *, tensorboard: bool = False,
+        profile: ProfileSteps | None = None) -> dict | None:
     """A run of `kind`; returns its result (None for a dry run or nothing to do).
 
     mode: "new" refuses a directory that holds a run, "overwrite" replaces that run's files,
     "resume" continues from its latest checkpoint, taking the settings not in `explicit` from it.
-    `data` skips loading when the caller already has it. Raises `Stopped` after SIGINT or SIGTERM
-    (caught by `stop`, or by a handler of its own).
+    `data` skips loading when the caller already has it. `tensorboard` writes its records as
+    TensorBoard event files too (a resumed run that has them goes on writing them anyway);
+    `profile` traces those steps (see `runtime.profiling`). Raises `Stopped` after SIGINT or
+    SIGTERM (caught by `stop`, or by a handler of its own).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if stop is None:
         with StopRequest() as own:
-            return run(kind, config, mode, explicit, own, progress, dry_run, data, log)
-    session = Session(kind, config, mode, stop, progress, log, time.perf_counter(), data)
+            return run(kind, config, mode, explicit, own, progress, dry_run, data, log, tensorboard=tensorboard,
+                       profile=profile)
+    if tensorboard:
+        require_writer()
+    session = Session(kind, config, mode, stop, progress, log, time.perf_counter(), data, tensorboard=tensorboard,
+                      profile=profile)
     # The data may sit at another path on each host; everything else must agree.
     check_same_everywhere(json.dumps([kind.command, config.replace(data_dir=None).to_dict(), mode,
                                       kind.shared_settings()], sort_keys=True))
@@ -332,8 +347,8 @@ class _SessionHooks(LoopHooks):
     """Streams records into the run directory, checkpoints through orbax, stops when all processes agree."""
 
     def __init__(self, session: Session, run_dir: RunDir, store: CheckpointStore | None, fields: dict,
-                 last_recorded_step: int | None, saved_state: Callable):
-        self.session, self.run_dir, self.store = session, run_dir, store
+                 last_recorded_step: int | None, saved_state: Callable, events: EventLog | None = None):
+        self.session, self.run_dir, self.store, self.events = session, run_dir, store, events
         self.fields = {"kind": session.kind.command, "data": data_fields(session.data), **fields}
         self.checkpoints = store is not None
         self.last_recorded_step = last_recorded_step
@@ -342,6 +357,8 @@ class _SessionHooks(LoopHooks):
 
     def on_evaluation(self, record: dict) -> None:
         self.run_dir.append_record(record)
+        if self.events is not None:
+            self.events.write(record)
         line = self.session.kind.on_record(record)
         if line:
             self.session.log(line)
@@ -386,6 +403,7 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
     with timing.marks.phase("checkpoint"):  # orbax's import and its manager's start
         store = None if config.checkpoints().never else CheckpointStore(out, keep=config.keep_checkpoints)
     records: list[dict] = []
+    events = None
     try:
         with jax.default_device(session.placement.local_device):
             trainer = kind.trainer(config, session.data, session.model, session.placement)
@@ -409,10 +427,12 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
                 state, progress = trainer.init_state(), Progress.zero(getattr(trainer, "num_members", None))
             evals = kind.evals(config)
             saves = _checkpoint_schedule(config, store, evals)
+            events = _event_log(session, out, records, progress)
             hooks = _SessionHooks(session, run_dir, store, kind.record_fields(trainer.config, session.model),
-                                  records[-1]["step"] if records else None, trainer.saved_state)
+                                  records[-1]["step"] if records else None, trainer.saved_state, events)
+            trace = StepTrace(out / PROFILE_DIR, session.profile, log) if session.profile is not None else None
             loop = Loop(trainer, evals, saves, hooks, progress, fresh=session.mode != "resume",
-                        save_seconds=config.checkpoints().seconds if store else None)
+                        save_seconds=config.checkpoints().seconds if store else None, trace=trace)
             state = loop.run(state, session.progress and is_primary())
             if store:
                 with timing.marks.phase("checkpoint"):
@@ -425,6 +445,8 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
     finally:
         if store:
             close_quietly(store)
+        if events is not None:
+            events.close()
     for line in outcome.before:
         log(line)
     names = run_dir.publish(outcome.write)
@@ -435,6 +457,17 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
         raise Stopped(f"jaxlin: {session.stop.name} after the last step; the finished {kind.noun} is in {out}",
                       session.stop.exit_code)
     return outcome.result
+
+
+def _event_log(session: Session, out: Path, kept: list[dict], progress: Progress) -> EventLog | None:
+    """The run's TensorBoard event files (process 0's): with --tensorboard, or when a resumed run has them."""
+    folder = out / TENSORBOARD_DIR
+    if not is_primary() or not (session.tensorboard or (session.mode == "resume" and folder.is_dir())):
+        return None
+    if not session.tensorboard:
+        require_writer()
+        session.log(f"Writing TensorBoard event files to {folder}, as the run did before.")
+    return EventLog(folder, session.kind.tensorboard_curves(session.config), kept, progress.elapsed_seconds)
 
 
 def _checkpoint_schedule(config: Config, store: CheckpointStore | None, evals: StepSchedule) -> StepSchedule:

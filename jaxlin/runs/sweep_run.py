@@ -25,8 +25,10 @@ from jaxlin.runs.outputs import figure_failure_note, library_versions, write_fig
 from jaxlin.runs.rundir import (CHECKPOINT_DIR, METRICS_FILE, PARAMS_FILE, RECORDS_FILE, SET_ASIDE_DIR, SWEEP_OUTPUTS,
                                 Layout, to_json)
 from jaxlin.runs.session import Outcome, RunKind, Session, run
+from jaxlin.runs.tensorboard import TENSORBOARD_DIR, Curve, member_name
 from jaxlin.runs.session import resume_command as _resume_command
 from jaxlin.runtime.devices import MODELS_AXIS, Placement, resolve_placement
+from jaxlin.runtime.profiling import PROFILE_DIR, ProfileSteps
 from jaxlin.runtime.signals import StopRequest
 from jaxlin.training.evaluate import Evaluator
 from jaxlin.training import precision
@@ -38,8 +40,8 @@ from jaxlin.training.sweep import (HOST_OVERHEAD_BYTES, MEMORY_FRACTION, Grid, S
 SWEEP_FILE, SWEEP_FIGURE, BEST_DIR = SWEEP_OUTPUTS
 SWEEP_RECORD_FIELDS = {"step": (int,), "validation_accuracy": (list,), "train_loss": (list,),
                        "elapsed_seconds": (float, int)}
-SWEEP_LAYOUT = Layout((SWEEP_FILE, RECORDS_FILE, SWEEP_FIGURE, BEST_DIR, CHECKPOINT_DIR, SET_ASIDE_DIR),
-                      SWEEP_FILE, SWEEP_RECORD_FIELDS)
+SWEEP_LAYOUT = Layout((SWEEP_FILE, RECORDS_FILE, SWEEP_FIGURE, BEST_DIR, CHECKPOINT_DIR, SET_ASIDE_DIR,
+                       TENSORBOARD_DIR, PROFILE_DIR), SWEEP_FILE, SWEEP_RECORD_FIELDS)
 TABLE_ROWS = 24  # longer sweeps print their best rows only
 
 
@@ -127,6 +129,12 @@ class SweepRun(RunKind):
 
     def record_fields(self, config: Config, model: Model) -> dict:
         return {"config": config.to_dict(), "grid": self.grid.to_dict(), "model": model.spec}
+
+    def tensorboard_curves(self, config: Config) -> list[Curve]:
+        varied = varied_settings(self.grid)
+        return [Curve(member_name(i, len(self.members), {name: getattr(member, name) for name in varied}),
+                      "validation_accuracy", i, optimizers.learning_rate_schedule(member))
+                for i, member in enumerate(self.members)]
 
     def finish(self, session: Session, trainer: SweepTrainer, state: SweepState, loop, evaluations: list[dict]):
         data, model = session.data, session.model
@@ -313,8 +321,11 @@ def format_table(summary: dict) -> str:
 
 def run_sweep(config: Config, grid: Grid, progress: bool = True, dry_run: bool = False, log=print,
               mode: str = "new", explicit: set[str] | None = None, stop: StopRequest | None = None,
-              data: Datasets | None = None) -> dict | None:
+              data: Datasets | None = None, tensorboard: bool = False,
+              profile: ProfileSteps | None = None) -> dict | None:
     """The `jaxlin sweep` job; returns what sweep.json holds (None for a dry run or nothing to do).
 
-    mode and `explicit` as in `train_run.train_and_evaluate`; raises `Stopped` after SIGINT/SIGTERM."""
-    return run(SweepRun(grid), config, mode, explicit, stop, progress, dry_run, data, log)
+    mode, `explicit`, `tensorboard` (one TensorBoard run per member) and `profile` as in
+    `train_run.train_and_evaluate`; raises `Stopped` after SIGINT/SIGTERM."""
+    return run(SweepRun(grid), config, mode, explicit, stop, progress, dry_run, data, log, tensorboard=tensorboard,
+               profile=profile)

@@ -18,10 +18,12 @@ from jaxlin.models import Model
 from jaxlin.runs import params_file
 from jaxlin.runs.outputs import accuracy_line, library_versions, write_figures
 from jaxlin.runs.rundir import METRICS_FILE, PARAMS_FILE, TRAIN_LAYOUT, to_json
+from jaxlin.runs.tensorboard import Curve
 from jaxlin.runs.session import Outcome, RunKind, Session, build_model, recorded_data, run, saved_config
 from jaxlin.runs.session import resume_command as _resume_command
 from jaxlin.runtime import timing
 from jaxlin.runtime.devices import Placement, resolve_placement, to_host
+from jaxlin.runtime.profiling import ProfileSteps
 from jaxlin.runtime.signals import StopRequest
 from jaxlin.training.schedule import eval_schedule
 from jaxlin.training import precision
@@ -118,6 +120,9 @@ class TrainRun(RunKind):
     def evals(self, config: Config):
         return eval_schedule(config.num_steps, config.eval_every, self.eval_steps)
 
+    def tensorboard_curves(self, config: Config) -> list[Curve]:
+        return [Curve("", "test_accuracy", learning_rate=optimizers.learning_rate_schedule(config))]
+
     def on_record(self, record: dict) -> str | None:
         if record["step"] == 0:
             return accuracy_line(record["test_accuracy"], "before training")
@@ -210,7 +215,8 @@ def _breakdown(timings: dict, loop_seconds: float, checkpoint_in_loop: float, fi
 def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = False, log=print,
                        eval_steps: list[int] | None = None, data: Datasets | None = None,
                        mode: str = "new", explicit: set[str] | None = None,
-                       stop: StopRequest | None = None, figures: bool = True, figure_worker=None) -> dict | None:
+                       stop: StopRequest | None = None, figures: bool = True, figure_worker=None,
+                       tensorboard: bool = False, profile: ProfileSteps | None = None) -> dict | None:
     """The `jaxlin train` job; returns the metrics written (None for a dry run or nothing to do).
 
     mode: "new" refuses a directory that holds a run, "overwrite" replaces that run's files,
@@ -218,7 +224,9 @@ def train_and_evaluate(config: Config, progress: bool = True, dry_run: bool = Fa
     come from the checkpoint. Test accuracy is measured at `eval_steps` (default: every
     `config.eval_every` steps); `data` skips loading when the caller already has it. `figures`
     False writes no PNG; `figure_worker` (a `figure_worker.FigureWorker`) draws them when given.
-    Raises `Stopped` after a SIGINT or SIGTERM (caught by `stop`, or by a handler of its own).
+    `tensorboard` writes the records as TensorBoard event files too (`runs.tensorboard`); `profile`
+    traces those steps with `jax.profiler` (`runtime.profiling.ProfileSteps`; `ProfileSteps()`: the
+    default window). Raises `Stopped` after a SIGINT or SIGTERM (caught by `stop`, or by a handler of its own).
     """
     return run(TrainRun(eval_steps, figures, figure_worker), config, mode, explicit, stop, progress, dry_run,
-               data, log)
+               data, log, tensorboard=tensorboard, profile=profile)
