@@ -430,7 +430,8 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
             events = _event_log(session, out, records, progress)
             hooks = _SessionHooks(session, run_dir, store, kind.record_fields(trainer.config, session.model),
                                   records[-1]["step"] if records else None, trainer.saved_state, events)
-            trace = StepTrace(out / PROFILE_DIR, session.profile, log) if session.profile is not None else None
+            # Process 0 traces: processes on one host would write the same file names into one folder.
+            trace = StepTrace(out / PROFILE_DIR, session.profile, log) if session.profile and is_primary() else None
             loop = Loop(trainer, evals, saves, hooks, progress, fresh=session.mode != "resume",
                         save_seconds=config.checkpoints().seconds if store else None, trace=trace)
             state = loop.run(state, session.progress and is_primary())
