@@ -4,8 +4,9 @@ XProf and Perfetto.
 The trace starts and stops at chunk boundaries (the loop hands the device a chunk of steps at once:
 a boundary inside one would mean a chunk of another length, that is a compilation inside the trace),
 so it covers the whole chunks that hold steps START to STOP. Left to itself it skips the session's
-first chunk, which compiles, and traces the next `DEFAULT_CHUNKS`. The trace's end waits for its last
-chunk to finish on the device, so the steps in it are all in it.
+first chunk, which compiles, and traces the next `DEFAULT_CHUNKS`. The trace starts once the device has
+finished the chunks before the window and ends once it has finished the window's last: it holds the
+window's steps, all of them, and no others.
 
 The trace is written under `<output dir>/profile/` as JAX writes it (`plugins/profile/<time>/` with an
 `.xplane.pb`, TensorBoard's and XProf's format, and a `perfetto_trace.json.gz`): `tensorboard --logdir
@@ -67,8 +68,8 @@ def traced_chunks(chunks: Iterable[tuple[int, int]], steps: ProfileSteps) -> lis
 class StepTrace:
     """Starts and stops one `jax.profiler` trace around the chunks `traced_chunks` picks (see `Loop.run`).
 
-    `before(start)` is called before the chunk starting at `start` is dispatched, `after(state)` after
-    each chunk was dispatched (`state`: its result), `close()` when the loop ends however it ends."""
+    `before(start, state)` is called before the chunk starting at `start` is dispatched, `after(start,
+    state)` after each chunk was dispatched (`state`: its result), `close()` when the loop ends however it ends."""
 
     def __init__(self, directory: str | Path, steps: ProfileSteps, log=print):
         self.directory, self.steps, self.log = Path(directory), steps, log
@@ -86,11 +87,15 @@ class StepTrace:
             self.log(f"jaxlin: note: --profile: this session trains steps {first_step} to {num_steps}, no chunk "
                      f"{wanted}; no profile written")
 
-    def before(self, start: int) -> None:
+    def before(self, start: int, state) -> None:
+        """Before the chunk starting at `start` is dispatched (`state`: its input). The trace starts once
+        the device has finished the chunks before (the loop runs ahead of the device): it holds the
+        window's chunks, not the end of the one before."""
         if self.done or self.tracing or not self.window or start != self.window[0][0]:
             return
         import jax
 
+        jax.block_until_ready(state)
         self.directory.mkdir(parents=True, exist_ok=True)
         jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
         self.tracing = True

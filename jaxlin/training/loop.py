@@ -327,7 +327,7 @@ class Loop:
                 if stopped:
                     break
                 if trace is not None:
-                    trace.before(start)
+                    trace.before(start, state)
                 new_state, losses = self.trainer.run_chunk(state, length)  # runs while the host reads the last one
                 if trace is not None:
                     trace.after(start, new_state)
