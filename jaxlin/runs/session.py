@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -467,7 +468,8 @@ def _event_log(session: Session, out: Path, kept: list[dict], progress: Progress
         return None
     if not session.tensorboard:
         require_writer()
-        session.log(f"Writing TensorBoard event files to {folder}, as the run did before.")
+    session.log(f"Writing TensorBoard event files to {folder}{', as the run did before' * (not session.tensorboard)}"
+                f" (view them with: tensorboard --logdir {shlex.quote(str(folder))})")
     return EventLog(folder, session.kind.tensorboard_curves(session.config), kept, progress.elapsed_seconds)
 
 
