@@ -59,9 +59,11 @@ def test_sweep_tensorboard_has_a_run_per_member(tiny_data_dir, tmp_path, capsys)
     out = tmp_path / "sweep"
     code = main(["sweep", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--num-steps", "40",
                  "--eval-every", "20", "--learning-rates", "0.05,0.5", "--seeds", "0,1", "--validation-size", "100",
-                 "--tensorboard", "--no-progress", "--checkpoint-every", "0"])
+                 "--tensorboard", "--profile", "--no-progress", "--checkpoint-every", "0"])
     assert code == 0, capsys.readouterr().err
     records = read_records(out)
+    traces = list((out / "profile").glob("plugins/profile/*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0  # the chunk after the first: steps 20 to 40
     members = sorted(p.name for p in (out / "tensorboard").iterdir())
     assert members == ["0_learning_rate=0.05,seed=0", "1_learning_rate=0.05,seed=1", "2_learning_rate=0.5,seed=0",
                        "3_learning_rate=0.5,seed=1"]
