@@ -7,6 +7,8 @@ times a user's own model (jaxlin_per_step and jaxlin_fused only; dropout and bat
 `--quick` runs a few steps of each contender to prove the harness works; its timings mean nothing.
 `--only train_steady_state` times only `jaxlin train`'s steady state per step (whole processes, its defaults
 against the bare loop; see bench/NOTES.md) and the throughput rows it is compared to.
+`--profile [START:STOP]` writes a `jax.profiler` trace of each JAX row's steps START to STOP (default: its
+first chunks) into <out>/profile/<case>-<contender>/, from one more, untimed, run after all the timing.
 `--accelerator-check` runs the accelerator check instead (bench/accelerator_check.py: one JSON file for a lent GPU).
 `--replot RESULTS_JSON` redraws a saved run and rewrites the generated tables of docs/benchmark.md
 (the lines between its two marker comments); those tables are never edited by hand.
@@ -32,8 +34,17 @@ from bench.worker import CONTENDERS
 from jaxlin.config import MODELS, is_model_reference
 from jaxlin.data.datasets import DATA_DIR_ENV, DataError, load_idx_dir
 from jaxlin.errors import JaxlinError
+from jaxlin.runtime.profiling import PROFILE_DIR, parse_profile_steps
 
 DEFAULT_OUT = "jaxlin-bench"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line and exit 2, pointing at --help instead of printing the usage block (as jaxlin's
+    commands do)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def device_slug(results: dict) -> str:
@@ -210,7 +221,7 @@ def _unwritable(directory: Path) -> str | None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (a smoke test)")
     parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV),
                         help=f"MNIST IDX directory (default: ${DATA_DIR_ENV}, else jaxlin's download cache)")
@@ -257,6 +268,11 @@ def main(argv=None) -> int:
                         f"{DOCS.relative_to(ROOT)}, and only from the results file its marker names)")
     parser.add_argument("--keep-blas-pin", action="store_true",
                         help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the NumPy floor too")
+    parser.add_argument("--profile", nargs="?", const="auto", default=None, metavar="START:STOP",
+                        help="after the timing, run each JAX row (jaxlin_* contenders, every case) once more, "
+                        "untimed, with a jax.profiler trace of the chunks holding its steps START to STOP "
+                        f"(default: its first chunks) in OUT/{PROFILE_DIR}/<case>-<contender>/, for TensorBoard's "
+                        "Profile tab, XProf or Perfetto; TF, PyTorch and NumPy are not traced")
     parser.add_argument("--accelerator-check", action="store_true",
                         help="instead of the benchmark: the accelerator check (bench/accelerator_check.py; the "
                         "device's tests, fused vs per-step, a float32/bfloat16 sweep, data parallel, determinism) "
@@ -268,6 +284,12 @@ def main(argv=None) -> int:
                         help="with --accelerator-check: the sections that would start after this many seconds "
                         "are skipped (default: 450)")
     args = parser.parse_args(argv)
+    try:
+        profile = parse_profile_steps(args.profile)
+    except JaxlinError as err:
+        parser.error(str(err))
+    if profile is not None and args.replot:
+        parser.error("--profile traces a benchmark run; --replot only redraws a saved one")
     if not args.accelerator_check and (args.check_tests is not None or args.check_budget is not None):
         parser.error("--check-tests and --check-budget go with --accelerator-check")
     if args.check_budget is not None and not (math.isfinite(args.check_budget) and args.check_budget > 0):
@@ -275,7 +297,8 @@ def main(argv=None) -> int:
     if args.accelerator_check:
         given = [flag for flag, value in (("--cases", args.cases), ("--only", args.only),
                                           ("--contenders", args.contenders), ("--replot", args.replot),
-                                          ("--repeats", args.repeats)) if value is not None]
+                                          ("--repeats", args.repeats), ("--profile", args.profile))
+                 if value is not None]
         if given:
             parser.error(f"--accelerator-check runs its own fixed sections: it takes no {', '.join(given)}")
         problem = _unwritable(Path(args.out))
@@ -356,8 +379,13 @@ def main(argv=None) -> int:
         plan = runner.dataclasses.replace(plan, sweep=[], num_models=[], device_counts=[], tta_repeats=0,
                                           e2e_repeats=0, peak=False)
 
+    untraced = [name for name in names if CONTENDERS[name][2] != "jax"]
+    if profile is not None and untraced:
+        print(f"python -m bench: note: --profile traces the JAX contenders only; not traced: {', '.join(untraced)}",
+              file=sys.stderr, flush=True)
     results = runner.run(plan, args.data_dir, names, native_blas=not args.keep_blas_pin,
-                         log=lambda m: print(m, file=sys.stderr, flush=True))
+                         log=lambda m: print(m, file=sys.stderr, flush=True), profile=profile,
+                         profile_dir=Path(args.out) / PROFILE_DIR)
     results["meta"]["command"] = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     results["meta"]["quick"] = args.quick
     results["targets"] = report.targets(results)
@@ -369,6 +397,12 @@ def main(argv=None) -> int:
     print(report.table(results))
     print("\ntargets:", json.dumps(results["targets"], indent=1))
     print(f"\nwrote {out / (stem + '.json')} and {out / (stem + '.png')}")
+    for trace in (results.get("profile") or {}).get("traces", []):
+        for line in trace.get("lines", []):  # written: where and how to open it; else why not
+            if trace["status"] == "ok":
+                print(line)
+            else:
+                print(f"python -m bench: note: {trace['case']}: {line}", file=sys.stderr)
     failed = report.failures(results)
     for line in failed:
         print(f"python -m bench: failed: {line}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import platform
 import time
 
@@ -16,6 +17,7 @@ from bench.common import (HIDDEN_SIZES, INPUT_SIZE, SHARED_MODELS, NextBatch, op
 from jaxlin.models import get_model
 from jaxlin.runtime import cpu_convolutions
 from jaxlin.runtime.chunk_form import HostLoopChunk
+from jaxlin.runtime.profiling import DEFAULT_CHUNKS, ProfileSteps, StepTrace, traced_chunks
 from jaxlin.training.evaluate import Evaluator
 from jaxlin.training.sampler import EpochSampler, epoch_window, shuffled_epoch
 from jaxlin.training.trainer import (dropout_key, fused_train_chunk, is_stateful, make_fused_train, make_optimizer,
@@ -45,6 +47,30 @@ def _jax_params(model: str, seed: int = 0):
     if model not in SHARED_MODELS:
         return _model(model).init(jax.random.key(seed))
     return jax.tree.map(jnp.asarray, shared_params(model, seed))
+
+
+def chunks(num_steps: int, steps_per_call: int) -> list[tuple[int, int]]:
+    """The (first step, length) of each call a contender's `run` makes: `steps_per_call` steps each, the last
+    call holding the rest."""
+    return [(start, min(steps_per_call, num_steps - start)) for start in range(0, num_steps, steps_per_call)]
+
+
+class CaseTrace(StepTrace):
+    """`jaxlin train --profile`'s trace (`jaxlin.runtime.profiling.StepTrace`: whole chunks, started before a
+    chunk is dispatched, stopped once the device has finished its last one, the same line to open it) around
+    one untimed run of a benchmark case. That run follows the case's set-up, which has compiled it and run it
+    once, so by default the trace holds the run's first `DEFAULT_CHUNKS` chunks (a training session skips
+    its first, which compiles)."""
+
+    def plan(self, chunks, first_step: int, num_steps: int) -> None:
+        if self.steps.start is None:
+            self.window = list(itertools.islice(chunks, DEFAULT_CHUNKS))
+        else:
+            self.window = traced_chunks(chunks, self.steps)
+        if not self.window:
+            self.done = True
+            self.log(f"--profile {self.steps.describe()}: this case trains steps {first_step} to {num_steps}, no "
+                     "step of those; no profile written")
 
 
 def _flat_params(params) -> dict:
@@ -109,6 +135,25 @@ class _JaxContender:
         if is_stateful(self._model(model)):
             raise ValueError(f"{type(self).__name__} does not time a model with a training mode ({model}); "
                              "jaxlin_per_step and jaxlin_fused do")
+
+    def run(self, trace: StepTrace | None = None) -> dict:
+        """One timed run of the case set up (`setup`); `trace` (a `CaseTrace`, see `profile`) is told of each
+        chunk as it is dispatched."""
+        raise NotImplementedError
+
+    def profile(self, directory: str, start: int | None = None, stop: int | None = None) -> dict:
+        """One more run of the case set up, untimed, under a `jax.profiler` trace of the chunks holding steps
+        `start` to `stop` (both None: see `CaseTrace`) written into `directory`. Returns the line saying where
+        the trace is and how to open it (or why none was written) and the steps it holds."""
+        lines: list[str] = []
+        trace = CaseTrace(directory, ProfileSteps(start, stop), log=lines.append)
+        try:
+            self.run(trace)
+        finally:
+            trace.close()
+        window = trace.window
+        return {"traced": bool(window), "lines": lines,
+                "steps": [window[0][0], window[-1][0] + window[-1][1]] if window else None}
 
     def peak(self, size: int = 2048, repeats: int = 5) -> dict:
         """The machine's large-matmul rate through XLA: the best of `repeats` float32 (size x size) products."""
@@ -179,15 +224,21 @@ class JaxlinPerStep(_JaxContender):
         warm_up, _ = timed(self.run)
         return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up}
 
-    def run(self) -> dict:
+    def run(self, trace: StepTrace | None = None) -> dict:
         params, opt_state = self._start(self.model)
         next_batch = NextBatch(len(self.data["train_labels"]))
         images, labels = self.data["train_images"], self.data["train_labels"]
+        if trace is not None:  # each step is a chunk of one
+            trace.plan(chunks(self.num_steps, 1), 0, self.num_steps)
         start = time.perf_counter()
         for step in range(self.num_steps):
             indices = next_batch(self.batch_size)
+            if trace is not None:
+                trace.before(step, (params, opt_state))
             params, opt_state, loss = self.compiled(params, opt_state, images[indices], labels[indices],
                                                     *self._key_args(step))
+            if trace is not None:
+                trace.after(step, (params, opt_state, loss))
         loss = float(jax.block_until_ready(loss))
         return {"seconds": time.perf_counter() - start, "loss": loss}
 
@@ -226,15 +277,21 @@ class JaxlinFused(_JaxContender):
         return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up, "dot_layout": self.dot_layout,
                 "chunk_form": self.chunk_form, "cpu_convolutions": self.cpu_convolutions}
 
-    def run(self) -> dict:
+    def run(self, trace: StepTrace | None = None) -> dict:
         params, opt_state = self._start(self.model)
         jax.block_until_ready(params)
         sampler = EpochSampler(jax.random.key(0), len(self.data["train_labels"]), self.batch_size)
+        if trace is not None:
+            trace.plan(chunks(self.num_steps, self.steps_per_call), 0, self.num_steps)
         start = time.perf_counter()
         for first_step in range(0, self.num_steps, self.steps_per_call):
             order, offset = sampler.window(first_step, self.steps_per_call)
+            if trace is not None:
+                trace.before(first_step, (params, opt_state))
             params, opt_state, losses = self.compiled(params, opt_state, self.images_uint8, self.labels,
                                                       order, offset, *self._key_args(first_step))
+            if trace is not None:
+                trace.after(first_step, (params, opt_state, losses))
         loss = float(jax.block_until_ready(losses)[-1])
         return {"seconds": time.perf_counter() - start, "loss": loss}
 
@@ -272,16 +329,22 @@ class JaxlinDataParallel(_JaxContender):
         warm_up, _ = timed(self.run)
         return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up, "devices": devices}
 
-    def run(self) -> dict:
+    def run(self, trace: StepTrace | None = None) -> dict:
         params, opt_state = self.placement.put(self._start(self.model))
         jax.block_until_ready(params)
         sampler = EpochSampler(jax.random.key(0), len(self.data["train_labels"]), self.batch_size,
                                place=self.placement.put)
+        if trace is not None:
+            trace.plan(chunks(self.num_steps, self.steps_per_call), 0, self.num_steps)
         start = time.perf_counter()
         for first_step in range(0, self.num_steps, self.steps_per_call):
             order, offset = sampler.window(first_step, self.steps_per_call)
+            if trace is not None:
+                trace.before(first_step, (params, opt_state))
             params, opt_state, losses = self.compiled(params, opt_state, self.images, self.labels_on_mesh,
                                                       order, offset)
+            if trace is not None:
+                trace.after(first_step, (params, opt_state, losses))
         loss = float(jax.block_until_ready(losses)[-1])
         return {"seconds": time.perf_counter() - start, "loss": loss}
 
@@ -321,15 +384,21 @@ class JaxlinVmap(_JaxContender):
             cache[epoch] = jnp.concatenate(perms, axis=1)
         return cache[epoch], window.offset
 
-    def run(self) -> dict:
+    def run(self, trace: StepTrace | None = None) -> dict:
         params, opt_state = self._states()
         jax.block_until_ready(params)
         cache = {}
+        if trace is not None:
+            trace.plan(chunks(self.num_steps, self.steps_per_call), 0, self.num_steps)
         start = time.perf_counter()
         for first_step in range(0, self.num_steps, self.steps_per_call):
             orders, offset = self._window(first_step, cache)
+            if trace is not None:
+                trace.before(first_step, (params, opt_state))
             params, opt_state, losses = self.chunk(params, opt_state, self.images_uint8, self.labels,
                                                    orders, offset)
+            if trace is not None:
+                trace.after(first_step, (params, opt_state, losses))
         losses = jax.block_until_ready(losses)
         return {"seconds": time.perf_counter() - start, "loss": float(losses[:, -1].mean()),
                 "num_models": self.num_models}
@@ -361,12 +430,19 @@ class JaxlinSweep(_JaxContender):
         warm_up, _ = timed(self.run)
         return {"compile_seconds": compile_seconds, "warm_up_seconds": warm_up}
 
-    def run(self) -> dict:
+    def run(self, trace: StepTrace | None = None) -> dict:
         state = self.trainer.init_state()
         jax.block_until_ready(state.params)
+        if trace is not None:
+            trace.plan(chunks(self.num_steps, self.steps_per_call), 0, self.num_steps)
         start = time.perf_counter()
         while state.step < self.num_steps:
+            first_step = state.step
+            if trace is not None:
+                trace.before(first_step, state.params)
             state, losses = self.trainer.run_chunk(state, min(self.steps_per_call, self.num_steps - state.step))
+            if trace is not None:
+                trace.after(first_step, (state.params, losses))
         losses = jax.block_until_ready(losses)
         return {"seconds": time.perf_counter() - start, "loss": float(np.mean(np.asarray(losses)[-1])),
                 "num_models": self.num_models}

@@ -194,6 +194,8 @@ def failures(results: dict) -> list[str]:
     lines += [f"train steady state {r['model']} {r['mode']} {r['num_steps']} steps: "
               f"{one_line(r.get('reason', '') or 'no timed run')}"
               for r in (results.get("train_steady_state") or {}).get("runs", []) if r.get("status") == "failed"]
+    lines += [f"{t['contender']}, {t['case']}, profile: {one_line(t.get('reason', ''))}"
+              for t in (results.get("profile") or {}).get("traces", []) if t.get("status") == "failed"]
     return lines
 
 
@@ -211,7 +213,18 @@ def table(results: dict) -> str:
         lines += _case_table(rows, case, _not_run_rows(results))
     lines += _sweep_lines(results) + _parallel_lines(results) + _many_lines(results)
     lines += _tta_lines(results) + _contender_lines(results) + _e2e_lines(results) + _steady_lines(results)
-    return "\n".join(lines)
+    return "\n".join(lines + _profile_lines(results))
+
+
+def _profile_lines(results: dict) -> list[str]:
+    """What --profile traced, and that the timings above are not of traced runs."""
+    profile = results.get("profile")
+    if not profile:
+        return []
+    traced = sum(t["status"] == "ok" for t in profile["traces"])
+    return ["", f"Profiled (--profile {profile['steps']}): {traced} trace(s) under {profile['directory']}, each of "
+            "one more run of a JAX row after all the timed repeats, set up again; no timing above was taken while "
+            "a trace ran."]
 
 
 def markdown(results: dict) -> str:

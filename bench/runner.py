@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from bench.common import TARGET_ACCURACY, not_run_reason, runs_model, shared_order
 from bench.report import one_line
 from bench.worker import CONTENDERS
+from jaxlin.runtime.profiling import ProfileSteps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -315,6 +317,51 @@ def add_flops(workers: dict, rows: list[dict], peak: float | None, log) -> None:
         row.update(flops_per_step=counted[case], gflops=gflops, fraction_of_peak=gflops / peak if peak else None)
 
 
+# What a contender's `setup` takes; a throughput row holds them beside what it measured (`interleaved` builds
+# each row from them), so a profile pass sets the row up again from the row alone.
+SETUP_ARGS = ("model", "batch_size", "num_steps", "steps_per_call", "unroll", "devices", "num_models")
+
+
+def trace_name(row: dict) -> str:
+    """`<case>-<contender>`, the folder of a row's trace: the case as MODEL-bBATCH-sSTEPS (a user's
+    MODULE:NAME with its colon made a dot), then the variant of a sweep, data-parallel or many-models row."""
+    case = f"{row['model']}-b{row['batch_size']}-s{row['num_steps']}"
+    if row["variant"] != f"{row['model']}-b{row['batch_size']}":
+        case += f"-{row['variant']}"
+    return re.sub(r"[^A-Za-z0-9._-]", ".", case) + f"-{row['contender']}"
+
+
+def profile_rows(workers: dict, rows: list[dict], steps: ProfileSteps, directory: Path, log) -> list[dict]:
+    """`--profile`: each row a JAX contender timed is set up again in its worker (compiled and run once, as
+    for its timing) and run once more, untimed, under a `jax.profiler` trace of steps `steps` written to
+    `directory/<trace_name>`. This runs after every timed repeat of the worker phase, and the later phases
+    run in fresh processes, so no timing is taken while a trace is running or after one ran in its process.
+    One record per row: "ok" (the trace's steps and the line saying how to open it), "not traced" (no step
+    of `steps` in the row; the line says so) or "failed" (the reason)."""
+    chosen = [r for r in rows if r.get("status") == "ok" and CONTENDERS[r["contender"]][2] == "jax"]
+    if not chosen:
+        return []
+    log(f"profile: {len(chosen)} JAX row(s), one untimed run each, traced (--profile {steps.describe()}) "
+        f"into {directory}")
+    traces = []
+    for row in chosen:
+        name = trace_name(row)
+        record = {key: row[key] for key in ("contender", "variant", "model", "batch_size", "num_steps")}
+        record.update(case=name, directory=str(directory / name))
+        try:
+            reply = workers[row["contender"]].ask(
+                "profile", setup={key: row[key] for key in SETUP_ARGS if key in row},
+                directory=str(directory / name), start=steps.start, stop=steps.stop)
+        except RuntimeError as err:  # recorded; the other rows go on
+            record.update(status="failed", reason=str(err))
+            log(f"  {name}: profile failed: {one_line(err)}")
+        else:
+            record.update(status="ok" if reply["traced"] else "not traced", steps=reply["steps"],
+                          lines=reply["lines"])
+        traces.append(record)
+    return traces
+
+
 def time_to_accuracy(names: list[str], plan: Plan, data_dir: str, native_blas: bool, log) -> list[dict]:
     """Wall time from process start until the test accuracy first reaches the target.
 
@@ -595,7 +642,10 @@ def steady_rows(runs: list[dict], throughput_rows: list[dict], lengths: list[tup
     return rows
 
 
-def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=print) -> dict:
+def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=print,
+        profile: ProfileSteps | None = None, profile_dir: Path | None = None) -> dict:
+    """The whole benchmark; with `profile`, the JAX rows are traced into `profile_dir` once timed (see
+    `profile_rows`)."""
     started = datetime.datetime.now(datetime.UTC)
     contenders, workers = {}, {}
     for name in names:
@@ -622,6 +672,7 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
         peak = peak_rates(workers, log) if plan.peak else {"peak_gflops": None}
         rows = throughput(workers, plan, log)
         add_flops(workers, rows, peak["peak_gflops"], log)
+        traces = profile_rows(workers, rows, profile, Path(profile_dir), log) if profile is not None else None
     finally:
         for name, worker in workers.items():
             contenders[name]["max_rss_mb"] = worker.close()["max_rss_mb"]
@@ -630,7 +681,7 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
     e2e = end_to_end(plan, data_dir, log) if plan.e2e_repeats else []
     steady = (train_steady_state(plan, data_dir, rows, log) if plan.steady_repeats and plan.steady_lengths
               else {"runs": [], "rows": []})
-    return {
+    results = {
         "meta": {"started": started.isoformat(timespec="seconds"), "python": platform.python_version(),
                  "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                  "plan": dataclasses.asdict(plan), "data_dir": recorded_data_dir(data_dir)},
@@ -641,3 +692,8 @@ def run(plan: Plan, data_dir: str, names: list[str], native_blas: bool, log=prin
         "end_to_end": e2e,
         "train_steady_state": steady,
     }
+    if traces is not None:
+        results["profile"] = {"steps": profile.describe(), "directory": str(profile_dir),
+                              "pass": "untimed: one more run of each JAX row after every timed repeat",
+                              "traces": traces}
+    return results

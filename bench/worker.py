@@ -52,6 +52,13 @@ class Variants:
         self.instances.pop(variant, None)
         return {}
 
+    def profile(self, setup: dict, directory: str, start: int | None = None, stop: int | None = None) -> dict:
+        """`python -m bench --profile`: a fresh instance set up as a timed row was (compiled and run once),
+        then one more run, untimed, traced into `directory` (a JAX contender's `profile`); dropped after."""
+        instance = self.factory(self.data)
+        instance.setup(**setup)
+        return instance.profile(directory, start, stop)
+
     def train_on(self, **kwargs) -> dict:
         return self.default.train_on(**kwargs)
 

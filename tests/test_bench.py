@@ -744,3 +744,71 @@ def test_no_vmap_and_no_parallel_start_no_worker_for_nothing_and_the_data_dir_is
 
     assert (ROOT / results["meta"]["data_dir"]).resolve() == (tmp_path / "data").resolve()
     assert "jaxlin vmap | skipped: no many-models runs" in capsys.readouterr().out
+
+
+def test_profile_traces_each_jax_row_in_an_untimed_run_after_the_timing(tiny_data_dir, tmp_path, monkeypatch,
+                                                                       capsys):
+    """--profile: the JAX contender's row is timed as without it, then run once more under a jax.profiler
+    trace written to <out>/profile/<case>-<contender>/ (one line says where); the NumPy floor is timed, not
+    traced, and said so."""
+    import dataclasses
+
+    import bench.__main__ as cli
+    from bench import runner
+
+    real_run = runner.run
+    monkeypatch.setattr(cli.runner, "run", lambda plan, *args, **kwargs: real_run(
+        dataclasses.replace(plan, peak=False), *args, **kwargs))
+    out = tmp_path / "out"
+    code = cli.main(["--data-dir", str(tiny_data_dir), "--out", str(out), "--cases", "linear:10:4",
+                     "--contenders", "jaxlin_per_step,numpy_floor", "--profile", "1:3", *LIGHT, "--no-parallel"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    folder = out / "profile" / "linear-b10-s4-jaxlin_per_step"
+    traces = list(folder.glob("plugins/profile/*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert [p.name for p in (out / "profile").iterdir()] == [folder.name]  # the floor is not traced
+    written = [line for line in captured.out.splitlines() if line.startswith("Profile of steps")]
+    assert written == [f"Profile of steps 1 to 3 (2 chunks) in {traces[0].parent}: open it with `tensorboard "
+                       f"--logdir {folder}` (pip install tensorboard xprof; Profile tab), or load its "
+                       "perfetto_trace.json.gz in Perfetto"]
+    assert "--profile traces the JAX contenders only; not traced: numpy_floor" in captured.err
+    results = json.loads((out / "cpu.json").read_text())
+    [trace] = results["profile"]["traces"]
+    assert (trace["contender"], trace["status"], trace["steps"]) == ("jaxlin_per_step", "ok", [1, 3])
+    timed = {r["contender"]: r for r in results["throughput"]}
+    assert timed["jaxlin_per_step"]["status"] == timed["numpy_floor"]["status"] == "ok"
+    assert len(timed["jaxlin_per_step"]["repeats_seconds"]) == 1
+
+
+def test_a_case_trace_holds_the_chunks_asked_for_or_says_why_there_is_none(tiny_data_dir, tmp_path):
+    from bench.common import load_data
+    from bench.jax_contenders import JaxlinFused
+
+    contender = JaxlinFused(load_data(str(tiny_data_dir)))
+    contender.setup("linear", 10, 6, steps_per_call=2)
+    reply = contender.profile(str(tmp_path / "auto"))  # by default: the first chunks (set-up compiled them)
+    assert reply["traced"] and reply["steps"] == [0, 6] and "(3 chunks)" in reply["lines"][0]
+    assert list((tmp_path / "auto").glob("plugins/profile/*/*.xplane.pb"))
+    reply = contender.profile(str(tmp_path / "late"), 3, 4)
+    assert reply["steps"] == [2, 4] and "(1 chunk)" in reply["lines"][0]
+    reply = contender.profile(str(tmp_path / "none"), 6, 9)
+    assert not reply["traced"] and reply["steps"] is None and not (tmp_path / "none").exists()
+    assert reply["lines"] == ["--profile 6:9: this case trains steps 0 to 6, no step of those; no profile written"]
+
+
+def test_a_bad_profile_value_is_one_line_before_any_work(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    import bench.__main__ as cli
+
+    monkeypatch.setattr(cli.runner, "run", lambda *args, **kwargs: pytest.fail("nothing should run"))
+    for value, message in [("5:2", "--profile: START must be less than STOP, got '5:2'"),
+                           ("x", "--profile: expected START:STOP"), ("-1:3", "--profile: expected START:STOP")]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "out"), f"--profile={value}"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("python -m bench: error: ") and message in err
+    with pytest.raises(SystemExit):
+        cli.main(["--data-dir", str(tiny_data_dir), "--accelerator-check", "--profile"])
+    assert "it takes no --profile" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
