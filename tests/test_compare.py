@@ -1,6 +1,7 @@
 """`jaxlin compare`: real tiny runs (train and sweep, through the real entry point) put side by side."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -145,6 +146,17 @@ def _output_is_a_directory(tmp_path, runs):
     return [runs["a"], "--output", str(tmp_path)]
 
 
+def _output_is_a_pipe(tmp_path, runs):
+    """Not a regular file (as /dev/null is not): renaming a new file over it would replace it."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    return [runs["a"], "--output", str(pipe)]
+
+
+def _output_is_stdout(tmp_path, runs):
+    return [runs["a"], "--output", "-"]
+
+
 @pytest.mark.parametrize("given, says", [
     (_not_a_run, "is not a jaxlin run directory"),
     (_missing, "no such run directory"),
@@ -157,7 +169,10 @@ def _output_is_a_directory(tmp_path, runs):
     (_records('{"step": 0, "validation_accuracy": [0.1, 0.2], "train_loss": [null, null], "elapsed_seconds": 1}\n'),
      "holds a sweep that has not finished"),
     (_output_is_a_directory, "is a directory"),
-], ids=["not-a-run", "missing", "file", "sweep", "duplicate", "empty", "corrupt", "running-sweep", "output-dir"])
+    (_output_is_a_pipe, "is not a regular file"),
+    (_output_is_stdout, "the figure is a PNG file; give its path"),
+], ids=["not-a-run", "missing", "file", "sweep", "duplicate", "empty", "corrupt", "running-sweep", "output-dir",
+        "output-pipe", "output-stdout"])
 def test_what_is_not_a_run_is_refused_in_one_line(runs, tmp_path, capsys, monkeypatch, given, says):
     arguments = given(tmp_path, runs)
     monkeypatch.chdir(tmp_path)
@@ -167,6 +182,32 @@ def test_what_is_not_a_run_is_refused_in_one_line(runs, tmp_path, capsys, monkey
     assert not (tmp_path / "compare.png").exists()
     if given is _sweep_dir:
         assert str(runs["sweep"] / "best") in err and "sweep.png" in err
+    if given is _output_is_a_pipe:
+        assert (tmp_path / "pipe").is_fifo()
+
+
+def test_output_through_a_symlink_writes_the_file_it_points_to(runs, tmp_path, capsys):
+    target = tmp_path / "figures" / "mine.png"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    code, out, err = compare(capsys, runs["a"], runs["b"], "--output", link)
+    assert code == 0, err
+    assert link.is_symlink() and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_many_runs_are_told_apart(runs, tmp_path, capsys):
+    """Twelve runs: twelve colours (tab20 past matplotlib's ten), one per run."""
+    from jaxlin.runs.compare import plot_runs, read_runs
+
+    copies = []
+    for i in range(12):
+        copies.append(tmp_path / f"r{i}")
+        shutil.copytree(runs["a"], copies[-1])
+    figure = plot_runs(read_runs([str(c) for c in copies]), tmp_path / "many.png")
+    colours = [line.get_color() for line in figure.axes[0].get_lines()]
+    assert len(colours) == 12 and len({tuple(c) if not isinstance(c, str) else c for c in colours}) == 12
 
 
 def test_labels_are_short_and_unique(tmp_path):

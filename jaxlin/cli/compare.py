@@ -32,13 +32,13 @@ def check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, stop: StopRequest | None) -> int:
-    from jaxlin.runs.compare import format_table, plot_runs, read_runs, table
+    from jaxlin.runs.compare import check_output, format_table, plot_runs, read_runs, table
     from jaxlin.runs.rundir import to_json
 
     runs = read_runs(args.runs)  # every run read (or refused) before anything is written
     figure = None
     if not args.no_figure:
-        plot_runs(runs, args.output)
+        plot_runs(runs, check_output(args.output))  # a symlink's own file, written through it
         figure = str(args.output)
     summary = table(runs, figure)
     if args.json:

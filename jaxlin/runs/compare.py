@@ -395,6 +395,7 @@ def _notes(runs: Sequence[Run], summary: dict) -> list[str]:
 # The figure ---------------------------------------------------------------------------------------------
 
 _MARKER_POINTS = 25  # curves of at most this many records are drawn with markers
+_MARKERS = ("o", "s", "^", "D", "v", "x")
 
 
 def plot_runs(runs: Sequence[Run], path: str | os.PathLike):
@@ -411,8 +412,13 @@ def plot_runs(runs: Sequence[Run], path: str | os.PathLike):
     longest = max(len(run.records) for run in runs)
     accuracy_rows = np.full((len(runs), longest), np.nan)
     losses = []
+    from matplotlib import colormaps
+
+    # Matplotlib's ten colours, as every figure of jaxlin's; past ten runs the twenty of tab20, and past
+    # twenty the line's marker tells apart runs of one colour.
+    palette = [f"C{i}" for i in range(10)] if len(runs) <= 10 else list(colormaps["tab20"].colors)
     for number, run in enumerate(runs):
-        colour = f"C{number % 10}"
+        colour = palette[number % len(palette)]
         steps = [r["step"] for r in run.records]
         seconds = [r["elapsed_seconds"] for r in run.records]
         loss = [np.nan if r["train_loss"] is None else r["train_loss"] for r in run.records]
@@ -420,7 +426,8 @@ def plot_runs(runs: Sequence[Run], path: str | os.PathLike):
         accuracy_rows[number, :len(accuracy)] = np.asarray(accuracy) / 100
         losses.extend(v for v in loss if np.isfinite(v))
         style = {"color": colour, "linestyle": "--" if run.accuracy_key == VALIDATION else "-", "linewidth": 1.6,
-                 "marker": "o" if len(run.records) <= _MARKER_POINTS else None, "markersize": 3}
+                 "marker": _MARKERS[number // len(palette) % len(_MARKERS)] if len(runs) > len(palette) else
+                 "o" if len(run.records) <= _MARKER_POINTS else None, "markersize": 3, "markevery": 0.1}
         label = run.label + (" (validation accuracy)" if len(kinds) > 1 and run.accuracy_key == VALIDATION else "")
         axes[0, 0].plot(steps, loss, **{**style, "linestyle": "-"}, label=label)
         axes[0, 1].plot(steps, accuracy, **style)
@@ -452,10 +459,18 @@ def plot_runs(runs: Sequence[Run], path: str | os.PathLike):
 
 
 def check_output(path: str | os.PathLike) -> Path:
-    """Where the figure goes, refused (CompareError) when it is a directory or its directory is missing."""
-    out = Path(path)
+    """Where the figure goes: `path`, or the file a symlink there points to. Refused (CompareError) when it
+    is a directory, anything but a regular file (a device such as /dev/null, a pipe: the figure is
+    written to a new file renamed into place, which would replace it), or its directory is missing."""
+    if str(path) == "-":
+        raise CompareError("--output -: the figure is a PNG file; give its path (--json writes the table to "
+                           "stdout, --no-figure draws none)")
+    out = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     if out.is_dir():
         raise CompareError(f"--output {path} is a directory; give the PNG file's path (e.g. {out / 'compare.png'})")
+    if out.exists() and not out.is_file():
+        raise CompareError(f"--output {path} is not a regular file; give the path of a PNG file to write "
+                           f"(--no-figure draws none)")
     parent = out.parent
     if not parent.is_dir():
         raise CompareError(f"--output {path}: its directory {parent} does not exist")
