@@ -140,7 +140,7 @@ def test_profile_steps_cover_whole_chunks_and_a_window_outside_the_run_is_a_note
     out = tmp_path / "run"
     assert main(["train", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--num-steps", "60",
                  "--eval-every", "20", "--profile", "25:30", *TINY]) == 0
-    assert "Profile of steps 20 to 40 (1 chunk)" in capsys.readouterr().out
+    assert "Profile of steps 20 to 40 (1 chunk) in" in capsys.readouterr().out
     other = tmp_path / "other"
     assert main(["train", "--data-dir", str(tiny_data_dir), "--output-dir", str(other), "--num-steps", "60",
                  "--eval-every", "20", "--profile", "100:200", *TINY]) == 0
@@ -195,3 +195,77 @@ def test_xprof_reads_the_trace(tiny_data_dir, tmp_path, capsys):
     data, content_type = raw_to_tool_data.xspace_to_tool_data(traces, "framework_op_stats", {})
     table = json.loads(data)
     assert content_type == "application/json" and any(row.get("rows") for row in table)
+
+
+def test_view_folders_block_only_overwrite_and_only_for_files_jaxlin_did_not_write(tiny_data_dir, tmp_path, capsys):
+    """A note in tensorboard/, or what a viewer caches beside a trace (XProf writes .cached_tools.json and
+    *.hlo_proto.pb there), does not stop a resume; --overwrite removes a viewer's caches with the trace,
+    refuses a user's file, and keeps it."""
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--eval-every", "20",
+            "--no-progress", "--no-figures", "--checkpoint-every", "20"]
+    assert main([*args, "--num-steps", "40", "--tensorboard", "--profile"]) == 0
+    trace_dir = next((out / "profile").glob("plugins/profile/*/"))
+    (trace_dir / ".cached_tools.json").write_text("{}")
+    (trace_dir / "jit_update.hlo_proto.pb").write_bytes(b"\x00")
+    (out / "tensorboard" / "notes.txt").write_text("mine")
+    assert main([*args, "--num-steps", "60", "--resume"]) == 0
+    (out / "tensorboard" / "notes.txt").unlink()
+    assert main([*args, "--num-steps", "40", "--overwrite"]) == 0  # the viewer's caches went with the trace
+    assert not (out / "profile").exists() and not (out / "tensorboard").exists()
+    (out / "tensorboard").write_text("my own file, not a folder")
+    capsys.readouterr()
+    assert main([*args, "--num-steps", "40", "--overwrite"]) == 2
+    assert "holds files jaxlin did not write: tensorboard" in capsys.readouterr().err
+    assert (out / "tensorboard").read_text() == "my own file, not a folder"
+
+
+def test_a_profiled_run_records_its_trace_and_compare_says_so(tiny_data_dir, tmp_path, capsys):
+    plain, profiled = tmp_path / "plain", tmp_path / "profiled"
+    for out, extra in ((plain, []), (profiled, ["--profile"])):
+        assert main(["train", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--num-steps", "100",
+                     "--eval-every", "20", *TINY, *extra]) == 0
+    metrics = json.loads((profiled / "metrics.json").read_text())
+    assert metrics["profile"]["first_step"] == 20 and metrics["profile"]["last_step"] == 80
+    assert Path(metrics["profile"]["trace"]).is_dir()
+    # What tracing took from the run (the waits, writing the trace out) is its own phase, not training.
+    assert metrics["timings"]["profile_seconds"] == metrics["timings"]["breakdown"]["profile_seconds"] > 0
+    assert "profile" not in json.loads((plain / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["compare", str(plain), str(profiled), "--no-figure"]) == 0
+    assert "profiled: profiled (--profile, steps 20 to 80)" in capsys.readouterr().out
+
+
+def test_a_trace_ended_early_says_which_steps_it_holds(tmp_path):
+    """A stop inside the window: the trace holds the chunks dispatched, and its line says where it ended."""
+    import jax.numpy as jnp
+
+    from jaxlin.runtime.profiling import ProfileSteps, StepTrace
+
+    lines = []
+    trace = StepTrace(tmp_path / "profile", ProfileSteps(0, 100), log=lines.append)
+    trace.plan(iter([(0, 20), (20, 20), (40, 20), (60, 20), (80, 20)]), 0, 100)
+    state = jnp.zeros(3)
+    for start in (0, 20):
+        trace.before(start, state)
+        state = state + 1
+        trace.after(start, state)
+    trace.close()  # the loop stopped after two chunks
+    assert len(lines) == 1 and "Profile of steps 0 to 40 (2 chunks; the run stopped before step 100) in" \
+        in lines[0]
+    assert trace.record()["last_step"] == 40
+
+
+def test_a_run_with_event_files_resumes_without_tensorboardx_and_says_so(tiny_data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--eval-every", "20",
+            "--no-progress", "--no-figures", "--checkpoint-every", "20"]
+    assert main([*args, "--num-steps", "40", "--tensorboard"]) == 0
+    code = ("import sys; sys.modules['tensorboardX'] = None\n"
+            "from jaxlin.cli.main import main\n"
+            f"sys.exit(main({[*args, '--num-steps', '60', '--resume']!r}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "holds this run's TensorBoard event files, but tensorboardX is not installed" in done.stdout
+    assert [r["step"] for r in read_records(out)] == [0, 20, 40, 60]
+    assert [step for step, _ in read_scalars(out / "tensorboard")["accuracy/test"]] == [0, 20, 40]

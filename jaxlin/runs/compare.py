@@ -88,6 +88,12 @@ class Run:
         return self.records[-1]["elapsed_seconds"], "last record's elapsed_seconds"
 
     @property
+    def profile(self) -> dict | None:
+        """The trace a finished run recorded (`--profile`), if any."""
+        found = (self.metrics or {}).get("profile")
+        return found if isinstance(found, dict) else None
+
+    @property
     def steps_per_second(self) -> tuple[float | None, str]:
         """(steps per second, how they were measured): see the module's docstring."""
         rate = self._timings.get("steps_per_second")
@@ -320,7 +326,7 @@ def table(runs: Sequence[Run], figure: str | None = None) -> dict:
             row["final_test_accuracy"] = run.metrics["final_test_accuracy"]
         row.update({"final_train_loss": run.final_train_loss, "steps": run.steps,
                     "wall_seconds": wall, "wall_seconds_from": wall_source,
-                    "steps_per_second": rate, "steps_per_second_from": rate_source,
+                    "steps_per_second": rate, "steps_per_second_from": rate_source, "profiled": run.profile,
                     "settings": None if run.settings is None else {name: run.settings.get(name) for name in differing}})
         rows.append(row)
     return {"runs": rows, "differing_settings": differing,
@@ -383,6 +389,11 @@ def _notes(runs: Sequence[Run], summary: dict) -> list[str]:
         if not run.finished:
             notes.append(f"{run.label}: not finished (its curves and numbers stop at its last record, step "
                          f"{run.records[-1]['step']})")
+    for run in runs:
+        if run.profile is not None:
+            notes.append(f"{run.label}: profiled (--profile, steps {run.profile.get('first_step')} to "
+                         f"{run.profile.get('last_step')}): its traced steps ran slower under the trace and count in "
+                         f"its steps/s; the trace's own writing does not")
     if len({row["wall_seconds_from"] for row in summary["runs"]}) > 1:
         notes.append("wall time: the whole process (metrics.json's total_seconds) for a finished train run, the time "
                      "since training started (the last record's elapsed_seconds) for the others")

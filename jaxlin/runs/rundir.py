@@ -97,20 +97,24 @@ def _foreign_in(folder: Path, name: str) -> list[Path]:
     return []
 
 
+# The folders that only show a run (TensorBoard's event files, profiler traces): what else is in them
+# matters only to `--overwrite`, which removes them; a run resumes or starts beside it.
+VIEW_FOLDERS = (TENSORBOARD_DIR, PROFILE_DIR)
+
+
 def _is_event_file(path: Path) -> bool:
     return is_event_file(path.name) and path.is_file() and not path.is_symlink()
 
 
-_TRACE_FILE = re.compile(r".+\.(xplane\.pb|trace\.json\.gz|json\.gz|pb)")
-
-
 def _is_trace_tree(plugins: Path) -> bool:
-    """plugins/ holding only profile/<time>/ folders of trace files (what `jax.profiler` writes)."""
+    """plugins/ holding only profile/<time>/ folders of files: what `jax.profiler` writes there, and what a
+    viewer adds beside a trace it opened (XProf caches its tools' data there: .cached_tools.json,
+    *.hlo_proto.pb, ALL_HOSTS.op_stats_v2.pb)."""
     def only(folder: Path, check) -> bool:
         return folder.is_dir() and not folder.is_symlink() and all(check(p) for p in folder.iterdir())
 
     def is_trace(folder: Path) -> bool:
-        return only(folder, lambda f: f.is_file() and not f.is_symlink() and bool(_TRACE_FILE.fullmatch(f.name)))
+        return only(folder, lambda f: f.is_file() and not f.is_symlink())
 
     return only(plugins, lambda p: p.name == "profile" and only(p, is_trace))
 
@@ -288,7 +292,7 @@ class RunDir:
             if fd is not None:
                 self._try_lock(fd)
                 os.close(fd)  # released: the run takes it for good once its data is loaded
-        foreign = self.foreign_files()
+        foreign = self.foreign_files(removing=mode == "overwrite")
         if foreign:
             shown = ", ".join(str(p.relative_to(self.path)) for p in foreign[:3])
             shown += ", ..." if len(foreign) > 3 else ""
@@ -345,15 +349,23 @@ class RunDir:
         found = []
         for name in self.layout.run_files:
             path = self.path / name
+            if name in VIEW_FOLDERS and (path.is_symlink() or not path.is_dir()):
+                continue  # not jaxlin's (a folder is): `foreign_files`
             if path.is_symlink() or (path.is_file() and path.stat().st_size) or (path.is_dir() and any(path.iterdir())):
                 found.append(name)
         return found
 
-    def foreign_files(self) -> list[Path]:
+    def foreign_files(self, removing: bool = True) -> list[Path]:
         """What jaxlin did not write inside the folders of its own names (checkpoints/, best/...): a
-        directory holding any is not (only) a jaxlin run, and `--overwrite` must not remove it."""
+        directory holding any is not (only) a jaxlin run, and `--overwrite` must not remove it. The
+        `VIEW_FOLDERS` are looked into (and a file or symlink of their names counted) only when
+        `removing`: a new or resumed run writes beside what is there."""
         found = []
-        for name in (CHECKPOINT_DIR, SET_ASIDE_DIR, SWEEP_OUTPUTS[2], LOGS_DIR, TENSORBOARD_DIR, PROFILE_DIR):
+        if removing:
+            found += [self.path / name for name in VIEW_FOLDERS
+                      if (self.path / name).is_symlink() or (self.path / name).exists() and not
+                      (self.path / name).is_dir()]
+        for name in (CHECKPOINT_DIR, SET_ASIDE_DIR, SWEEP_OUTPUTS[2], LOGS_DIR, *(VIEW_FOLDERS * removing)):
             folder = self.path / name
             try:
                 if folder.is_symlink() or not folder.is_dir():

@@ -29,7 +29,7 @@ from jaxlin.runs.checkpoints import CheckpointStore, CheckpointWriteError, Damag
 from jaxlin.runs import rundir
 from jaxlin.runs.params_file import CheckpointError
 from jaxlin.runs.rundir import CHECKPOINT_DIR, FollowerRunDir, Layout, RunDir, RunDirGone, check_writable
-from jaxlin.runs.tensorboard import TENSORBOARD_DIR, Curve, EventLog, require_writer
+from jaxlin.runs.tensorboard import INSTALL_HINT, TENSORBOARD_DIR, Curve, EventLog, require_writer
 from jaxlin.runtime.devices import Placement
 from jaxlin.runtime.distributed import check_same_everywhere, failing_together, is_primary, max_over_processes, sync
 from jaxlin.runtime import timing
@@ -291,8 +291,13 @@ def run(kind: RunKind, config: Config, mode: str = "new", explicit: set[str] | N
     _prepare(session, explicit or set())
     session.log(session.plan_text)
     if dry_run:
+        out, asked = Path(session.config.output_dir), []
+        if tensorboard:
+            asked.append(f"--tensorboard would write event files to {out / TENSORBOARD_DIR}")
+        if profile is not None:
+            asked.append(f"--profile {profile.describe()} would write a trace to {out / PROFILE_DIR}")
         session.log(f"Dry run: settings and data are valid; nothing trained, nothing written to "
-                    f"{session.config.output_dir}.")
+                    f"{session.config.output_dir}{''.join(f'; {line}' for line in asked)}.")
         return None
     stop.defer()
     if stop:  # a StopNow that something on the way swallowed
@@ -467,10 +472,17 @@ def _event_log(session: Session, out: Path, kept: list[dict], progress: Progress
     if not is_primary() or not (session.tensorboard or (session.mode == "resume" and folder.is_dir())):
         return None
     if not session.tensorboard:
-        require_writer()
+        try:
+            require_writer()
+        except ConfigError:  # not asked for: the run goes on, and a later session writes the whole history
+            session.log(f"jaxlin: note: {folder} holds this run's TensorBoard event files, but tensorboardX is not "
+                        f"installed: this session does not write them (a session with it rewrites them from "
+                        f"metrics.jsonl; {INSTALL_HINT})")
+            return None
     session.log(f"Writing TensorBoard event files to {folder}{', as the run did before' * (not session.tensorboard)}"
                 f" (view them with: tensorboard --logdir {shlex.quote(str(folder))})")
-    return EventLog(folder, session.kind.tensorboard_curves(session.config), kept, progress.elapsed_seconds)
+    return EventLog(folder, session.kind.tensorboard_curves(session.config), kept, progress.elapsed_seconds,
+                    session.log)
 
 
 def _checkpoint_schedule(config: Config, store: CheckpointStore | None, evals: StepSchedule) -> StepSchedule:

@@ -255,6 +255,7 @@ def _finish(trainer: SweepTrainer, state: SweepState, loop, evaluations: list[di
         "grid": grid.to_dict(),
         "config": {k: v for k, v in config.used_settings().items()
                    if k not in ("seed", "data_seed", "dot_layout", *trainer.hyperparameters)},
+        **({"profile": loop.trace.record()} if loop.trace is not None and loop.trace.record() else {}),
     }
 
 

@@ -79,7 +79,8 @@ class EventLog:
     """The event files of one session of a run (see the module's docstring). Use `write` for each new
     record and `close` at the end."""
 
-    def __init__(self, directory: str | os.PathLike, curves: list[Curve], kept: list[dict], elapsed_now: float):
+    def __init__(self, directory: str | os.PathLike, curves: list[Curve], kept: list[dict], elapsed_now: float,
+                 log=print):
         from tensorboardX.event_file_writer import EventsWriter
 
         self.directory, self.curves = Path(directory), curves
@@ -97,7 +98,11 @@ class EventLog:
             self._add(record)
         self._flush()
         for path in older:  # the run's earlier sessions' files: their kept records are in the new ones now
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:  # the run goes on; the next session tries again
+                log(f"jaxlin: note: cannot remove the earlier event file {path} ({err.strerror or err}); "
+                    f"TensorBoard shows its steps twice until it is removed")
 
     def write(self, record: dict) -> None:
         """One new record, on disk when this returns."""

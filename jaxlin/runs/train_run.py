@@ -154,6 +154,8 @@ class TrainRun(RunKind):
             "optimizer": optimizers.describe(trainer.config),  # what trained, as the run's log said
             "config": trainer.config.used_settings(),
         }
+        if loop.trace is not None and loop.trace.record() is not None:  # --profile: this session's trace
+            metrics["profile"] = loop.trace.record()
 
         notes: list[str] = []  # figures left out, said after the outputs are published
         timing.marks.add("finishing", time.perf_counter() - finishing)  # the metrics above, the library versions
@@ -185,7 +187,7 @@ def _breakdown(timings: dict, loop_seconds: float, checkpoint_in_loop: float, fi
     marks = timing.marks
     checkpoint = marks.get("checkpoint", 0.0) + timings.get("checkpoint_seconds", 0.0)
     loop_phases = (timings["compile_seconds"] + timings["train_seconds"] + timings["eval_seconds"]
-                   + timings.get("checkpoint_seconds", 0.0) + checkpoint_in_loop)
+                   + timings.get("checkpoint_seconds", 0.0) + checkpoint_in_loop + timings.get("profile_seconds", 0.0))
     phases = {
         "imports_seconds": marks.get("imports"),  # interpreter start-up, imports, argument parsing
         "figure_worker_start_seconds": marks.get("figure_worker_start", 0.0),
@@ -199,6 +201,8 @@ def _breakdown(timings: dict, loop_seconds: float, checkpoint_in_loop: float, fi
         "training_seconds": timings["train_seconds"],
         "evaluation_seconds": timings["eval_seconds"],
         "checkpoint_seconds": checkpoint,  # orbax's import and store, every save, the wait for the last
+        # --profile's waits for the device and its writing of the trace (only in a profiled run's breakdown)
+        **({"profile_seconds": timings["profile_seconds"]} if "profile_seconds" in timings else {}),
         "loop_host_seconds": max(0.0, loop_seconds - loop_phases),  # the first state, records' setup, progress bar
         "final_evaluation_seconds": marks.get("final_evaluation", 0.0),  # and the params copied to the host
         "finishing_seconds": marks.get("finishing", 0.0),  # the metrics gathered, library versions

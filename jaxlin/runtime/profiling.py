@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -76,6 +77,13 @@ class StepTrace:
         self.window: list[tuple[int, int]] = []
         self.tracing = False
         self.done = False
+        self.traced_to: int | None = None  # the end of the last chunk dispatched under the trace
+        self.trace_dir: Path | None = None  # where the trace was written
+        self.started = 0.0
+        # Wall time that tracing took from the run: the waits for the device at both ends and writing the
+        # trace out (the loop leaves it out of its training time), and the traced window's whole time.
+        self.overhead_seconds = 0.0
+        self.window_seconds = 0.0
 
     def plan(self, chunks: Iterable[tuple[int, int]], first_step: int, num_steps: int) -> None:
         """This session's chunks (from `first_step` to `num_steps`), known before the first is dispatched."""
@@ -95,18 +103,26 @@ class StepTrace:
             return
         import jax
 
+        tick = time.perf_counter()
         jax.block_until_ready(state)
         self.directory.mkdir(parents=True, exist_ok=True)
         jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
-        self.tracing = True
+        self.tracing, self.traced_to = True, start
+        self.started = time.perf_counter()
+        self.overhead_seconds += self.started - tick
 
     def after(self, start: int, state) -> None:
         """After the chunk starting at `start` was dispatched: the trace ends with the window's last
         chunk, once the device has finished it."""
-        if self.tracing and start == self.window[-1][0]:
+        if not self.tracing:
+            return
+        self.traced_to = start + dict(self.window).get(start, 0)
+        if start == self.window[-1][0]:
             import jax
 
+            tick = time.perf_counter()
             jax.block_until_ready(state)
+            self.overhead_seconds += time.perf_counter() - tick
             self.stop()
 
     def stop(self) -> None:
@@ -115,14 +131,28 @@ class StepTrace:
         import jax
 
         self.tracing, self.done = False, True
+        tick = time.perf_counter()
+        self.window_seconds = tick - self.started
+        existing = set(self.directory.glob("plugins/profile/*/"))
         jax.profiler.stop_trace()
+        self.overhead_seconds += time.perf_counter() - tick
         first, last = self.window[0][0], self.window[-1][0] + self.window[-1][1]
-        traces = sorted(self.directory.glob("plugins/profile/*/"))
-        where = traces[-1] if traces else self.directory
-        self.log(f"Profile of steps {first} to {last} ({len(self.window)} chunk{'s' * (len(self.window) > 1)}) in "
-                 f"{where}: open it with `tensorboard --logdir {self.directory}` (pip install tensorboard xprof; "
-                 f"Profile tab), or load its perfetto_trace.json.gz in Perfetto")
+        new = sorted(set(self.directory.glob("plugins/profile/*/")) - existing)
+        self.trace_dir = new[-1] if new else self.directory
+        traced = [chunk for chunk in self.window if chunk[0] < (self.traced_to or first)]
+        short = "" if self.traced_to == last else f"; the run stopped before step {last}"
+        self.log(f"Profile of steps {first} to {self.traced_to} ({len(traced)} chunk{'s' * (len(traced) != 1)}{short}) "
+                 f"in {self.trace_dir}: open it with `tensorboard --logdir {self.directory}` (pip install tensorboard "
+                 f"xprof; Profile tab), or load its perfetto_trace.json.gz in Perfetto")
 
     def close(self) -> None:
         """Ends a trace the loop left running (a stop, a divergence): what it holds is still written."""
         self.stop()
+
+    def record(self) -> dict | None:
+        """What a run's metrics say of its trace (None: none was written): its steps, where it is, the
+        traced window's wall time and what tracing took from the run."""
+        if self.trace_dir is None:
+            return None
+        return {"first_step": self.window[0][0], "last_step": self.traced_to, "trace": str(self.trace_dir),
+                "window_seconds": round(self.window_seconds, 6), "overhead_seconds": round(self.overhead_seconds, 6)}

@@ -246,9 +246,12 @@ class Loop:
 
     def timings(self) -> dict:
         train = self.train_seconds
-        return {"compile_seconds": self.trainer.compile_seconds, "train_seconds": train,
-                "eval_seconds": self.eval_seconds, "checkpoint_seconds": self.checkpoint_seconds,
-                "steps_per_second": self.steps_trained / train if train > 0 and self.steps_trained else None}
+        found = {"compile_seconds": self.trainer.compile_seconds, "train_seconds": train,
+                 "eval_seconds": self.eval_seconds, "checkpoint_seconds": self.checkpoint_seconds,
+                 "steps_per_second": self.steps_trained / train if train > 0 and self.steps_trained else None}
+        if self.trace is not None and self.trace.record() is not None:
+            found["profile_seconds"] = self.trace.overhead_seconds  # not in train_seconds
+        return found
 
     def _poll(self) -> tuple[bool, bool]:
         """(stop, save) at this boundary; hooks written before `LoopHooks.poll` (any object with the
@@ -344,7 +347,10 @@ class Loop:
                 if not stopped:  # the last step: its evaluation and checkpoint
                     self._dispatch_boundary(pending, state, state.step in self.saves, last=True)
                 self._finish(pending, bar)
-        # The loop's wall time less what the host spent on evaluations, checkpoints and compiling in it.
+        # The loop's wall time less what the host spent on evaluations, checkpoints and compiling in it, and
+        # on a profile's waits for the device and writing its trace out.
         spent = self.eval_seconds + self.checkpoint_seconds + self.trainer.compile_seconds - accounted
+        if trace is not None:
+            spent += trace.overhead_seconds
         self.train_seconds += time.perf_counter() - loop_started - spent
         return state
