@@ -69,7 +69,7 @@ class CaseTrace(StepTrace):
             self.window = traced_chunks(chunks, self.steps)
         if not self.window:
             self.done = True
-            self.log(f"--profile {self.steps.describe()}: this case trains steps {first_step} to {num_steps}, no "
+            self.log(f"{self.steps.flag}: this case trains steps {first_step} to {num_steps}, no "
                      "step of those; no profile written")
 
 

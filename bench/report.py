@@ -222,7 +222,8 @@ def _profile_lines(results: dict) -> list[str]:
     if not profile:
         return []
     traced = sum(t["status"] == "ok" for t in profile["traces"])
-    return ["", f"Profiled (--profile {profile['steps']}): {traced} trace(s) under {profile['directory']}, each of "
+    flag = "--profile" if profile["steps"] == "auto" else f"--profile {profile['steps']}"
+    return ["", f"Profiled ({flag}): {traced} trace(s) under {profile['directory']}, each of "
             "one more run of a JAX row after all the timed repeats, set up again; no timing above was taken while "
             "a trace ran."]
 

@@ -341,7 +341,7 @@ def profile_rows(workers: dict, rows: list[dict], steps: ProfileSteps, directory
     chosen = [r for r in rows if r.get("status") == "ok" and CONTENDERS[r["contender"]][2] == "jax"]
     if not chosen:
         return []
-    log(f"profile: {len(chosen)} JAX row(s), one untimed run each, traced (--profile {steps.describe()}) "
+    log(f"profile: {len(chosen)} JAX row(s), one untimed run each, traced ({steps.flag}) "
         f"into {directory}")
     traces = []
     for row in chosen:

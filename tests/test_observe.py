@@ -269,3 +269,16 @@ def test_a_run_with_event_files_resumes_without_tensorboardx_and_says_so(tiny_da
     assert "holds this run's TensorBoard event files, but tensorboardX is not installed" in done.stdout
     assert [r["step"] for r in read_records(out)] == [0, 20, 40, 60]
     assert [step for step, _ in read_scalars(out / "tensorboard")["accuracy/test"]] == [0, 20, 40]
+
+
+@pytest.mark.parametrize("flag, name", [("--tensorboard", "tensorboard"), ("--profile", "profile")])
+def test_a_file_where_the_flag_writes_its_folder_is_refused_before_training(tiny_data_dir, tmp_path, capsys, flag,
+                                                                             name):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).write_text("mine")
+    assert main(["train", "--data-dir", str(tiny_data_dir), "--output-dir", str(out), "--num-steps", "40", flag,
+                 *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} is not a folder (it is a file), and {flag} writes into a folder of that name" in err
+    assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).read_text() == "mine"

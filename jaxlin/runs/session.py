@@ -295,7 +295,7 @@ def run(kind: RunKind, config: Config, mode: str = "new", explicit: set[str] | N
         if tensorboard:
             asked.append(f"--tensorboard would write event files to {out / TENSORBOARD_DIR}")
         if profile is not None:
-            asked.append(f"--profile {profile.describe()} would write a trace to {out / PROFILE_DIR}")
+            asked.append(f"{profile.flag} would write a trace to {out / PROFILE_DIR}")
         session.log(f"Dry run: settings and data are valid; nothing trained, nothing written to "
                     f"{session.config.output_dir}{''.join(f'; {line}' for line in asked)}.")
         return None
@@ -318,6 +318,7 @@ def _prepare(session: Session, explicit: set[str]) -> None:
         if is_primary():
             check_writable(config.output_dir)
             RunDir(config.output_dir, kind.layout).check_available(session.mode)
+            _check_view_folders(session)
         if session.mode == "resume":
             out = Path(config.output_dir)
             step, record = latest_record(kind, out)
@@ -464,6 +465,18 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
         raise Stopped(f"jaxlin: {session.stop.name} after the last step; the finished {kind.noun} is in {out}",
                       session.stop.exit_code)
     return outcome.result
+
+
+def _check_view_folders(session: Session) -> None:
+    """--tensorboard and --profile write into folders of the output directory: something else of those
+    names (a file, a symlink) is refused now, not when the first record or trace is written."""
+    asked = {TENSORBOARD_DIR: session.tensorboard, PROFILE_DIR: session.profile is not None}
+    for name, flag in (("--tensorboard", TENSORBOARD_DIR), ("--profile", PROFILE_DIR)):
+        path = Path(session.config.output_dir) / flag
+        if asked[flag] and session.mode != "overwrite" and (path.is_symlink() or (path.exists() and not path.is_dir())):
+            raise ConfigError(f"output dir {session.config.output_dir}: {flag} is not a folder (it is a "
+                              f"{'symlink' if path.is_symlink() else 'file'}), and {name} writes into a folder of "
+                              f"that name; move it, or choose another --output-dir")
 
 
 def _event_log(session: Session, out: Path, kept: list[dict], progress: Progress) -> EventLog | None:

@@ -38,7 +38,13 @@ class ProfileSteps:
     stop: int | None = None
 
     def describe(self) -> str:
+        """"START:STOP", or "auto" for the default window (`flag` says it as the user gave it)."""
         return "auto" if self.start is None else f"{self.start}:{self.stop}"
+
+    @property
+    def flag(self) -> str:
+        """The flag as given: `--profile` alone for the default window."""
+        return "--profile" if self.start is None else f"--profile {self.start}:{self.stop}"
 
 
 def parse_profile_steps(text: str | None) -> ProfileSteps | None:
@@ -80,8 +86,9 @@ class StepTrace:
         self.traced_to: int | None = None  # the end of the last chunk dispatched under the trace
         self.trace_dir: Path | None = None  # where the trace was written
         self.started = 0.0
-        # Wall time that tracing took from the run: the waits for the device at both ends and writing the
-        # trace out (the loop leaves it out of its training time), and the traced window's whole time.
+        # Wall time that tracing took from the run: starting the profiler and writing the trace out (the loop
+        # leaves it out of its training time; the waits for the device at both ends are the device's
+        # training, and stay in it), and the traced window's whole time.
         self.overhead_seconds = 0.0
         self.window_seconds = 0.0
 
@@ -103,8 +110,8 @@ class StepTrace:
             return
         import jax
 
+        jax.block_until_ready(state)  # the device's own work: training time, not the trace's
         tick = time.perf_counter()
-        jax.block_until_ready(state)
         self.directory.mkdir(parents=True, exist_ok=True)
         jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
         self.tracing, self.traced_to = True, start
@@ -120,9 +127,7 @@ class StepTrace:
         if start == self.window[-1][0]:
             import jax
 
-            tick = time.perf_counter()
-            jax.block_until_ready(state)
-            self.overhead_seconds += time.perf_counter() - tick
+            jax.block_until_ready(state)  # the device's own work, as above
             self.stop()
 
     def stop(self) -> None:
