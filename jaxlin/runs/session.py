@@ -438,7 +438,8 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
             hooks = _SessionHooks(session, run_dir, store, kind.record_fields(trainer.config, session.model),
                                   records[-1]["step"] if records else None, trainer.saved_state, events)
             # Process 0 traces: processes on one host would write the same file names into one folder.
-            trace = StepTrace(out / PROFILE_DIR, session.profile, log) if session.profile and is_primary() else None
+            trace = (StepTrace(out / PROFILE_DIR, session.profile, log)
+                     if session.profile is not None and is_primary() else None)
             loop = Loop(trainer, evals, saves, hooks, progress, fresh=session.mode != "resume",
                         save_seconds=config.checkpoints().seconds if store else None, trace=trace)
             state = loop.run(state, session.progress and is_primary())
@@ -470,12 +471,14 @@ def _run_in(session: Session, run_dir: RunDir) -> dict | None:
 def _check_view_folders(session: Session) -> None:
     """--tensorboard and --profile write into folders of the output directory: something else of those
     names (a file, a symlink) is refused now, not when the first record or trace is written."""
-    asked = {TENSORBOARD_DIR: session.tensorboard, PROFILE_DIR: session.profile is not None}
-    for name, flag in (("--tensorboard", TENSORBOARD_DIR), ("--profile", PROFILE_DIR)):
-        path = Path(session.config.output_dir) / flag
-        if asked[flag] and session.mode != "overwrite" and (path.is_symlink() or (path.exists() and not path.is_dir())):
-            raise ConfigError(f"output dir {session.config.output_dir}: {flag} is not a folder (it is a "
-                              f"{'symlink' if path.is_symlink() else 'file'}), and {name} writes into a folder of "
+    if session.mode == "overwrite":  # --overwrite refuses them as files jaxlin did not write (rundir)
+        return
+    for flag, folder, asked in (("--tensorboard", TENSORBOARD_DIR, session.tensorboard),
+                                ("--profile", PROFILE_DIR, session.profile is not None)):
+        path = Path(session.config.output_dir) / folder
+        if asked and (path.is_symlink() or (path.exists() and not path.is_dir())):
+            raise ConfigError(f"output dir {session.config.output_dir}: {folder} is not a folder (it is a "
+                              f"{'symlink' if path.is_symlink() else 'file'}), and {flag} writes into a folder of "
                               f"that name; move it, or choose another --output-dir")
 
 
