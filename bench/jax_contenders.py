@@ -64,9 +64,9 @@ class CaseTrace(StepTrace):
 
     def plan(self, chunks, first_step: int, num_steps: int) -> None:
         if self.steps.start is None:
-            self.window = list(itertools.islice(chunks, DEFAULT_CHUNKS))
+            self.set_window(list(itertools.islice(chunks, DEFAULT_CHUNKS)))
         else:
-            self.window = traced_chunks(chunks, self.steps)
+            self.set_window(traced_chunks(chunks, self.steps))
         if not self.window:
             self.done = True
             self.log(f"{self.steps.flag}: this case trains steps {first_step} to {num_steps}, no "

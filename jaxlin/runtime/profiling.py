@@ -81,6 +81,7 @@ class StepTrace:
     def __init__(self, directory: str | Path, steps: ProfileSteps, log=print):
         self.directory, self.steps, self.log = Path(directory), steps, log
         self.window: list[tuple[int, int]] = []
+        self._lengths: dict[int, int] = {}
         self.tracing = False
         self.done = False
         self.traced_to: int | None = None  # the end of the last chunk dispatched under the trace
@@ -94,13 +95,18 @@ class StepTrace:
 
     def plan(self, chunks: Iterable[tuple[int, int]], first_step: int, num_steps: int) -> None:
         """This session's chunks (from `first_step` to `num_steps`), known before the first is dispatched."""
-        self.window = traced_chunks(chunks, self.steps)
+        self.set_window(traced_chunks(chunks, self.steps))
         if not self.window:
             self.done = True
             wanted = ("after its first chunk, which compiles" if self.steps.start is None
                       else f"of steps {self.steps.start} to {self.steps.stop}")
             self.log(f"jaxlin: note: --profile: this session trains steps {first_step} to {num_steps}, no chunk "
                      f"{wanted}; no profile written")
+
+    def set_window(self, window: list[tuple[int, int]]) -> None:
+        """The (start, length) chunks to trace (`plan` picks them; the benchmark's trace its own)."""
+        self.window = window
+        self._lengths = dict(window)  # start -> length, looked up after every chunk in the window
 
     def before(self, start: int, state) -> None:
         """Before the chunk starting at `start` is dispatched (`state`: its input). The trace starts once
@@ -123,7 +129,7 @@ class StepTrace:
         chunk, once the device has finished it."""
         if not self.tracing:
             return
-        self.traced_to = start + dict(self.window).get(start, 0)
+        self.traced_to = start + self._lengths.get(start, 0)
         if start == self.window[-1][0]:
             import jax
 
